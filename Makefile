@@ -1,0 +1,47 @@
+# The two commands of the README: `make demo` and `make test`. Both install what is missing.
+# The venv and the Asterisk chroot are cached outside the clone so a second run is warm.
+SHELL := /bin/bash
+CACHE ?= $(HOME)/.cache/pbx
+VENV ?= $(CACHE)/venv
+PY := $(VENV)/bin/python
+SHARED ?= $(abspath ../shared)
+export PBX_CACHE_DIR := $(CACHE)
+
+.PHONY: all deps venv chroot demo test unit lint typecheck clean
+
+all: test
+
+# Debian packages the host needs (Postgres server, sipp, debootstrap). Idempotent.
+deps:
+	@bash devstack/install_host_deps.sh
+
+venv: deps
+	@test -x $(PY) || python3 -m venv $(VENV)
+	@stamp=$(VENV)/.installed-$$(sha1sum pyproject.toml | cut -c1-12); \
+	if [ ! -f $$stamp ]; then \
+	  $(PY) -m pip install -q --upgrade pip && \
+	  $(PY) -m pip install -q -e '.[dev]' && touch $$stamp; \
+	else \
+	  $(PY) -m pip install -q --no-deps --no-build-isolation -e . >/dev/null; \
+	fi
+
+chroot: venv
+	@$(VENV)/bin/pbxctl dev chroot
+
+demo: chroot
+	@$(PY) -m devstack.demo
+
+test: chroot
+	@PBX_SHARED_DIR=$(SHARED) $(PY) -m pytest -q -p no:cacheprovider
+
+unit: venv
+	@$(PY) -m pytest -q -p no:cacheprovider -m 'not stack'
+
+lint: venv
+	@$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
+
+typecheck: venv
+	@$(VENV)/bin/mypy
+
+clean:
+	rm -rf build *.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,1 @@
+"""ARI client and Stasis controller."""

@@ -1,0 +1,1 @@
+"""Embedded development/test stack: private Postgres, Asterisk in a Debian sid chroot, sipp."""

@@ -1,0 +1,1 @@
+"""The ``pbxctl`` command line: one module per command group, wired in ``cli``."""

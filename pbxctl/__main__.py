@@ -1,0 +1,5 @@
+import sys
+
+from pbxctl.cli import main
+
+sys.exit(main())

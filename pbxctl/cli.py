@@ -1,0 +1,52 @@
+"""Entry point of ``pbxctl``.
+
+Each command group lives in its own module under ``pbxctl.commands`` and exposes
+``register(subparsers)``; a registered sub-command sets ``func(args) -> int``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+from pbxctl.errors import EXIT_USAGE, CliError
+
+__all__ = ["build_parser", "main"]
+
+COMMAND_MODULES = ("db", "config", "route", "dev", "call", "serve", "nodes")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="pbxctl", description="Multi-tenant Asterisk control plane")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        try:
+            module = importlib.import_module(f"pbxctl.commands.{name}")
+        except ModuleNotFoundError as exc:
+            if exc.name == f"pbxctl.commands.{name}":
+                continue  # a command group not built yet
+            raise
+        module.register(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    func = getattr(args, "func", None)
+    if func is None:
+        parser.print_usage(sys.stderr)
+        return EXIT_USAGE
+    try:
+        return int(func(args))
+    except CliError as exc:
+        print(f"pbxctl: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""pbxctl command groups, one module each."""

@@ -1,0 +1,1 @@
+"""Sorcery realtime backend: schema service, apply/plan/export, change pusher."""
