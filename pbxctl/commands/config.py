@@ -1,0 +1,67 @@
+"""`pbxctl apply|plan|export`: the declarative configuration (contract sections 2-4)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+
+from pbxctl.commands._db import add_dsn_argument, run_with_connection
+from pbxctl.errors import Invalid
+from sorcery_backend.apply import apply_config
+from sorcery_backend.declarative import ConfigError, load_config
+from sorcery_backend.export import UnknownTenant, export
+
+__all__ = ["register"]
+
+
+def register(subparsers: Any) -> None:
+    for name, dry_run, help_text in (
+        ("apply", False, "converge the database to FILE in one transaction"),
+        ("plan", True, "print the change set FILE would make, change nothing"),
+    ):
+        p = subparsers.add_parser(name, help=help_text)
+        p.add_argument("file", type=Path, metavar="FILE")
+        p.add_argument("--json", action="store_true", help="print the change set as JSON")
+        add_dsn_argument(p)
+        p.set_defaults(func=_apply, dry_run=dry_run)
+
+    p = subparsers.add_parser("export", help="print what Asterisk sees")
+    p.add_argument("--tenant", help="only this tenant")
+    p.add_argument("--json", action="store_true", help="JSON output (the only format)")
+    add_dsn_argument(p)
+    p.set_defaults(func=_export)
+
+
+def _apply(args: argparse.Namespace) -> int:
+    try:
+        config = load_config(args.file)
+    except ConfigError as exc:
+        raise Invalid(str(exc)) from None
+
+    async def body(conn: asyncpg.Connection) -> Any:
+        return await apply_config(conn, config, dry_run=args.dry_run)
+
+    changes = run_with_connection(args, body)
+    verb = "would change" if args.dry_run else "applied"
+    print(f"{verb}: {changes.summary()}", file=sys.stderr)
+    if args.json:
+        json.dump(changes.to_json(), sys.stdout, indent=1)
+        sys.stdout.write("\n")
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    async def body(conn: asyncpg.Connection) -> Any:
+        try:
+            return await export(conn, args.tenant)
+        except UnknownTenant:
+            raise Invalid(f"tenant {args.tenant}: unknown tenant") from None
+
+    json.dump(run_with_connection(args, body), sys.stdout, indent=1)
+    sys.stdout.write("\n")
+    return 0

@@ -1,0 +1,48 @@
+"""`pbxctl db migrate|reset`."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+import asyncpg
+
+from pbxctl.commands._db import add_dsn_argument, run_with_connection
+from pbxctl.errors import EXIT_USAGE, CliError
+from sorcery_backend.schema import migrate, reset
+
+__all__ = ["register"]
+
+
+def register(subparsers: Any) -> None:
+    db = subparsers.add_parser("db", help="schema management")
+    sub = db.add_subparsers(dest="db_command", metavar="ACTION", required=True)
+
+    p = sub.add_parser("migrate", help="create or upgrade the schema (idempotent)")
+    add_dsn_argument(p)
+    p.set_defaults(func=_migrate)
+
+    p = sub.add_parser("reset", help="drop and recreate everything in the database (tests only)")
+    add_dsn_argument(p)
+    p.add_argument("--yes", action="store_true", help="really drop everything")
+    p.set_defaults(func=_reset)
+
+
+def _migrate(args: argparse.Namespace) -> int:
+    applied = run_with_connection(args, migrate)
+    print(f"applied {', '.join(applied)}" if applied else "schema is up to date", file=sys.stderr)
+    return 0
+
+
+def _reset(args: argparse.Namespace) -> int:
+    if not args.yes:
+        raise CliError("db reset drops every table: pass --yes to confirm", EXIT_USAGE)
+
+    async def body(conn: asyncpg.Connection) -> None:
+        await reset(conn)
+        await migrate(conn)
+
+    run_with_connection(args, body)
+    print("database reset and migrated", file=sys.stderr)
+    return 0

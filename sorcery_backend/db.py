@@ -1,0 +1,47 @@
+"""Database connections for the CLI and services, with the contract's error mapping."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import asyncpg
+
+__all__ = ["DatabaseUnavailable", "MissingDsn", "connect", "dsn_from", "refusal_message"]
+
+
+class DatabaseUnavailable(ConnectionError):
+    """The database cannot be reached (exit 3)."""
+
+
+class MissingDsn(ValueError):
+    """Neither --dsn nor PBX_DATABASE_URL was given (exit 2)."""
+
+
+def dsn_from(explicit: str | None) -> str:
+    dsn = explicit or os.environ.get("PBX_DATABASE_URL")
+    if not dsn:
+        raise MissingDsn("no database: pass --dsn or set PBX_DATABASE_URL")
+    return dsn
+
+
+@asynccontextmanager
+async def connect(dsn: str) -> AsyncIterator[asyncpg.Connection]:
+    try:
+        conn = await asyncpg.connect(dsn, timeout=10)
+    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
+        raise DatabaseUnavailable(f"cannot reach the database: {exc}") from None
+    try:
+        yield conn
+    finally:
+        await conn.close()
+
+
+def refusal_message(exc: asyncpg.PostgresError) -> str:
+    """One line for a refusal raised by the database's own rules."""
+    msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    detail = getattr(exc, "detail", None)
+    if detail and getattr(exc, "sqlstate", "") != "P0001":
+        msg = f"{msg} ({detail.strip()})"
+    return msg

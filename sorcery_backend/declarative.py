@@ -1,0 +1,345 @@
+"""The declarative file (contract section 2): loading, typing and reference checks.
+
+Everything here is pure: the database re-checks every rule, but catching the common mistakes here
+gives one-line messages that name the object in the file's own terms.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+__all__ = [
+    "OPTION_SECTIONS",
+    "Config",
+    "ConfigError",
+    "Extension",
+    "Forward",
+    "PjsipObject",
+    "Rank",
+    "RankMember",
+    "Tenant",
+    "load_config",
+    "load_yaml",
+    "parse_config",
+]
+
+OPTION_SECTIONS = ("endpoint", "aor", "auth", "identify", "registration", "outbound_auth")
+
+TENANT_NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
+OBJECT_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.+-]{0,62}$")
+EXTENSION_NUMBER = re.compile(r"^[0-9A-Za-z*#+]{1,40}$")
+
+
+class ConfigError(ValueError):
+    """A refused declarative file; the message is one line naming the object and the rule."""
+
+
+# ---------------------------------------------------------------------------------------------
+# YAML loading
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """SafeLoader that refuses duplicate keys (PyYAML silently keeps the last one)."""
+
+
+def _construct_mapping(loader: _StrictLoader, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+    loader.flatten_mapping(node)
+    mapping: dict[Any, Any] = {}
+    for key_node, value_node in node.value:
+        key = loader.construct_object(key_node, deep=deep)  # type: ignore[no-untyped-call]
+        if key in mapping:
+            mark = key_node.start_mark
+            raise ConfigError(f"duplicate key {key!r} at line {mark.line + 1} (rule: keys must be unique)")
+        mapping[key] = loader.construct_object(value_node, deep=deep)  # type: ignore[no-untyped-call]
+    return mapping
+
+
+_StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+
+
+def load_yaml(text: str, source: str = "<input>") -> Any:
+    try:
+        return yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
+    except yaml.YAMLError as exc:
+        first = str(exc).strip().splitlines()
+        raise ConfigError(f"{source}: malformed YAML: {' '.join(x.strip() for x in first[:3])}") from None
+
+
+# ---------------------------------------------------------------------------------------------
+# Models
+
+OptionValue = list[str]
+
+
+def _option_values(raw: Any, where: str) -> OptionValue:
+    """A YAML option value as the list of strings the database stores."""
+    items = raw if isinstance(raw, list) else [raw]
+    out = []
+    for item in items:
+        if isinstance(item, bool):
+            out.append("yes" if item else "no")
+        elif isinstance(item, (int, float, str)):
+            out.append(str(item))
+        else:
+            raise ConfigError(f"{where}: value {item!r} is not a string or number (rule: option values are scalars or lists of scalars)")
+    return out
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class PjsipObject(_Strict):
+    """A template (``parents``) or an endpoint (``templates``); both carry option sections."""
+
+    parents: list[str] = Field(default_factory=list)
+    templates: list[str] = Field(default_factory=list)
+    transport: str | None = None
+    endpoint: dict[str, OptionValue] = Field(default_factory=dict)
+    aor: dict[str, OptionValue] = Field(default_factory=dict)
+    auth: dict[str, OptionValue] = Field(default_factory=dict)
+    identify: dict[str, OptionValue] = Field(default_factory=dict)
+    registration: dict[str, OptionValue] = Field(default_factory=dict)
+    outbound_auth: dict[str, OptionValue] = Field(default_factory=dict)
+
+    def sections(self) -> dict[str, dict[str, OptionValue]]:
+        return {s: getattr(self, s) for s in OPTION_SECTIONS if getattr(self, s)}
+
+
+class RankMember(_Strict):
+    number: str
+    active: bool = True
+
+
+class Rank(_Strict):
+    mode: Literal["default", "next", "drop"] = "default"
+    delay_ms: int = Field(default=0, ge=0)
+    members: list[RankMember] = Field(default_factory=list)
+
+    @field_validator("members", mode="before")
+    @classmethod
+    def _members(cls, v: Any) -> Any:
+        if isinstance(v, list):
+            return [{"number": str(m)} if isinstance(m, (str, int)) else m for m in v]
+        return v
+
+
+class Forward(_Strict):
+    mode: Literal["always", "busy", "unavailable"]
+    to: str
+    delay_ms: int = Field(default=0, ge=0)
+
+
+class Extension(_Strict):
+    type: Literal["simple", "multiring", "group", "external", "trunk"]
+    name: str | None = None
+    short_name: str | None = None
+    endpoints: list[str] = Field(default_factory=list)
+    call_waiting: bool = True
+    dialout: bool = False
+    outgoing_number: str | None = None
+    outgoing_name: str | None = None
+    ringback: str | None = None
+    language: str | None = None
+    forward: Forward | None = None
+    ranks: list[Rank] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _delay_only_always(self) -> Extension:
+        if self.forward and self.forward.delay_ms and self.forward.mode != "always":
+            raise ValueError("forward.delay_ms is only valid with mode always")
+        return self
+
+
+class Tenant(_Strict):
+    domain: str
+    templates: dict[str, PjsipObject] = Field(default_factory=dict)
+    endpoints: dict[str, PjsipObject] = Field(default_factory=dict)
+    extensions: dict[str, Extension] = Field(default_factory=dict)
+
+
+class Config(_Strict):
+    tenants: dict[str, Tenant | None] = Field(default_factory=dict)
+
+
+# ---------------------------------------------------------------------------------------------
+# Normalization (YAML scalars to strings) and checks that need the whole file
+
+
+def _stringify_keys(d: Any, where: str) -> dict[str, Any]:
+    if d is None:
+        return {}
+    if not isinstance(d, dict):
+        raise ConfigError(f"{where}: expected a mapping, got {type(d).__name__}")
+    return {str(k): v for k, v in d.items()}
+
+
+def _scalar_strings(d: dict[str, Any], keys: tuple[str, ...]) -> None:
+    for k in keys:
+        if isinstance(d.get(k), (int, float)) and not isinstance(d.get(k), bool):
+            d[k] = str(d[k])
+
+
+def _normalize_object(raw: Any, where: str) -> dict[str, Any]:
+    obj = _stringify_keys(raw, where)
+    for section in OPTION_SECTIONS:
+        if section in obj:
+            opts = _stringify_keys(obj[section], f"{where}.{section}")
+            obj[section] = {k: _option_values(v, f"{where}.{section}.{k}") for k, v in opts.items()}
+    for key in ("parents", "templates"):
+        if isinstance(obj.get(key), list):
+            obj[key] = [str(x) for x in obj[key]]
+    return obj
+
+
+def _normalize_extension(raw: Any, where: str) -> dict[str, Any]:
+    ext = _stringify_keys(raw, where)
+    _scalar_strings(ext, ("name", "short_name", "outgoing_number", "outgoing_name", "ringback", "language"))
+    if isinstance(ext.get("endpoints"), list):
+        ext["endpoints"] = [str(x) for x in ext["endpoints"]]
+    if isinstance(ext.get("forward"), dict):
+        fwd = dict(ext["forward"])
+        _scalar_strings(fwd, ("to",))
+        ext["forward"] = fwd
+    if isinstance(ext.get("ranks"), list):
+        ranks = []
+        for rank in ext["ranks"]:
+            if isinstance(rank, dict) and isinstance(rank.get("members"), list):
+                rank = dict(rank)
+                rank["members"] = [
+                    _scalar_number(m) if isinstance(m, dict) else str(m) for m in rank["members"]
+                ]
+            ranks.append(rank)
+        ext["ranks"] = ranks
+    return ext
+
+
+def _scalar_number(m: dict[str, Any]) -> dict[str, Any]:
+    m = dict(m)
+    _scalar_strings(m, ("number",))
+    return m
+
+
+def _normalize(doc: Any) -> dict[str, Any]:
+    top = _stringify_keys(doc, "file")
+    tenants = _stringify_keys(top.get("tenants"), "tenants")
+    out_tenants: dict[str, Any] = {}
+    for tname, traw in tenants.items():
+        if traw is None:
+            out_tenants[tname] = None
+            continue
+        t = _stringify_keys(traw, f"tenant {tname}")
+        for group in ("templates", "endpoints"):
+            if group in t:
+                items = _stringify_keys(t[group], f"tenant {tname} {group}")
+                t[group] = {n: _normalize_object(o, f"{group[:-1]} {tname}/{n}") for n, o in items.items()}
+        if "extensions" in t:
+            items = _stringify_keys(t["extensions"], f"tenant {tname} extensions")
+            t["extensions"] = {n: _normalize_extension(e, f"extension {tname}/{n}") for n, e in items.items()}
+        out_tenants[tname] = t
+    top["tenants"] = out_tenants
+    return top
+
+
+def _describe(err: ValidationError) -> str:
+    first = err.errors()[0]
+    loc = [str(x) for x in first["loc"]]
+    where = ".".join(loc) if loc else "file"
+    if len(loc) >= 4 and loc[0] == "tenants" and loc[2] in ("templates", "endpoints", "extensions"):
+        kind = {"templates": "template", "endpoints": "endpoint", "extensions": "extension"}[loc[2]]
+        field = ".".join(loc[4:]) or "(itself)"
+        where = f"{kind} {loc[1]}/{loc[3]}: {field}"
+    elif len(loc) >= 2 and loc[0] == "tenants":
+        where = f"tenant {loc[1]}: {'.'.join(loc[2:]) or '(itself)'}"
+    msg = first["msg"]
+    if first["type"] == "extra_forbidden":
+        msg = "unknown key (rule: only the keys of contract section 2 are accepted)"
+    return f"{where}: {msg}"
+
+
+def parse_config(doc: Any) -> Config:
+    """Type the loaded YAML and check the rules that need the whole file."""
+    if doc is None:
+        doc = {}
+    try:
+        config = Config.model_validate(_normalize(doc))
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc)) from None
+    _check_names_and_references(config)
+    return config
+
+
+def load_config(path: Path) -> Config:
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read ({exc.strerror})") from None
+    return parse_config(load_yaml(text, str(path)))
+
+
+def _check_names_and_references(config: Config) -> None:
+    present = {n: t for n, t in config.tenants.items() if t is not None}
+    domains: dict[str, str] = {}
+    for tname, tenant in config.tenants.items():
+        if not TENANT_NAME.match(tname):
+            raise ConfigError(f"tenant {tname!r}: name must match [a-z0-9][a-z0-9-]* (rule: tenant names)")
+        if tenant is None:
+            continue
+        if tenant.domain in domains:
+            raise ConfigError(f"tenant {tname}: domain {tenant.domain} is also tenant {domains[tenant.domain]}'s "
+                              "(rule: SIP domains are unique)")
+        domains[tenant.domain] = tname
+        _check_tenant(tname, tenant, present)
+
+
+def _elsewhere(name: str, group: str, tname: str, present: dict[str, Tenant]) -> str:
+    owners = [o for o, t in present.items() if o != tname and name in getattr(t, group)]
+    return f" (it exists in tenant {owners[0]}: references across tenants are refused)" if owners else ""
+
+
+def _check_tenant(tname: str, tenant: Tenant, present: dict[str, Tenant]) -> None:
+    for group, kind in (("templates", "template"), ("endpoints", "endpoint")):
+        for name, obj in getattr(tenant, group).items():
+            label = f"{kind} {tname}/{name}"
+            if not OBJECT_NAME.match(name):
+                raise ConfigError(f"{label}: name must match [A-Za-z0-9_][A-Za-z0-9_.+-]* (rule: object names)")
+            refs = obj.parents if kind == "template" else obj.templates
+            wrong = obj.templates if kind == "template" else obj.parents
+            if wrong:
+                key = "templates" if kind == "template" else "parents"
+                raise ConfigError(f"{label}: '{key}' is not a {kind} key (rule: templates have parents, "
+                                  "endpoints have templates)")
+            if len(set(refs)) != len(refs):
+                raise ConfigError(f"{label}: a parent template is listed twice (rule: parents are distinct)")
+            for ref in refs:
+                if ref not in tenant.templates:
+                    raise ConfigError(f"{label}: unknown template {ref!r}"
+                                      f"{_elsewhere(ref, 'templates', tname, present)} (rule: parents must be "
+                                      "templates of the same tenant)")
+    for number, ext in tenant.extensions.items():
+        label = f"extension {tname}/{number}"
+        if not EXTENSION_NUMBER.match(number):
+            raise ConfigError(f"{label}: number must match [0-9A-Za-z*#+]{{1,40}} (rule: extension numbers)")
+        for ep in ext.endpoints:
+            if ep not in tenant.endpoints:
+                raise ConfigError(f"{label}: unknown endpoint {ep!r}{_elsewhere(ep, 'endpoints', tname, present)} "
+                                  "(rule: extensions use endpoints of the same tenant)")
+        if len(set(ext.endpoints)) != len(ext.endpoints):
+            raise ConfigError(f"{label}: an endpoint is listed twice (rule: endpoints are distinct)")
+        targets = [m.number for r in ext.ranks for m in r.members]
+        if ext.forward:
+            targets.append(ext.forward.to)
+        for target in targets:
+            if target not in tenant.extensions:
+                raise ConfigError(f"{label}: unknown extension {target!r}"
+                                  f"{_elsewhere(target, 'extensions', tname, present)} (rule: members and "
+                                  "forward targets are extensions of the same tenant)")
+        for i, rank in enumerate(ext.ranks):
+            numbers = [m.number for m in rank.members]
+            if len(set(numbers)) != len(numbers):
+                raise ConfigError(f"{label}: rank {i} lists a member twice (rule: members are distinct)")

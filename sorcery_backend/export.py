@@ -1,0 +1,45 @@
+"""`pbxctl export`: what Asterisk sees, read back through the realtime views themselves."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import asyncpg
+
+from sorcery_backend.changes import REALTIME_VIEWS
+
+__all__ = ["UnknownTenant", "export"]
+
+
+class UnknownTenant(LookupError):
+    pass
+
+
+async def export(conn: asyncpg.Connection, tenant: str | None = None) -> dict[str, Any]:
+    """{"tenants": {tenant: {"endpoints": {name: {table key: row}}}}}; rows exactly as the views return them."""
+    tenants = await conn.fetch(
+        "SELECT id, name FROM pbx.tenants WHERE $1::text IS NULL OR name = $1 ORDER BY name", tenant
+    )
+    if tenant is not None and not tenants:
+        raise UnknownTenant(tenant)
+    out: dict[str, Any] = {t["name"]: {"endpoints": {}} for t in tenants}
+    for view in REALTIME_VIEWS:
+        # The view's own columns, in its own order, joined to the bookkeeping of the flat table
+        # behind it only to learn which endpoint each row belongs to.
+        rows = await conn.fetch(
+            f"""
+            SELECT f.table_key AS "__key", o.name AS "__endpoint", t.name AS "__tenant", v.*
+            FROM public.{view} v
+            JOIN pbx.rt_{view} f ON f.id = v.id
+            JOIN pbx.objects o ON o.id = f.object_id
+            JOIN pbx.tenants t ON t.id = o.tenant_id
+            WHERE $1::text IS NULL OR t.name = $1
+            ORDER BY t.name, o.name, f.table_key
+            """,
+            tenant,
+        )
+        for r in rows:
+            row = {k: v for k, v in r.items() if not k.startswith("__")}
+            eps = out[r["__tenant"]]["endpoints"]
+            eps.setdefault(r["__endpoint"], {})[r["__key"]] = row
+    return {"tenants": out}
