@@ -1,0 +1,154 @@
+"""A private PostgreSQL cluster from Debian's packages: initdb in a state dir, pg_ctl on a free port.
+
+Never the system cluster: every cluster lives in its own directory with its own port and socket
+dir, so several stacks (a demo and a test run) coexist on one machine.
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+import shutil
+import socket
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+__all__ = ["PostgresCluster", "PostgresError", "find_bindir", "free_port"]
+
+
+class PostgresError(RuntimeError):
+    """The cluster could not be created or started; the message says why in one line."""
+
+
+def find_bindir() -> Path:
+    candidates = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"), reverse=True)
+    if not candidates:
+        raise PostgresError("PostgreSQL server binaries not found: apt-get install postgresql")
+    return candidates[0].parent
+
+
+def free_port(host: str = "127.0.0.1", kind: int = socket.SOCK_STREAM) -> int:
+    with socket.socket(socket.AF_INET, kind) as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+@dataclass
+class PostgresCluster:
+    """One private cluster. ``superuser`` connects over TCP on 127.0.0.1 with trust auth."""
+
+    root: Path
+    port: int
+    superuser: str = "postgres"
+
+    @property
+    def datadir(self) -> Path:
+        return self.root / "data"
+
+    @property
+    def sockdir(self) -> Path:
+        return self.root / "run"
+
+    @property
+    def logfile(self) -> Path:
+        return self.root / "postgres.log"
+
+    def dsn(self, database: str = "postgres", user: str | None = None, password: str | None = None) -> str:
+        auth = user or self.superuser
+        if password:
+            auth += f":{password}"
+        return f"postgresql://{auth}@127.0.0.1:{self.port}/{database}"
+
+    # The server refuses to run as root: everything runs as the `postgres` OS user.
+    def _as_postgres(self, argv: list[str], **kw: object) -> subprocess.CompletedProcess[str]:
+        if os.geteuid() == 0:
+            argv = ["runuser", "-u", "postgres", "--", *argv]
+        return subprocess.run(argv, capture_output=True, text=True, check=False, **kw)  # type: ignore[call-overload,no-any-return]
+
+    def _chown(self) -> None:
+        if os.geteuid() == 0:
+            pw = pwd.getpwnam("postgres")
+            for p in (self.root, self.sockdir):
+                os.chown(p, pw.pw_uid, pw.pw_gid)
+
+    def initialized(self) -> bool:
+        return (self.datadir / "PG_VERSION").exists()
+
+    def init(self) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.sockdir.mkdir(exist_ok=True)
+        self._chown()
+        if self.initialized():
+            return
+        bindir = find_bindir()
+        r = self._as_postgres([str(bindir / "initdb"), "-D", str(self.datadir), "-A", "trust", "-U",
+                               self.superuser, "-E", "UTF8", "--no-sync"])
+        if r.returncode != 0:
+            raise PostgresError(f"initdb failed: {(r.stderr or r.stdout).strip().splitlines()[-1:]}")
+
+    def running(self) -> bool:
+        r = self._as_postgres([str(find_bindir() / "pg_ctl"), "status", "-D", str(self.datadir)])
+        return r.returncode == 0
+
+    def start(self, timeout: float = 30.0) -> None:
+        self.init()
+        if self.running():
+            return
+        if not port_is_free(self.port):
+            raise PostgresError(f"port {self.port} on 127.0.0.1 is taken: cannot start Postgres there")
+        opts = (f"-p {self.port} -k {self.sockdir} -c listen_addresses=127.0.0.1 -c fsync=off "
+                "-c synchronous_commit=off -c full_page_writes=off -c log_statement=none -c max_connections=200")
+        r = self._as_postgres([str(find_bindir() / "pg_ctl"), "start", "-w", "-t", str(int(timeout)),
+                               "-D", str(self.datadir), "-l", str(self.logfile), "-o", opts])
+        if r.returncode != 0:
+            raise PostgresError(f"Postgres did not start on port {self.port}: {self.log_tail()}")
+        self.wait_ready(timeout)
+
+    def wait_ready(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            r = subprocess.run(["pg_isready", "-h", "127.0.0.1", "-p", str(self.port)], capture_output=True)
+            if r.returncode == 0:
+                return
+            time.sleep(0.1)
+        raise PostgresError(f"Postgres on port {self.port} not accepting connections after {timeout:g}s: "
+                            f"{self.log_tail()}")
+
+    def stop(self) -> None:
+        if self.initialized() and self.running():
+            self._as_postgres([str(find_bindir() / "pg_ctl"), "stop", "-m", "fast", "-w", "-D", str(self.datadir)])
+
+    def psql(self, sql: str, database: str = "postgres") -> str:
+        r = subprocess.run(["psql", "-X", "-v", "ON_ERROR_STOP=1", "-Atq", self.dsn(database), "-c", sql],
+                           capture_output=True, text=True, check=False)
+        if r.returncode != 0:
+            raise PostgresError(f"psql failed: {r.stderr.strip()}")
+        return r.stdout
+
+    def create_database(self, name: str, owner: str | None = None) -> None:
+        exists = self.psql(f"SELECT 1 FROM pg_database WHERE datname = '{name}'").strip()
+        if not exists:
+            self.psql(f'CREATE DATABASE "{name}"' + (f' OWNER "{owner}"' if owner else ""))
+
+    def log_tail(self, lines: int = 5) -> str:
+        try:
+            tail = self.logfile.read_text(errors="replace").strip().splitlines()[-lines:]
+        except OSError:
+            return "(no log)"
+        return " | ".join(tail)
+
+    def destroy(self) -> None:
+        self.stop()
+        shutil.rmtree(self.root, ignore_errors=True)
