@@ -30,7 +30,7 @@ async def export(conn: asyncpg.Connection, tenant: str | None = None) -> dict[st
             f"""
             SELECT f.table_key AS "__key", o.name AS "__endpoint", t.name AS "__tenant", v.*
             FROM public.{view} v
-            JOIN pbx.rt_{view} f ON f.id = v.id
+            JOIN pbx.rt_owner f ON f.view = '{view}' AND f.id = v.id
             JOIN pbx.objects o ON o.id = f.object_id
             JOIN pbx.tenants t ON t.id = o.tenant_id
             WHERE $1::text IS NULL OR t.name = $1
