@@ -23,6 +23,8 @@ SHARED = Path(os.environ.get("PBX_SHARED_DIR") or REPO.parent / "shared")
 
 
 
+pytest_plugins = ["stack"]
+
 _db_counter = itertools.count()
 
 

@@ -1,0 +1,165 @@
+"""One Asterisk process of a stack, inside the shared chroot, with its own dirs and -C file."""
+
+from __future__ import annotations
+
+import base64
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from devstack.settings import StackSettings
+
+__all__ = ["AsteriskError", "AsteriskNode"]
+
+CONF_DIR = Path(__file__).resolve().parent.parent / "asterisk_conf"
+
+
+class AsteriskError(RuntimeError):
+    """Asterisk did not start or answer; the message says what, with the log tail."""
+
+
+class AsteriskNode:
+    def __init__(self, chroot: Path, settings: StackSettings) -> None:
+        self.chroot = chroot
+        self.settings = settings
+        self.inner_dir = f"/stacks/{settings.name}"  # as Asterisk sees it
+        self.dir = chroot / "stacks" / settings.name
+
+    @property
+    def conf(self) -> str:
+        return f"{self.inner_dir}/etc/asterisk.conf"
+
+    @property
+    def logfile(self) -> Path:
+        return self.dir / "log" / "console.log"
+
+    @property
+    def pidfile(self) -> Path:
+        return self.dir / "run" / "asterisk.pid"
+
+    def render(self, db_host: str = "127.0.0.1") -> None:
+        s = self.settings
+        values = s.model_dump() | {"stack_dir": self.inner_dir, "db_host": db_host, "db_port": s.pg_port}
+        for sub in ("etc", "lib", "spool", "run", "log"):
+            (self.dir / sub).mkdir(parents=True, exist_ok=True)
+        for src in sorted(CONF_DIR.glob("*.conf")):
+            (self.dir / "etc" / src.name).write_text(src.read_text().format(**values))
+        packaged = self.chroot / "etc" / "asterisk" / "indications.conf"
+        if packaged.exists():  # ringback tones per country, as the package ships them
+            shutil.copy(packaged, self.dir / "etc" / "indications.conf")
+
+    def pid(self) -> int | None:
+        try:
+            pid = int(self.pidfile.read_text().strip())
+        except (OSError, ValueError):
+            return None
+        try:
+            os.kill(pid, 0)
+        except OSError:
+            return None
+        return pid
+
+    def running(self) -> bool:
+        return self.pid() is not None
+
+    def start(self, timeout: float = 60.0) -> None:
+        if self.running():
+            return
+        self.logfile.parent.mkdir(parents=True, exist_ok=True)
+        for port, kind in ((self.settings.http_port, "ARI/HTTP"), (self.settings.ami_port, "AMI")):
+            if not _tcp_port_free(port):
+                raise AsteriskError(f"port {port} ({kind}) on 127.0.0.1 is taken: cannot start Asterisk")
+        with open(self.logfile, "ab") as log:
+            proc = subprocess.Popen(
+                ["chroot", str(self.chroot), "/usr/sbin/asterisk", "-f", "-n", "-C", self.conf],
+                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            )
+        self.pidfile.parent.mkdir(parents=True, exist_ok=True)
+        self.pidfile.write_text(str(proc.pid))
+        self.wait_healthy(timeout, proc)
+
+    def wait_healthy(self, timeout: float, proc: subprocess.Popen[bytes] | None = None) -> None:
+        deadline = time.monotonic() + timeout
+        problem = "no answer yet"
+        while time.monotonic() < deadline:
+            if proc is not None and proc.poll() is not None:
+                raise AsteriskError(f"Asterisk exited with {proc.returncode} at start: {self.log_tail()}")
+            problem = self._health_problem()
+            if problem is None:
+                return
+            time.sleep(0.2)
+        raise AsteriskError(f"Asterisk not healthy after {timeout:g}s ({problem}): {self.log_tail()}")
+
+    def _health_problem(self) -> str | None:
+        s = self.settings
+        req = urllib.request.Request(f"{s.ari_url}/ari/asterisk/info", headers={"Authorization": _basic(s)})
+        try:
+            with urllib.request.urlopen(req, timeout=2) as resp:
+                if resp.status != 200:
+                    return f"ARI answered {resp.status}"
+        except (urllib.error.URLError, OSError) as exc:
+            return f"ARI: {exc}"
+        try:
+            with socket.create_connection(("127.0.0.1", s.ami_port), timeout=2) as sock:
+                sock.recv(256)
+                sock.sendall(f"Action: Login\r\nUsername: {s.ami_user}\r\nSecret: {s.ami_password}\r\n\r\n".encode())
+                reply = sock.recv(512).decode(errors="replace")
+                if "Success" not in reply:
+                    return f"AMI login: {reply.strip()[:80]}"
+                sock.sendall(b"Action: Logoff\r\n\r\n")
+        except OSError as exc:
+            return f"AMI: {exc}"
+        return None
+
+    def rx(self, command: str, timeout: float = 30.0) -> str:
+        r = subprocess.run(
+            ["chroot", str(self.chroot), "/usr/sbin/asterisk", "-C", self.conf, "-rx", command],
+            capture_output=True, text=True, timeout=timeout, check=False,
+        )
+        if r.returncode != 0:
+            raise AsteriskError(f"asterisk -rx {command!r} failed: {(r.stderr or r.stdout).strip()}")
+        return r.stdout
+
+    def stop(self, timeout: float = 20.0) -> None:
+        pid = self.pid()
+        if pid is None:
+            return
+        try:
+            self.rx("core stop now", timeout=10)
+        except (AsteriskError, subprocess.TimeoutExpired):
+            pass
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and self.pid() is not None:
+            time.sleep(0.1)
+        if self.pid() is not None:
+            os.kill(pid, signal.SIGKILL)
+            while self.pid() is not None:
+                time.sleep(0.05)
+        self.pidfile.unlink(missing_ok=True)
+
+    def log_tail(self, lines: int = 6) -> str:
+        try:
+            tail = self.logfile.read_text(errors="replace").strip().splitlines()[-lines:]
+        except OSError:
+            return "(no log)"
+        return " | ".join(x.strip() for x in tail) or "(empty log)"
+
+
+def _basic(s: StackSettings) -> str:
+    return "Basic " + base64.b64encode(f"{s.ari_user}:{s.ari_password}".encode()).decode()
+
+
+def _tcp_port_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True

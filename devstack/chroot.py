@@ -1,0 +1,106 @@
+"""The Debian sid chroot that carries Asterisk 22: built once with debootstrap, cached, shared.
+
+Built into a temporary sibling directory and renamed into place only when complete, so a half
+built chroot is never mistaken for a good one. /proc and /dev are mounted while any stack runs.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import shutil
+import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+__all__ = ["ChrootError", "asterisk_version", "ensure_chroot", "mount", "mounted", "umount"]
+
+MIRROR = "http://deb.debian.org/debian"
+PACKAGES = ["asterisk", "asterisk-modules", "asterisk-config"]
+
+
+class ChrootError(RuntimeError):
+    """The chroot cannot be built or used; one line naming the cause."""
+
+
+@contextmanager
+def _lock(path: Path) -> Iterator[None]:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _run(argv: list[str], what: str, log: Path) -> None:
+    with open(log, "a") as out:
+        r = subprocess.run(argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, check=False)
+    if r.returncode != 0:
+        tail = " | ".join(log.read_text(errors="replace").strip().splitlines()[-3:])
+        raise ChrootError(f"{what} failed (exit {r.returncode}): {tail} (full log: {log})")
+
+
+def ensure_chroot(root: Path) -> Path:
+    """Return the ready chroot at ``root``, building it first when missing."""
+    if (root / "usr" / "sbin" / "asterisk").exists():
+        return root
+    if os.geteuid() != 0:
+        raise ChrootError("building the Asterisk chroot needs root (debootstrap, chroot, mount)")
+    if shutil.which("debootstrap") is None:
+        raise ChrootError("debootstrap is not installed: apt-get install debootstrap")
+    with _lock(root.parent / f".{root.name}.lock"):
+        if (root / "usr" / "sbin" / "asterisk").exists():
+            return root  # another process built it while we waited
+        tmp = root.parent / f"{root.name}.building"
+        log = root.parent / f"{root.name}.build.log"
+        if tmp.exists():
+            umount(tmp)
+            shutil.rmtree(tmp)
+        log.write_text("")
+        _run(["debootstrap", "--variant=minbase", "sid", str(tmp), MIRROR], "debootstrap of Debian sid", log)
+        shutil.copy("/etc/resolv.conf", tmp / "etc" / "resolv.conf")
+        mount(tmp)
+        try:
+            env = ["env", "DEBIAN_FRONTEND=noninteractive"]
+            _run(["chroot", str(tmp), *env, "apt-get", "-o", "Acquire::Check-Valid-Until=false", "update"],
+                 "apt-get update in the chroot", log)
+            _run(["chroot", str(tmp), *env, "apt-get", "install", "-y", "--no-install-recommends", *PACKAGES],
+                 "installing Asterisk from Debian sid (the archive may not serve it now)", log)
+        finally:
+            umount(tmp)
+        if not (tmp / "usr" / "sbin" / "asterisk").exists():
+            raise ChrootError(f"Asterisk is missing from the chroot after the install (log: {log})")
+        tmp.rename(root)
+    return root
+
+
+def _mountpoints() -> set[str]:
+    with open("/proc/mounts") as fh:
+        return {line.split()[1] for line in fh}
+
+
+def mounted(root: Path) -> bool:
+    return str(root / "proc") in _mountpoints()
+
+
+def mount(root: Path) -> None:
+    points = _mountpoints()
+    if str(root / "proc") not in points:
+        subprocess.run(["mount", "-t", "proc", "proc", str(root / "proc")], check=True)
+    if str(root / "dev") not in points:
+        subprocess.run(["mount", "--bind", "/dev", str(root / "dev")], check=True)
+
+
+def umount(root: Path) -> None:
+    points = _mountpoints()
+    for sub in ("dev", "proc"):
+        if str(root / sub) in points:
+            subprocess.run(["umount", "-l", str(root / sub)], check=False)
+
+
+def asterisk_version(root: Path) -> str:
+    r = subprocess.run(["chroot", str(root), "/usr/sbin/asterisk", "-V"], capture_output=True, text=True, check=False)
+    return r.stdout.strip() or r.stderr.strip()

@@ -1,0 +1,109 @@
+"""An embedded stack: a private Postgres cluster and one Asterisk 22 node, started together.
+
+Everything a stack owns is named by the stack: its state dir, its ports (chosen free once and
+kept in stack.json), its Asterisk dirs inside the shared chroot. Two stacks never collide.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from pathlib import Path
+
+import asyncpg
+
+from devstack.asterisk import AsteriskNode
+from devstack.chroot import asterisk_version, ensure_chroot, mount, umount
+from devstack.postgres import PostgresCluster
+from devstack.settings import StackSettings, cache_dir, stacks_dir
+from sorcery_backend.schema import migrate
+
+__all__ = ["Stack", "chroot_path"]
+
+
+def chroot_path() -> Path:
+    return cache_dir() / "chroot-sid"
+
+
+@dataclass
+class Stack:
+    settings: StackSettings
+    chroot: Path
+
+    @classmethod
+    def named(cls, name: str) -> Stack:
+        return cls(StackSettings.load_or_create(name), chroot_path())
+
+    @property
+    def state_dir(self) -> Path:
+        return stacks_dir() / self.settings.name
+
+    @property
+    def postgres(self) -> PostgresCluster:
+        return PostgresCluster(root=self.state_dir / "pg", port=self.settings.pg_port)
+
+    @property
+    def asterisk(self) -> AsteriskNode:
+        return AsteriskNode(self.chroot, self.settings)
+
+    def up(self) -> None:
+        ensure_chroot(self.chroot)
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        self.state_dir.chmod(0o755)
+        self.state_dir.parent.chmod(0o755)
+        pg = self.postgres
+        pg.start()
+        pg.create_database(self.settings.db_name)
+        asyncio.run(self._prepare_database())
+        node = self.asterisk
+        node.render()
+        mount(self.chroot)
+        node.start()
+
+    async def _prepare_database(self) -> None:
+        s = self.settings
+        conn = await asyncpg.connect(s.database_url())
+        try:
+            await migrate(conn)
+            exists = await conn.fetchval("SELECT 1 FROM pg_roles WHERE rolname = $1", s.db_user)
+            verb = "ALTER" if exists else "CREATE"
+            await conn.execute(f"{verb} ROLE \"{s.db_user}\" LOGIN PASSWORD '{s.db_password}'")
+            await conn.execute(f'GRANT pbx_asterisk TO "{s.db_user}"')
+        finally:
+            await conn.close()
+
+    def down(self) -> None:
+        self.asterisk.stop()
+        self.postgres.stop()
+        if not any_stack_running(self.chroot):
+            umount(self.chroot)
+
+    def status(self) -> dict[str, object]:
+        return {
+            "name": self.settings.name,
+            "postgres": "running" if self.postgres.initialized() and self.postgres.running() else "stopped",
+            "asterisk": "running" if self.asterisk.running() else "stopped",
+            "asterisk_version": asterisk_version(self.chroot) if self.chroot.exists() else None,
+            "state_dir": str(self.state_dir),
+        } | self.settings.exports()
+
+    def destroy(self) -> None:
+        """Stop and remove everything the stack owns (the chroot stays)."""
+        import shutil
+
+        self.down()
+        shutil.rmtree(self.asterisk.dir, ignore_errors=True)
+        shutil.rmtree(self.state_dir, ignore_errors=True)
+
+
+def any_stack_running(chroot: Path) -> bool:
+    base = chroot / "stacks"
+    if not base.exists():
+        return False
+    for d in base.iterdir():
+        settings_file = stacks_dir() / d.name / "stack.json"
+        if settings_file.exists():
+            node = AsteriskNode(chroot, StackSettings.model_validate_json(settings_file.read_text()))
+            if node.running():
+                return True
+    return False

@@ -1,0 +1,93 @@
+"""`pbxctl dev up|down|status|chroot`: the embedded local stack."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import sys
+from typing import Any
+
+from pbxctl.errors import CliError, Unreachable
+
+__all__ = ["register"]
+
+
+def register(subparsers: Any) -> None:
+    dev = subparsers.add_parser("dev", help="the embedded local stack (Postgres, Asterisk 22)")
+    sub = dev.add_subparsers(dest="dev_command", metavar="ACTION", required=True)
+    for name, func, help_text in (
+        ("up", _up, "start the stack (idempotent) and print its export lines"),
+        ("down", _down, "stop the stack; no process is left behind"),
+        ("status", _status, "what runs, and the export lines"),
+    ):
+        p = sub.add_parser(name, help=help_text)
+        p.add_argument("--name", default=os.environ.get("PBX_STACK", "dev"), help="stack name (default: dev)")
+        if name == "status":
+            p.add_argument("--json", action="store_true")
+        p.set_defaults(func=func)
+    p = sub.add_parser("chroot", help="build (once) and check the cached Asterisk chroot")
+    p.set_defaults(func=_chroot)
+
+
+def _guard_root() -> None:
+    if os.geteuid() != 0:
+        raise CliError("the embedded stack needs root (chroot, mount, a Postgres run as `postgres`)", 3)
+
+
+def _print_exports(exports: dict[str, str]) -> None:
+    for k, v in exports.items():
+        print(f"export {k}={shlex.quote(v)}")
+
+
+def _up(args: argparse.Namespace) -> int:
+    from devstack.asterisk import AsteriskError
+    from devstack.chroot import ChrootError
+    from devstack.postgres import PostgresError
+    from devstack.stack import Stack
+
+    _guard_root()
+    stack = Stack.named(args.name)
+    try:
+        stack.up()
+    except (AsteriskError, ChrootError, PostgresError) as exc:
+        raise Unreachable(f"stack {args.name}: {exc}") from None
+    print(f"stack {args.name} is up", file=sys.stderr)
+    _print_exports(stack.settings.exports())
+    return 0
+
+
+def _down(args: argparse.Namespace) -> int:
+    from devstack.stack import Stack
+
+    _guard_root()
+    Stack.named(args.name).down()
+    print(f"stack {args.name} is down", file=sys.stderr)
+    return 0
+
+
+def _status(args: argparse.Namespace) -> int:
+    from devstack.stack import Stack
+
+    status = Stack.named(args.name).status()
+    if args.json:
+        print(json.dumps(status, indent=1))
+    else:
+        print(f"stack {status['name']}: postgres {status['postgres']}, asterisk {status['asterisk']}"
+              f" ({status['asterisk_version']})", file=sys.stderr)
+        _print_exports(Stack.named(args.name).settings.exports())
+    return 0
+
+
+def _chroot(args: argparse.Namespace) -> int:
+    from devstack.chroot import ChrootError, asterisk_version, ensure_chroot
+    from devstack.stack import chroot_path
+
+    _guard_root()
+    try:
+        root = ensure_chroot(chroot_path())
+    except ChrootError as exc:
+        raise Unreachable(str(exc)) from None
+    print(f"chroot {root}: {asterisk_version(root)}", file=sys.stderr)
+    return 0

@@ -1,0 +1,44 @@
+"""The `stack` fixture: one embedded real stack (Postgres + Asterisk 22 + sipp) per test session.
+
+Its name carries the pid, so a test run never touches the developer's `dev` stack or another run.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from collections.abc import Iterator
+
+import pytest
+
+from devstack.chroot import asterisk_version
+from devstack.stack import Stack
+
+
+@pytest.fixture(scope="session")
+def stack() -> Iterator[Stack]:
+    st = Stack.named(f"test-{os.getpid()}")
+    try:
+        st.up()
+        print(f"\n[stack] {asterisk_version(st.chroot)} on {st.settings.sip_addr}", file=sys.stderr)
+        yield st
+    finally:
+        st.destroy()
+
+
+def pbxctl(st: Stack, *args: str, input_text: str | None = None) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ, **st.settings.exports())
+    return subprocess.run([sys.executable, "-m", "pbxctl", *args], capture_output=True, text=True, env=env,
+                          input=input_text, timeout=300)
+
+
+def apply_yaml(st: Stack, text: str, tmp_path: object) -> str:
+    from pathlib import Path
+
+    f = Path(str(tmp_path)) / "config.yaml"
+    f.write_text(textwrap.dedent(text))
+    p = pbxctl(st, "apply", str(f), "--json")
+    assert p.returncode == 0, p.stderr
+    return p.stdout

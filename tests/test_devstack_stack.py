@@ -1,0 +1,171 @@
+"""The embedded stack, for real: Asterisk reads endpoints from Postgres, sipp registers and calls."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import aiohttp
+import asyncpg
+import pytest
+
+from devstack import sipp
+from devstack.stack import Stack
+from stack import apply_yaml, pbxctl
+
+pytestmark = pytest.mark.stack
+
+PHONES = """
+tenants:
+  acme:
+    domain: acme.example
+    templates:
+      phone: {transport: transport-udp, endpoint: {context: pbx-stasis, allow: "!all,ulaw"},
+              aor: {max_contacts: 2, remove_existing: "yes"}}
+    endpoints:
+      "1001": {templates: [phone], auth: {password: acme-1001}}
+  beta:
+    domain: beta.example
+    templates:
+      phone: {transport: transport-udp, endpoint: {context: pbx-stasis, allow: "!all,ulaw"},
+              aor: {max_contacts: 2, remove_existing: "yes"}}
+    endpoints:
+      "1001": {templates: [phone], auth: {password: beta-1001}}
+"""
+
+
+@pytest.fixture
+def phones(stack: Stack, tmp_path: Path) -> Stack:
+    apply_yaml(stack, PHONES, tmp_path)
+    return stack
+
+
+async def contacts(stack: Stack) -> list[tuple[str, str]]:
+    conn = await asyncpg.connect(stack.settings.database_url())
+    try:
+        return [(r["id"], r["endpoint"]) for r in await conn.fetch("SELECT id, endpoint FROM ps_contacts ORDER BY id")]
+    finally:
+        await conn.close()
+
+
+def test_phone_registers_with_digest_auth_to_an_endpoint_defined_only_in_postgres(phones: Stack) -> None:
+    r = sipp.register(phones.settings.sip_addr, "1001", "acme.example", "acme-1001")
+    assert r.responses == [401, 200], (r.responses, r.stderr)
+    rows = asyncio.run(contacts(phones))
+    assert any(ep == "1001@acme.example" and cid.startswith("1001@acme.example^3B@") for cid, ep in rows), rows
+
+
+def test_two_tenants_with_the_same_user_register_each_to_their_own(phones: Stack) -> None:
+    addr = phones.settings.sip_addr
+    assert sipp.register(addr, "1001", "beta.example", "beta-1001").final == 200
+    # The other tenant's password is refused: the identity is user@domain, not just the user.
+    assert sipp.register(addr, "1001", "beta.example", "acme-1001").final == 401
+    assert sipp.register(addr, "1001", "acme.example", "acme-1001").final == 200
+    endpoints = {ep for _cid, ep in asyncio.run(contacts(phones))}
+    assert {"1001@acme.example", "1001@beta.example"} <= endpoints
+
+
+def test_template_edit_in_sql_is_seen_by_the_next_request_without_reload(phones: Stack) -> None:
+    async def set_password(pw: str) -> None:
+        conn = await asyncpg.connect(phones.settings.database_url())
+        try:
+            await conn.execute(
+                "UPDATE pbx.object_options o SET value = ARRAY[$1] FROM pbx.objects e JOIN pbx.tenants t "
+                "ON t.id = e.tenant_id WHERE o.object_id = e.id AND t.name = 'acme' AND e.name = '1001' "
+                "AND o.section = 'auth' AND o.option = 'password'", pw)
+        finally:
+            await conn.close()
+
+    addr = phones.settings.sip_addr
+    asyncio.run(set_password("changed-1001"))
+    assert sipp.register(addr, "1001", "acme.example", "acme-1001").final == 401
+    assert sipp.register(addr, "1001", "acme.example", "changed-1001").final == 200
+    assert "changed-1001" not in phones.asterisk.rx("pjsip show endpoint 1001@acme.example")  # never printed
+    asyncio.run(set_password("acme-1001"))
+
+
+def test_call_without_a_connected_app_fails_cleanly(phones: Stack) -> None:
+    r = sipp.call(phones.settings.sip_addr, "1001", "acme.example", "acme-1001", "2000")
+    assert r.final == 503, (r.responses, r.stderr)
+
+
+async def _answer_first_call(stack: Stack, ready: asyncio.Event, seen: list[dict[str, object]]) -> None:
+    s = stack.settings
+    auth = {"Authorization": "Basic " + base64.b64encode(f"{s.ari_user}:{s.ari_password}".encode()).decode()}
+    async with aiohttp.ClientSession(headers=auth) as http:
+        async with http.ws_connect(f"{s.ari_url}/ari/events?app={s.ari_app}") as ws:
+            ready.set()
+            async for msg in ws:
+                event = json.loads(msg.data)
+                seen.append(event)
+                if event["type"] == "StasisStart":
+                    chan = event["channel"]["id"]
+                    async with http.post(f"{s.ari_url}/ari/channels/{chan}/answer") as resp:
+                        assert resp.status == 204
+                if event["type"] == "StasisEnd":
+                    return
+
+
+def test_call_enters_stasis_and_an_ari_client_answers_it(phones: Stack) -> None:
+    async def scenario() -> tuple[sipp.SippResult, list[dict[str, object]]]:
+        ready = asyncio.Event()
+        seen: list[dict[str, object]] = []
+        client = asyncio.create_task(_answer_first_call(phones, ready, seen))
+        await asyncio.wait_for(ready.wait(), 10)
+        result = await asyncio.to_thread(
+            sipp.call, phones.settings.sip_addr, "1001", "acme.example", "acme-1001", "2000", hold_s=0.5)
+        await asyncio.wait_for(client, 15)
+        return result, seen
+
+    result, seen = asyncio.run(scenario())
+    assert 200 in result.responses and result.returncode == 0, (result.responses, result.stderr)
+    start = next(e for e in seen if e["type"] == "StasisStart")
+    assert start["args"] == ["2000"]
+    assert start["channel"]["caller"]["number"] == "1001"  # type: ignore[index]
+
+
+def test_dev_up_is_idempotent_and_down_leaves_no_process(stack: Stack) -> None:
+    name = f"{stack.settings.name}-cli"
+    env = dict(os.environ, PBX_STACK=name)
+    cmd = [sys.executable, "-m", "pbxctl", "dev"]
+    try:
+        first = subprocess.run([*cmd, "up"], capture_output=True, text=True, env=env, timeout=300)
+        assert first.returncode == 0, first.stderr
+        other = Stack.named(name)
+        pid = other.asterisk.pid()
+        second = subprocess.run([*cmd, "up"], capture_output=True, text=True, env=env, timeout=300)
+        assert second.returncode == 0 and second.stdout == first.stdout
+        assert other.asterisk.pid() == pid
+        # Both stacks run at once on their own ports; the session's stack is untouched.
+        assert other.settings.sip_port != stack.settings.sip_port and stack.asterisk.running()
+        assert "PBX_DATABASE_URL" in first.stdout and first.stdout.startswith("export ")
+        down = subprocess.run([*cmd, "down"], capture_output=True, text=True, env=env, timeout=120)
+        assert down.returncode == 0, down.stderr
+        assert not other.asterisk.running() and not other.postgres.running()
+        leftovers = subprocess.run(["pgrep", "-f", f"stacks/{name}/"], capture_output=True, text=True)
+        assert leftovers.stdout.strip() == "", leftovers.stdout
+        assert stack.asterisk.running()
+    finally:
+        Stack.named(name).destroy()
+
+
+def test_port_taken_is_a_one_line_error(stack: Stack) -> None:
+    name = f"{stack.settings.name}-busy"
+    other = Stack.named(name)
+    env = dict(os.environ, PBX_STACK=name)
+    try:
+        with socket.socket() as squat:
+            squat.bind(("127.0.0.1", other.settings.ami_port))
+            squat.listen()
+            p = subprocess.run([sys.executable, "-m", "pbxctl", "dev", "up"], capture_output=True, text=True,
+                               env=env, timeout=300)
+        assert p.returncode == 3
+        assert p.stderr.strip().count("\n") == 0 and f"port {other.settings.ami_port}" in p.stderr, p.stderr
+    finally:
+        other.destroy()
