@@ -20,9 +20,7 @@ venv: deps
 	@stamp=$(VENV)/.installed-$$(sha1sum pyproject.toml | cut -c1-12); \
 	if [ ! -f $$stamp ]; then \
 	  $(PY) -m pip install -q --upgrade pip && \
-	  $(PY) -m pip install -q -e '.[dev]' && touch $$stamp; \
-	else \
-	  $(PY) -m pip install -q --no-deps --no-build-isolation -e . >/dev/null; \
+	  $(PY) -m pip install -q -e '.[dev]' && rm -f $(VENV)/.installed-* && touch $$stamp; \
 	fi
 
 chroot: venv
