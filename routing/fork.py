@@ -147,6 +147,7 @@ class _Run:
     forwarded: bool = False
     extra_forward_used: bool = False
     done: bool = False
+    starting: bool = False  # while a rank's members start; a member failing at once must wait for the rest
 
     def failures(self) -> set[str]:
         return {leg.failure for leg in self.legs if leg.failure}
@@ -286,7 +287,11 @@ class Fork:
         run.prev_rank_start = now
         run.skip_delay = False
         earlier = [leg for leg in run.legs if leg.alive]
-        new = [self._start_child(run, member, now) for member in rank.members]
+        run.starting = True
+        try:
+            new = [self._start_child(run, member, now) for member in rank.members]
+        finally:
+            run.starting = False
         if any(leg.alive for leg in new):
             if rank.mode == "drop":
                 for leg in earlier:
@@ -315,7 +320,8 @@ class Fork:
         leg = run.parent_leg
         leg.alive = False
         leg.failure = reason
-        self._advance(leg.owner, now)
+        if not leg.owner.starting:
+            self._advance(leg.owner, now)
 
     # -- events ---------------------------------------------------------------------------------
     def _answered(self, leg_id: int) -> None:
