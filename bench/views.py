@@ -25,15 +25,18 @@ import asyncpg
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench._common import percentile, private_postgres  # noqa: E402
-from sorcery_backend.apply import apply_config  # noqa: E402
-from sorcery_backend.declarative import parse_config  # noqa: E402
+from bench._common import percentile, private_postgres
+from sorcery_backend.apply import apply_config
+from sorcery_backend.declarative import parse_config
 
 
 def config(n: int, tenant: str = "bench", context: str = "bench-internal") -> dict[str, object]:
     templates = {
-        "l0": {"transport": "transport-udp", "endpoint": {"allow": "!all,ulaw", "context": context},
-               "aor": {"max_contacts": 1}},
+        "l0": {
+            "transport": "transport-udp",
+            "endpoint": {"allow": "!all,ulaw", "context": context},
+            "aor": {"max_contacts": 1},
+        },
         "l1": {"parents": ["l0"], "endpoint": {"dtmf_mode": "rfc4733", "set_var": ["A=1"]}},
         "l2": {"parents": ["l1"], "endpoint": {"language": "en", "set_var": ["B=2"]}},
         "l3": {"parents": ["l2"], "endpoint": {"allow": "g722"}, "aor": {"qualify_frequency": 60}},

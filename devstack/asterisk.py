@@ -78,7 +78,10 @@ class AsteriskNode:
         with open(self.logfile, "ab") as log:
             proc = subprocess.Popen(
                 ["chroot", str(self.chroot), "/usr/sbin/asterisk", "-f", "-n", "-C", self.conf],
-                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
             )
         self.pidfile.parent.mkdir(parents=True, exist_ok=True)
         self.pidfile.write_text(str(proc.pid))
@@ -86,7 +89,7 @@ class AsteriskNode:
 
     def wait_healthy(self, timeout: float, proc: subprocess.Popen[bytes] | None = None) -> None:
         deadline = time.monotonic() + timeout
-        problem = "no answer yet"
+        problem: str | None = "no answer yet"
         while time.monotonic() < deadline:
             if proc is not None and proc.poll() is not None:
                 raise AsteriskError(f"Asterisk exited with {proc.returncode} at start: {self.log_tail()}")
@@ -120,7 +123,10 @@ class AsteriskNode:
     def rx(self, command: str, timeout: float = 30.0) -> str:
         r = subprocess.run(
             ["chroot", str(self.chroot), "/usr/sbin/asterisk", "-C", self.conf, "-rx", command],
-            capture_output=True, text=True, timeout=timeout, check=False,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
         )
         if r.returncode != 0:
             raise AsteriskError(f"asterisk -rx {command!r} failed: {(r.stderr or r.stdout).strip()}")

@@ -65,10 +65,16 @@ def ensure_chroot(root: Path) -> Path:
         mount(tmp)
         try:
             env = ["env", "DEBIAN_FRONTEND=noninteractive"]
-            _run(["chroot", str(tmp), *env, "apt-get", "-o", "Acquire::Check-Valid-Until=false", "update"],
-                 "apt-get update in the chroot", log)
-            _run(["chroot", str(tmp), *env, "apt-get", "install", "-y", "--no-install-recommends", *PACKAGES],
-                 "installing Asterisk from Debian sid (the archive may not serve it now)", log)
+            _run(
+                ["chroot", str(tmp), *env, "apt-get", "-o", "Acquire::Check-Valid-Until=false", "update"],
+                "apt-get update in the chroot",
+                log,
+            )
+            _run(
+                ["chroot", str(tmp), *env, "apt-get", "install", "-y", "--no-install-recommends", *PACKAGES],
+                "installing Asterisk from Debian sid (the archive may not serve it now)",
+                log,
+            )
         finally:
             umount(tmp)
         if not (tmp / "usr" / "sbin" / "asterisk").exists():

@@ -30,9 +30,10 @@ async def answer_one_call(stack: Stack, ready: asyncio.Event, log: list[str]) ->
     """A stand-in Stasis app: answers the call, keeps it up while the phone holds it."""
     s = stack.settings
     auth = {"Authorization": "Basic " + base64.b64encode(f"{s.ari_user}:{s.ari_password}".encode()).decode()}
-    async with aiohttp.ClientSession(headers=auth) as http, http.ws_connect(
-        f"{s.ari_url}/ari/events?app={s.ari_app}"
-    ) as ws:
+    async with (
+        aiohttp.ClientSession(headers=auth) as http,
+        http.ws_connect(f"{s.ari_url}/ari/events?app={s.ari_app}") as ws,
+    ):
         ready.set()
         async for msg in ws:
             event = json.loads(msg.data)
@@ -51,8 +52,9 @@ async def place_call(stack: Stack) -> tuple[sipp.SippResult, list[str]]:
     log: list[str] = []
     app = asyncio.create_task(answer_one_call(stack, ready, log))
     await asyncio.wait_for(ready.wait(), 10)
-    result = await asyncio.to_thread(sipp.call, stack.settings.sip_addr, "1001", "demo.example", "demo-1001",
-                                     "2000", hold_s=1)
+    result = await asyncio.to_thread(
+        sipp.call, stack.settings.sip_addr, "1001", "demo.example", "demo-1001", "2000", hold_s=1
+    )
     await asyncio.wait_for(app, 15)
     return result, log
 
@@ -64,20 +66,22 @@ def main() -> int:
     stack.up()
     say(f"stack up in {time.monotonic() - t0:.1f}s: {asterisk_version(stack.chroot)}, SIP on {stack.settings.sip_addr}")
     env = dict(__import__("os").environ, **stack.settings.exports())
-    p = subprocess.run([sys.executable, "-m", "pbxctl", "apply", str(EXAMPLE)], capture_output=True, text=True,
-                       env=env)
+    p = subprocess.run([sys.executable, "-m", "pbxctl", "apply", str(EXAMPLE)], capture_output=True, text=True, env=env)
     if p.returncode != 0:
         say(f"apply failed: {p.stderr.strip()}")
         return 1
     say(f"loaded {EXAMPLE.name}: {p.stderr.strip()}")
     r = sipp.register(stack.settings.sip_addr, "1001", "demo.example", "demo-1001")
-    say(f"phone 1001@demo.example REGISTER: responses {r.responses}"
-        + (" (registered)" if r.final == 200 else " (FAILED)"))
+    say(
+        f"phone 1001@demo.example REGISTER: responses {r.responses}"
+        + (" (registered)" if r.final == 200 else " (FAILED)")
+    )
     result, log = asyncio.run(place_call(stack))
     say("phone 1001 calls 2000 (the Team group):")
     for line in log:
         say(f"  controller: {line}")
-    say(f"  caller saw: {result.responses} -> {'answered and hung up after 1 s' if 200 in result.responses else 'not answered'}")
+    outcome = "answered and hung up after 1 s" if 200 in result.responses else "not answered"
+    say(f"  caller saw: {result.responses} -> {outcome}")
     say("the stack keeps running: `pbxctl dev status` shows it, `pbxctl dev down` stops it")
     for k, v in stack.settings.exports().items():
         print(f"export {k}={v}")

@@ -93,8 +93,20 @@ class PostgresCluster:
         if self.initialized():
             return
         bindir = find_bindir()
-        r = self._as_postgres([str(bindir / "initdb"), "-D", str(self.datadir), "-A", "trust", "-U",
-                               self.superuser, "-E", "UTF8", "--no-sync"])
+        r = self._as_postgres(
+            [
+                str(bindir / "initdb"),
+                "-D",
+                str(self.datadir),
+                "-A",
+                "trust",
+                "-U",
+                self.superuser,
+                "-E",
+                "UTF8",
+                "--no-sync",
+            ]
+        )
         if r.returncode != 0:
             raise PostgresError(f"initdb failed: {(r.stderr or r.stdout).strip().splitlines()[-1:]}")
 
@@ -108,10 +120,25 @@ class PostgresCluster:
             return
         if not port_is_free(self.port):
             raise PostgresError(f"port {self.port} on 127.0.0.1 is taken: cannot start Postgres there")
-        opts = (f"-p {self.port} -k {self.sockdir} -c listen_addresses=127.0.0.1 -c fsync=off "
-                "-c synchronous_commit=off -c full_page_writes=off -c log_statement=none -c max_connections=200")
-        r = self._as_postgres([str(find_bindir() / "pg_ctl"), "start", "-w", "-t", str(int(timeout)),
-                               "-D", str(self.datadir), "-l", str(self.logfile), "-o", opts])
+        opts = (
+            f"-p {self.port} -k {self.sockdir} -c listen_addresses=127.0.0.1 -c fsync=off "
+            "-c synchronous_commit=off -c full_page_writes=off -c log_statement=none -c max_connections=200"
+        )
+        r = self._as_postgres(
+            [
+                str(find_bindir() / "pg_ctl"),
+                "start",
+                "-w",
+                "-t",
+                str(int(timeout)),
+                "-D",
+                str(self.datadir),
+                "-l",
+                str(self.logfile),
+                "-o",
+                opts,
+            ]
+        )
         if r.returncode != 0:
             raise PostgresError(f"Postgres did not start on port {self.port}: {self.log_tail()}")
         self.wait_ready(timeout)
@@ -123,16 +150,21 @@ class PostgresCluster:
             if r.returncode == 0:
                 return
             time.sleep(0.1)
-        raise PostgresError(f"Postgres on port {self.port} not accepting connections after {timeout:g}s: "
-                            f"{self.log_tail()}")
+        raise PostgresError(
+            f"Postgres on port {self.port} not accepting connections after {timeout:g}s: {self.log_tail()}"
+        )
 
     def stop(self) -> None:
         if self.initialized() and self.running():
             self._as_postgres([str(find_bindir() / "pg_ctl"), "stop", "-m", "fast", "-w", "-D", str(self.datadir)])
 
     def psql(self, sql: str, database: str = "postgres") -> str:
-        r = subprocess.run(["psql", "-X", "-v", "ON_ERROR_STOP=1", "-Atq", self.dsn(database), "-c", sql],
-                           capture_output=True, text=True, check=False)
+        r = subprocess.run(
+            ["psql", "-X", "-v", "ON_ERROR_STOP=1", "-Atq", self.dsn(database), "-c", sql],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
         if r.returncode != 0:
             raise PostgresError(f"psql failed: {r.stderr.strip()}")
         return r.stdout

@@ -47,9 +47,16 @@ class StackSettings(BaseModel):
             return cls.model_validate_json(path.read_text())
         rtp = 20000 + (free_port() % 400) * 100  # a private RTP range per stack
         settings = cls(
-            name=name, pg_port=free_port(), sip_port=_free_udp_and_tcp_port(), http_port=free_port(),
-            ami_port=free_port(), rtp_start=rtp, rtp_end=rtp + 98,
-            db_password=secrets.token_hex(8), ari_password=secrets.token_hex(8), ami_password=secrets.token_hex(8),
+            name=name,
+            pg_port=free_port(),
+            sip_port=_free_udp_and_tcp_port(),
+            http_port=free_port(),
+            ami_port=free_port(),
+            rtp_start=rtp,
+            rtp_end=rtp + 98,
+            db_password=secrets.token_hex(8),
+            ari_password=secrets.token_hex(8),
+            ami_password=secrets.token_hex(8),
         )
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(settings.model_dump(), indent=1))

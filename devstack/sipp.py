@@ -44,21 +44,45 @@ def _free_udp_port() -> int:
         return int(s.getsockname()[1])
 
 
-def run_scenario(sip_addr: str, scenario: str, rows: list[list[str]], *, timeout: float = 30.0,
-                 extra: list[str] | None = None) -> SippResult:
+def run_scenario(
+    sip_addr: str, scenario: str, rows: list[list[str]], *, timeout: float = 30.0, extra: list[str] | None = None
+) -> SippResult:
     if shutil.which("sipp") is None:
         raise RuntimeError("sipp is not installed: apt-get install sip-tester")
     with tempfile.TemporaryDirectory(prefix="pbx-sipp-") as tmp:
         inf = Path(tmp) / "rows.csv"
         inf.write_text("SEQUENTIAL\n" + "".join(";".join(r) + "\n" for r in rows))
         msg = Path(tmp) / "messages.log"
-        argv = ["sipp", sip_addr, "-sf", str(SCENARIOS / scenario), "-inf", str(inf),
-                "-m", str(len(rows)), "-l", "1", "-i", "127.0.0.1", "-p", str(_free_udp_port()),
-                "-t", "u1", "-nostdin", "-timeout", f"{int(timeout)}s", "-timeout_error",
-                "-trace_msg", "-message_file", str(msg), *(extra or [])]
+        argv = [
+            "sipp",
+            sip_addr,
+            "-sf",
+            str(SCENARIOS / scenario),
+            "-inf",
+            str(inf),
+            "-m",
+            str(len(rows)),
+            "-l",
+            "1",
+            "-i",
+            "127.0.0.1",
+            "-p",
+            str(_free_udp_port()),
+            "-t",
+            "u1",
+            "-nostdin",
+            "-timeout",
+            f"{int(timeout)}s",
+            "-timeout_error",
+            "-trace_msg",
+            "-message_file",
+            str(msg),
+            *(extra or []),
+        ]
         try:
-            p = subprocess.run(argv, capture_output=True, text=True, timeout=timeout + 10, cwd=tmp,
-                               stdin=subprocess.DEVNULL)
+            p = subprocess.run(
+                argv, capture_output=True, text=True, timeout=timeout + 10, cwd=tmp, stdin=subprocess.DEVNULL
+            )
             code, err = p.returncode, p.stderr
         except subprocess.TimeoutExpired:
             code, err = -1, f"sipp did not end within {timeout + 10:g}s"
@@ -74,13 +98,28 @@ def _auth(user: str, password: str) -> str:
     return f"[authentication username={user} password={password}]"
 
 
-def register(sip_addr: str, user: str, domain: str, password: str, *, expires: int = 3600,
-             auth_user: str | None = None, timeout: float = 15.0) -> SippResult:
-    return run_scenario(sip_addr, "register.xml",
-                        [[user, domain, _auth(auth_user or user, password), str(expires)]], timeout=timeout)
+def register(
+    sip_addr: str,
+    user: str,
+    domain: str,
+    password: str,
+    *,
+    expires: int = 3600,
+    auth_user: str | None = None,
+    timeout: float = 15.0,
+) -> SippResult:
+    return run_scenario(
+        sip_addr, "register.xml", [[user, domain, _auth(auth_user or user, password), str(expires)]], timeout=timeout
+    )
 
 
-def call(sip_addr: str, user: str, domain: str, password: str, number: str, *, hold_s: float = 1.0,
-         timeout: float = 30.0) -> SippResult:
-    return run_scenario(sip_addr, "uac.xml", [[user, domain, _auth(user, password), number]], timeout=timeout,
-                        extra=["-d", str(int(hold_s * 1000))])
+def call(
+    sip_addr: str, user: str, domain: str, password: str, number: str, *, hold_s: float = 1.0, timeout: float = 30.0
+) -> SippResult:
+    return run_scenario(
+        sip_addr,
+        "uac.xml",
+        [[user, domain, _auth(user, password), number]],
+        timeout=timeout,
+        extra=["-d", str(int(hold_s * 1000))],
+    )

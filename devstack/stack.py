@@ -79,13 +79,15 @@ class Stack:
             umount(self.chroot)
 
     def status(self) -> dict[str, object]:
-        return {
+        state: dict[str, object] = {
             "name": self.settings.name,
             "postgres": "running" if self.postgres.initialized() and self.postgres.running() else "stopped",
             "asterisk": "running" if self.asterisk.running() else "stopped",
             "asterisk_version": asterisk_version(self.chroot) if self.chroot.exists() else None,
             "state_dir": str(self.state_dir),
-        } | self.settings.exports()
+        }
+        state.update(self.settings.exports())
+        return state
 
     def destroy(self) -> None:
         """Stop and remove everything the stack owns (the chroot stays)."""

@@ -23,8 +23,12 @@ def _node(n: Node) -> dict[str, Any]:
         out["call_waiting"] = False
     if n.ranks:
         out["ranks"] = [
-            {"mode": r.mode, "delay_ms": r.delay_ms, "members": [_node(m) for m in r.members],
-             **({"pruned": [_pruned(p) for p in r.pruned]} if r.pruned else {})}
+            {
+                "mode": r.mode,
+                "delay_ms": r.delay_ms,
+                "members": [_node(m) for m in r.members],
+                **({"pruned": [_pruned(p) for p in r.pruned]} if r.pruned else {}),
+            }
             for r in n.ranks
         ]
     if n.timed_forward:
@@ -46,8 +50,12 @@ def explain(d: Directory, call: CallRequest) -> dict[str, Any]:
     tree = build_tree(d, call)
     out: dict[str, Any] = {"status": tree.status, "tenant": call.tenant, "called": call.called}
     if tree.caller is not None:
-        out["caller"] = {"number": tree.caller.number, "name": tree.caller.name,
-                         "extension": tree.caller.extension, "dialout": tree.caller.dialout}
+        out["caller"] = {
+            "number": tree.caller.number,
+            "name": tree.caller.name,
+            "extension": tree.caller.extension,
+            "dialout": tree.caller.dialout,
+        }
         out["calledname"] = tree.calledname
         if tree.prefix:
             out["callername_prefix"] = f"[{tree.prefix}]"
@@ -100,7 +108,9 @@ def render_svg(tree: dict[str, Any]) -> str:
                 children.append((m, f"{r['mode']} {r['delay_ms'] / 1000:g}s"))
         if "forward" in n:
             f = n["forward"]
-            children.append((f["to"], f"fwd {f['mode']}" + (f" {f['delay_ms'] / 1000:g}s" if f.get("delay_ms") else "")))
+            children.append(
+                (f["to"], f"fwd {f['mode']}" + (f" {f['delay_ms'] / 1000:g}s" if f.get("delay_ms") else ""))
+            )
         x = 20 + depth * 220
         if not children:
             y = 20 + row[0] * 60
@@ -123,8 +133,10 @@ def render_svg(tree: dict[str, Any]) -> str:
         place(tree["tree"], 0)
     width = 40 + 220 * (1 + max((b[0] for b in boxes), default=0) // 220)
     height = 40 + 60 * max(row[0], 1)
-    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-family="sans-serif" '
-             f'font-size="12"><title>{escape(tree["tenant"])}: {escape(tree["called"])} ({escape(tree["status"])})</title>']
+    parts = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-family="sans-serif" '
+        f'font-size="12"><title>{escape(tree["tenant"])}: {escape(tree["called"])} ({escape(tree["status"])})</title>'
+    ]
     for x1, y1, x2, y2, label in edges:
         parts.append(f'<line x1="{x1}" y1="{y1}" x2="{x2}" y2="{y2}" stroke="#666"/>')
         parts.append(f'<text x="{(x1 + x2) // 2 - 20}" y="{(y1 + y2) // 2 - 4}" fill="#a33">{escape(label)}</text>')

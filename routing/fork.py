@@ -207,8 +207,9 @@ class Fork:
 
     def _start_own_devices(self, run: _Run) -> None:
         node = run.node
-        decision = decide(node.endpoints, self.devices, cw_off=node.cw_off, check_in_use=node.kind != "trunk",
-                          already_rung=self.rung)
+        decision = decide(
+            node.endpoints, self.devices, cw_off=node.cw_off, check_in_use=node.kind != "trunk", already_rung=self.rung
+        )
         if not isinstance(decision, Ring):
             self._out.append(Refused(node.number, decision.error))
             run.legs.append(_Leg(next(self._ids), run, alive=False, failure=decision.error))
@@ -221,8 +222,19 @@ class Fork:
             run.legs.append(leg)
             self._legs[leg.id] = leg
             self.rung.add(device)
-            self._out.append(RingDevice(leg.id, endpoint, device, caller.number, name, self.tree.calledname,
-                                        self.called, node.dialed, node.number))
+            self._out.append(
+                RingDevice(
+                    leg.id,
+                    endpoint,
+                    device,
+                    caller.number,
+                    name,
+                    self.tree.calledname,
+                    self.called,
+                    node.dialed,
+                    node.number,
+                )
+            )
 
     def _start_child(self, run: _Run, node: Node, now: int) -> _Leg:
         leg = _Leg(next(self._ids), run)

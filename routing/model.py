@@ -115,7 +115,9 @@ def _extension(number: str, raw: Mapping[str, Any]) -> Extension:
         language=raw.get("language"),
         forward=Forward(fwd["mode"], str(fwd["to"]), int(fwd.get("delay_ms") or 0)) if fwd else None,
         ranks=tuple(
-            Rank(r.get("mode", "default"), int(r.get("delay_ms") or 0), tuple(_member(m) for m in r.get("members") or ()))
+            Rank(
+                r.get("mode", "default"), int(r.get("delay_ms") or 0), tuple(_member(m) for m in r.get("members") or ())
+            )
             for r in raw.get("ranks") or ()
         ),
     )

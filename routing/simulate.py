@@ -53,8 +53,9 @@ def call_request(call: Mapping[str, Any]) -> CallRequest:
     kwargs: dict[str, Any] = {}
     if "endpoint" in call:
         kwargs["endpoint"] = None if call["endpoint"] is None else str(call["endpoint"])
-    return CallRequest(str(call["tenant"]), str(call["caller"]), str(call["called"]),
-                       callername=call.get("callername"), **kwargs)
+    return CallRequest(
+        str(call["tenant"]), str(call["caller"]), str(call["called"]), callername=call.get("callername"), **kwargs
+    )
 
 
 def _seconds(ms: int) -> int | float:
@@ -71,8 +72,10 @@ def simulate(scenario: Mapping[str, Any], horizon_s: float | None = None) -> dic
     if tree.status != "ok":
         return {"status": tree.status, "result": "noroute", "timeline": []}
 
-    devices = ScenarioDevices({str(k): v for k, v in (scenario.get("registrations") or {}).items()},
-                              {str(k): v for k, v in (scenario.get("in_use") or {}).items()})
+    devices = ScenarioDevices(
+        {str(k): v for k, v in (scenario.get("registrations") or {}).items()},
+        {str(k): v for k, v in (scenario.get("in_use") or {}).items()},
+    )
     behaviour = {str(k): v or {} for k, v in (scenario.get("behaviour") or {}).items()}
     horizon_ms = int(1000 * float(horizon_s if horizon_s is not None else scenario.get("horizon_s") or 120))
     fork = Fork(tree, request.called, devices)
@@ -98,12 +101,19 @@ def simulate(scenario: Mapping[str, Any], horizon_s: float | None = None) -> dic
     return {"status": "ok", "result": result, "timeline": timeline}
 
 
-def _apply(cmd: Command, now: int, timeline: list[dict[str, Any]], behaviour: Mapping[str, Mapping[str, Any]],
-           push: Any) -> str | None:
+def _apply(
+    cmd: Command, now: int, timeline: list[dict[str, Any]], behaviour: Mapping[str, Mapping[str, Any]], push: Any
+) -> str | None:
     t = _seconds(now)
     if isinstance(cmd, RingDevice):
-        ev: dict[str, Any] = {"t": t, "ring": cmd.device, "caller": cmd.caller, "callername": cmd.callername,
-                              "calledname": cmd.calledname, "originally_called": cmd.originally_called}
+        ev: dict[str, Any] = {
+            "t": t,
+            "ring": cmd.device,
+            "caller": cmd.caller,
+            "callername": cmd.callername,
+            "calledname": cmd.calledname,
+            "originally_called": cmd.originally_called,
+        }
         if cmd.dialed is not None:
             ev["dialed"] = cmd.dialed
         timeline.append(ev)

@@ -27,7 +27,7 @@ class CallRequest:
     called: str
     # The PJSIP endpoint the call arrived on; None = unauthenticated, from outside; absent = the
     # caller's first endpoint (contract section 5).
-    endpoint: str | None | object = _UNSET
+    endpoint: str | object | None = _UNSET
     callername: str | None = None
 
     @property
@@ -103,8 +103,7 @@ def identify_caller(d: Directory, call: CallRequest) -> Caller | str:
         return Caller(call.caller, call.callername or "", None, False)
     if owner.number != call.caller:
         return "error:forbidden"
-    return Caller(owner.outgoing_number or owner.number, owner.outgoing_name or owner.name, owner.number,
-                  owner.dialout)
+    return Caller(owner.outgoing_number or owner.number, owner.outgoing_name or owner.name, owner.number, owner.dialout)
 
 
 class _Builder:
@@ -112,8 +111,14 @@ class _Builder:
         self.d = d
         self.caller = caller
 
-    def expand(self, number: str, depth: int, path: tuple[str, ...], busy_fwd_above: bool,
-               via_forward_of: Extension | None = None) -> Node | Pruned:
+    def expand(
+        self,
+        number: str,
+        depth: int,
+        path: tuple[str, ...],
+        busy_fwd_above: bool,
+        via_forward_of: Extension | None = None,
+    ) -> Node | Pruned:
         if depth > MAX_DEPTH:
             return Pruned(number, "depth")
         if number in path:
@@ -144,8 +149,9 @@ class _Builder:
     def _may_dial_out(self, via_forward_of: Extension | None) -> bool:
         return self.caller.dialout or (via_forward_of is not None and via_forward_of.dialout)
 
-    def _node(self, ext: Extension, depth: int, here: tuple[str, ...], busy_fwd_above: bool,
-              via_forward_of: Extension | None) -> Node | Pruned:
+    def _node(
+        self, ext: Extension, depth: int, here: tuple[str, ...], busy_fwd_above: bool, via_forward_of: Extension | None
+    ) -> Node | Pruned:
         if ext.type in ("external", "trunk"):
             trunk = ext if ext.type == "trunk" else self.d.trunk_for(ext.number)
             if trunk is None:
@@ -156,8 +162,14 @@ class _Builder:
         else:
             kind: NodeKind = "group" if ext.type == "group" else ("multiring" if ext.type == "multiring" else "user")
             busy_fwd = busy_fwd_above or (ext.forward is not None and ext.forward.mode == "busy")
-            node = Node(ext.number, ext, kind, depth, ext.endpoints if kind != "group" else (),
-                        cw_off=busy_fwd or not ext.call_waiting)
+            node = Node(
+                ext.number,
+                ext,
+                kind,
+                depth,
+                ext.endpoints if kind != "group" else (),
+                cw_off=busy_fwd or not ext.call_waiting,
+            )
             if kind != "user":
                 node.ranks = self._ranks(ext, depth, here, busy_fwd)
             busy_fwd_above = busy_fwd

@@ -31,8 +31,9 @@ class Unreachable:
     error: Literal["busy", "offline"]
 
 
-def decide(endpoints: Sequence[str], state: DeviceState, *, cw_off: bool, check_in_use: bool,
-           already_rung: set[str]) -> Ring | Unreachable:
+def decide(
+    endpoints: Sequence[str], state: DeviceState, *, cw_off: bool, check_in_use: bool, already_rung: set[str]
+) -> Ring | Unreachable:
     """Offline without a contact; busy when in use without call waiting, or when every device
     already rang in this call (a device rings once per call); otherwise ring every contact."""
     devices = [(ep, c) for ep in endpoints for c in state.contacts(ep)]

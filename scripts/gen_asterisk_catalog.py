@@ -28,25 +28,60 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 DATA = Path(__file__).resolve().parent.parent / "sorcery_backend" / "data"
-TABLES = ("ps_endpoints", "ps_aors", "ps_auths", "ps_endpoint_id_ips", "ps_registrations", "ps_domain_aliases",
-          "ps_contacts")
+TABLES = (
+    "ps_endpoints",
+    "ps_aors",
+    "ps_auths",
+    "ps_endpoint_id_ips",
+    "ps_registrations",
+    "ps_domain_aliases",
+    "ps_contacts",
+)
 SECTIONS = {"endpoint", "aor", "auth", "identify", "registration", "domain_alias"}
 MODULES = {"res_pjsip", "res_pjsip_endpoint_identifier_ip", "res_pjsip_outbound_registration"}
 # Options that take several values: given as a YAML list, stored ';'-separated (contract section 2).
-MULTI = {"set_var", "match", "contact", "permit", "deny", "acl", "contact_permit", "contact_deny", "contact_acl",
-         "allow", "disallow"}
+MULTI = {
+    "set_var",
+    "match",
+    "contact",
+    "permit",
+    "deny",
+    "acl",
+    "contact_permit",
+    "contact_deny",
+    "contact_acl",
+    "allow",
+    "disallow",
+}
 # Enumerations checked strictly: single-token values whose handlers accept exactly the documented
 # words (plus the extra words the handler also takes, listed here).
 STRICT_ENUMS = {
-    "100rel": [], "callerid_privacy": [], "direct_media_glare_mitigation": [], "direct_media_method": [],
-    "connected_line_method": [], "dtmf_mode": ["none"], "redirect_method": [], "timers": [],
-    "media_encryption": [], "t38_udptl_ec": [], "dtls_setup": [], "incoming_call_offer_pref": [],
-    "outgoing_call_offer_pref": [], "security_negotiation": [], "auth_type": [],
+    "100rel": [],
+    "callerid_privacy": [],
+    "direct_media_glare_mitigation": [],
+    "direct_media_method": [],
+    "connected_line_method": [],
+    "dtmf_mode": ["none"],
+    "redirect_method": [],
+    "timers": [],
+    "media_encryption": [],
+    "t38_udptl_ec": [],
+    "dtls_setup": [],
+    "incoming_call_offer_pref": [],
+    "outgoing_call_offer_pref": [],
+    "security_negotiation": [],
+    "auth_type": [],
 }
-C_TYPES = {"OPT_BOOL_T": "bool", "OPT_YESNO_T": "bool", "OPT_UINT_T": "uint", "OPT_INT_T": "int",
-           "OPT_DOUBLE_T": "double", "OPT_CODEC_T": "codec"}
+C_TYPES = {
+    "OPT_BOOL_T": "bool",
+    "OPT_YESNO_T": "bool",
+    "OPT_UINT_T": "uint",
+    "OPT_INT_T": "int",
+    "OPT_DOUBLE_T": "double",
+    "OPT_CODEC_T": "codec",
+}
 REGISTER = re.compile(
-    r'ast_sorcery_object_field_register(_custom|_nodoc|_alias|_custom_nodoc)?\s*\(\s*[^,]+?\s*,\s*'
+    r"ast_sorcery_object_field_register(_custom|_nodoc|_alias|_custom_nodoc)?\s*\(\s*[^,]+?\s*,\s*"
     r'("\w+"|[A-Z_]+)\s*,\s*"(\w+)"\s*,\s*("[^"]*"|NULL|[A-Z_0-9]+|__stringify\([A-Z_0-9]+\))\s*,\s*([A-Za-z_]+)'
 )
 OBJECT_MACROS = {"SIP_SORCERY_AUTH_TYPE": "auth", "SIP_SORCERY_DOMAIN_ALIAS_TYPE": "domain_alias"}
@@ -117,12 +152,18 @@ def main() -> int:
     args = ap.parse_args()
     DATA.mkdir(exist_ok=True)
     if args.what == "columns":
-        doc = {"asterisk": args.release, "source": "contrib/ast-db-manage alembic head, read back from Postgres",
-               "tables": columns(args.dsn)}
+        doc = {
+            "asterisk": args.release,
+            "source": "contrib/ast-db-manage alembic head, read back from Postgres",
+            "tables": columns(args.dsn),
+        }
         target = DATA / "realtime_columns.json"
     else:
-        doc = {"asterisk": args.release, "source": "core-en_US.xml + sorcery field registrations",
-               "sections": options(args.xml, args.src)}
+        doc = {
+            "asterisk": args.release,
+            "source": "core-en_US.xml + sorcery field registrations",
+            "sections": options(args.xml, args.src),
+        }
         target = DATA / "pjsip_options.json"
     target.write_text(json.dumps(doc, indent=1) + "\n")
     return 0

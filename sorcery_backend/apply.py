@@ -126,7 +126,8 @@ async def _converge_objects(conn: asyncpg.Connection, tenant_id: int, tenant: Te
     retransport = [(stored[k].id, o.transport) for k, o in desired.items() if stored[k].transport != o.transport]
     if retransport:
         await conn.execute(
-            "UPDATE pbx.objects o SET transport = x.t FROM unnest($1::bigint[], $2::text[]) AS x(id, t) WHERE o.id = x.id",
+            "UPDATE pbx.objects o SET transport = x.t "
+            "FROM unnest($1::bigint[], $2::text[]) AS x(id, t) WHERE o.id = x.id",
             [i for i, _ in retransport],
             [t for _, t in retransport],
         )
@@ -138,9 +139,7 @@ async def _converge_objects(conn: asyncpg.Connection, tenant_id: int, tenant: Te
         await conn.execute(
             "DELETE FROM pbx.object_parents WHERE object_id = ANY($1::bigint[])", [stored[k].id for k in relinked]
         )
-        links = [
-            (stored[k].id, i, template_ids[p]) for k in relinked for i, p in enumerate(_parents_of(k, desired[k]))
-        ]
+        links = [(stored[k].id, i, template_ids[p]) for k in relinked for i, p in enumerate(_parents_of(k, desired[k]))]
         if links:
             await conn.execute(
                 """
@@ -197,9 +196,19 @@ async def _delete_unwanted_objects(conn: asyncpg.Connection, tenant_id: int, ten
 def _extension_row(number: str, ext: Extension) -> tuple[Any, ...]:
     fwd = ext.forward
     return (
-        number, ext.type, ext.name, ext.short_name, ext.call_waiting, ext.dialout, ext.outgoing_number,
-        ext.outgoing_name, ext.ringback, ext.language,
-        fwd.mode if fwd else None, fwd.to if fwd else None, fwd.delay_ms if fwd else None,
+        number,
+        ext.type,
+        ext.name,
+        ext.short_name,
+        ext.call_waiting,
+        ext.dialout,
+        ext.outgoing_number,
+        ext.outgoing_name,
+        ext.ringback,
+        ext.language,
+        fwd.mode if fwd else None,
+        fwd.to if fwd else None,
+        fwd.delay_ms if fwd else None,
     )
 
 
@@ -235,19 +244,20 @@ async def _stored_extensions(conn: asyncpg.Connection, tenant_id: int) -> dict[s
         ranks = tuple(
             (mode, delay, tuple((m, a) for m, a in members)) for mode, delay, members in json.loads(r["ranks"])
         )
-        out[r["number"]] = base + ((endpoints, ranks),)
+        out[r["number"]] = (*base, (endpoints, ranks))
     return out
 
 
 def _normalize_forward_delay(row: tuple[Any, ...]) -> tuple[Any, ...]:
     # A forward without delay is stored as NULL or 0 alike.
-    return row[:12] + ((row[12] or 0) if row[10] else None,) + row[13:]
+    delay = (row[12] or 0) if row[10] else None
+    return (*row[:12], delay, *row[13:])
 
 
 async def _converge_extensions(conn: asyncpg.Connection, tenant_id: int, tenant: Tenant) -> None:
     stored = {n: _normalize_forward_delay(r) for n, r in (await _stored_extensions(conn, tenant_id)).items()}
     desired = {
-        n: _normalize_forward_delay(_extension_row(n, e) + (_extension_children(e),))
+        n: _normalize_forward_delay((*_extension_row(n, e), _extension_children(e)))
         for n, e in tenant.extensions.items()
     }
     changed = [n for n in desired if stored.get(n) != desired[n]]
@@ -259,7 +269,8 @@ async def _converge_extensions(conn: asyncpg.Connection, tenant_id: int, tenant:
         await conn.execute(
             "UPDATE pbx.extensions SET forward_mode = NULL, forward_to = NULL, forward_delay_ms = NULL "
             "WHERE tenant_id = $1 AND number = ANY($2::text[])",
-            tenant_id, touched,
+            tenant_id,
+            touched,
         )
         await conn.execute(
             "DELETE FROM pbx.ranks WHERE tenant_id = $1 AND number = ANY($2::text[])", tenant_id, touched
@@ -282,7 +293,8 @@ async def _converge_extensions(conn: asyncpg.Connection, tenant_id: int, tenant:
                 outgoing_number = EXCLUDED.outgoing_number, outgoing_name = EXCLUDED.outgoing_name,
                 ringback = EXCLUDED.ringback, language = EXCLUDED.language
             """,
-            tenant_id, *[list(c) for c in cols[:10]],
+            tenant_id,
+            *[list(c) for c in cols[:10]],
         )
         await _insert_extension_children(conn, tenant_id, tenant, changed)
         forwards = [(n, r[10], r[11], r[12]) for n, r in zip(changed, rows, strict=True) if r[10]]
@@ -293,7 +305,8 @@ async def _converge_extensions(conn: asyncpg.Connection, tenant_id: int, tenant:
                 FROM unnest($2::text[], $3::text[], $4::text[], $5::int[]) AS x(n, m, t, d)
                 WHERE e.tenant_id = $1 AND e.number = x.n
                 """,
-                tenant_id, *[list(c) for c in zip(*forwards, strict=True)],
+                tenant_id,
+                *[list(c) for c in zip(*forwards, strict=True)],
             )
     if doomed:
         await conn.execute(
@@ -320,17 +333,20 @@ async def _insert_extension_children(
             SELECT $1, x.n, x.i, o.id FROM unnest($2::text[], $3::int[], $4::text[]) AS x(n, i, ep)
             JOIN pbx.objects o ON o.tenant_id = $1 AND o.kind = 'endpoint' AND o.name = x.ep
             """,
-            tenant_id, *[list(c) for c in zip(*endpoint_links, strict=True)],
+            tenant_id,
+            *[list(c) for c in zip(*endpoint_links, strict=True)],
         )
     if ranks:
         await conn.execute(
             "INSERT INTO pbx.ranks (tenant_id, number, ordinal, mode, delay_ms) "
             "SELECT $1, * FROM unnest($2::text[], $3::int[], $4::text[], $5::int[])",
-            tenant_id, *[list(c) for c in zip(*ranks, strict=True)],
+            tenant_id,
+            *[list(c) for c in zip(*ranks, strict=True)],
         )
     if members:
         await conn.execute(
             "INSERT INTO pbx.rank_members (tenant_id, number, rank_ordinal, ordinal, member, active) "
             "SELECT $1, * FROM unnest($2::text[], $3::int[], $4::int[], $5::text[], $6::bool[])",
-            tenant_id, *[list(c) for c in zip(*members, strict=True)],
+            tenant_id,
+            *[list(c) for c in zip(*members, strict=True)],
         )

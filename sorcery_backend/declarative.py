@@ -51,11 +51,11 @@ def _construct_mapping(loader: _StrictLoader, node: yaml.MappingNode, deep: bool
     loader.flatten_mapping(node)
     mapping: dict[Any, Any] = {}
     for key_node, value_node in node.value:
-        key = loader.construct_object(key_node, deep=deep)  # type: ignore[no-untyped-call]
+        key = loader.construct_object(key_node, deep=deep)
         if key in mapping:
             mark = key_node.start_mark
             raise ConfigError(f"duplicate key {key!r} at line {mark.line + 1} (rule: keys must be unique)")
-        mapping[key] = loader.construct_object(value_node, deep=deep)  # type: ignore[no-untyped-call]
+        mapping[key] = loader.construct_object(value_node, deep=deep)
     return mapping
 
 
@@ -64,7 +64,7 @@ _StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _c
 
 def load_yaml(text: str, source: str = "<input>") -> Any:
     try:
-        return yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
+        return yaml.load(text, Loader=_StrictLoader)
     except yaml.YAMLError as exc:
         first = str(exc).strip().splitlines()
         raise ConfigError(f"{source}: malformed YAML: {' '.join(x.strip() for x in first[:3])}") from None
@@ -86,7 +86,10 @@ def _option_values(raw: Any, where: str) -> OptionValue:
         elif isinstance(item, (int, float, str)):
             out.append(str(item))
         else:
-            raise ConfigError(f"{where}: value {item!r} is not a string or number (rule: option values are scalars or lists of scalars)")
+            raise ConfigError(
+                f"{where}: value {item!r} is not a string or number "
+                "(rule: option values are scalars or lists of scalars)"
+            )
     return out
 
 
@@ -211,9 +214,7 @@ def _normalize_extension(raw: Any, where: str) -> dict[str, Any]:
         for rank in ext["ranks"]:
             if isinstance(rank, dict) and isinstance(rank.get("members"), list):
                 rank = dict(rank)
-                rank["members"] = [
-                    _scalar_number(m) if isinstance(m, dict) else str(m) for m in rank["members"]
-                ]
+                rank["members"] = [_scalar_number(m) if isinstance(m, dict) else str(m) for m in rank["members"]]
             ranks.append(rank)
         ext["ranks"] = ranks
     return ext
@@ -291,8 +292,10 @@ def _check_names_and_references(config: Config) -> None:
         if tenant is None:
             continue
         if tenant.domain in domains:
-            raise ConfigError(f"tenant {tname}: domain {tenant.domain} is also tenant {domains[tenant.domain]}'s "
-                              "(rule: SIP domains are unique)")
+            raise ConfigError(
+                f"tenant {tname}: domain {tenant.domain} is also tenant {domains[tenant.domain]}'s "
+                "(rule: SIP domains are unique)"
+            )
         domains[tenant.domain] = tname
         _check_tenant(tname, tenant, present)
 
@@ -312,23 +315,28 @@ def _check_tenant(tname: str, tenant: Tenant, present: dict[str, Tenant]) -> Non
             wrong = obj.templates if kind == "template" else obj.parents
             if wrong:
                 key = "templates" if kind == "template" else "parents"
-                raise ConfigError(f"{label}: '{key}' is not a {kind} key (rule: templates have parents, "
-                                  "endpoints have templates)")
+                raise ConfigError(
+                    f"{label}: '{key}' is not a {kind} key (rule: templates have parents, endpoints have templates)"
+                )
             if len(set(refs)) != len(refs):
                 raise ConfigError(f"{label}: a parent template is listed twice (rule: parents are distinct)")
             for ref in refs:
                 if ref not in tenant.templates:
-                    raise ConfigError(f"{label}: unknown template {ref!r}"
-                                      f"{_elsewhere(ref, 'templates', tname, present)} (rule: parents must be "
-                                      "templates of the same tenant)")
+                    raise ConfigError(
+                        f"{label}: unknown template {ref!r}"
+                        f"{_elsewhere(ref, 'templates', tname, present)} (rule: parents must be "
+                        "templates of the same tenant)"
+                    )
     for number, ext in tenant.extensions.items():
         label = f"extension {tname}/{number}"
         if not EXTENSION_NUMBER.match(number):
             raise ConfigError(f"{label}: number must match [0-9A-Za-z*#+]{{1,40}} (rule: extension numbers)")
         for ep in ext.endpoints:
             if ep not in tenant.endpoints:
-                raise ConfigError(f"{label}: unknown endpoint {ep!r}{_elsewhere(ep, 'endpoints', tname, present)} "
-                                  "(rule: extensions use endpoints of the same tenant)")
+                raise ConfigError(
+                    f"{label}: unknown endpoint {ep!r}{_elsewhere(ep, 'endpoints', tname, present)} "
+                    "(rule: extensions use endpoints of the same tenant)"
+                )
         if len(set(ext.endpoints)) != len(ext.endpoints):
             raise ConfigError(f"{label}: an endpoint is listed twice (rule: endpoints are distinct)")
         targets = [m.number for r in ext.ranks for m in r.members]
@@ -336,9 +344,11 @@ def _check_tenant(tname: str, tenant: Tenant, present: dict[str, Tenant]) -> Non
             targets.append(ext.forward.to)
         for target in targets:
             if target not in tenant.extensions:
-                raise ConfigError(f"{label}: unknown extension {target!r}"
-                                  f"{_elsewhere(target, 'extensions', tname, present)} (rule: members and "
-                                  "forward targets are extensions of the same tenant)")
+                raise ConfigError(
+                    f"{label}: unknown extension {target!r}"
+                    f"{_elsewhere(target, 'extensions', tname, present)} (rule: members and "
+                    "forward targets are extensions of the same tenant)"
+                )
         for i, rank in enumerate(ext.ranks):
             numbers = [m.number for m in rank.members]
             if len(set(numbers)) != len(numbers):

@@ -87,8 +87,9 @@ def _decode(value: Any) -> Any:
     return json.loads(value) if isinstance(value, str) else value
 
 
-async def load_for_call(conn: asyncpg.Connection, tenant: str, caller: str, called: str,
-                        endpoint: str | None = None) -> CallData:
+async def load_for_call(
+    conn: asyncpg.Connection, tenant: str, caller: str, called: str, endpoint: str | None = None
+) -> CallData:
     row = await conn.fetchrow(_CALL_QUERY, tenant, caller, called, endpoint or "")
     if row is None or row["domain"] is None:
         raise UnknownTenant(tenant)

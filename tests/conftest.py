@@ -8,8 +8,8 @@
 from __future__ import annotations
 
 import itertools
-import tempfile
 import os
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,7 +20,6 @@ from sorcery_backend.schema import migrate_sync
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED = Path(os.environ.get("PBX_SHARED_DIR") or REPO.parent / "shared")
-
 
 
 pytest_plugins = ["stack"]

@@ -30,8 +30,9 @@ def stack() -> Iterator[Stack]:
 
 def pbxctl(st: Stack, *args: str, input_text: str | None = None) -> subprocess.CompletedProcess[str]:
     env = dict(os.environ, **st.settings.exports())
-    return subprocess.run([sys.executable, "-m", "pbxctl", *args], capture_output=True, text=True, env=env,
-                          input=input_text, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "pbxctl", *args], capture_output=True, text=True, env=env, input=input_text, timeout=300
+    )
 
 
 def apply_yaml(st: Stack, text: str, tmp_path: object) -> str:

@@ -50,9 +50,17 @@ tenants:
 
 def test_pjsip_acceptance_scenarios(db: str, shared_dir: Path) -> None:
     p = subprocess.run(
-        [sys.executable, str(shared_dir / "tools" / "check-scenarios"), "--pbxctl", " ".join(PBXCTL),
-         str(shared_dir / "scenarios" / "pjsip")],
-        capture_output=True, text=True, env=dict(os.environ, PBX_DATABASE_URL=db), timeout=600,
+        [
+            sys.executable,
+            str(shared_dir / "tools" / "check-scenarios"),
+            "--pbxctl",
+            " ".join(PBXCTL),
+            str(shared_dir / "scenarios" / "pjsip"),
+        ],
+        capture_output=True,
+        text=True,
+        env=dict(os.environ, PBX_DATABASE_URL=db),
+        timeout=600,
     )
     assert p.returncode == 0, p.stdout + p.stderr
 
@@ -69,7 +77,7 @@ def test_apply_twice_changes_nothing_the_second_time(db: str, tmp_path: Path) ->
 def test_plan_reports_the_change_set_and_changes_nothing(db: str, tmp_path: Path) -> None:
     assert apply(db, tmp_path, BASE).returncode == 0
     before = export(db)
-    edited = BASE.replace('context: acme-internal', 'context: acme-other')
+    edited = BASE.replace("context: acme-internal", "context: acme-other")
     plan = apply(db, tmp_path, edited, "plan")
     assert plan.returncode == 0, plan.stderr
     assert export(db) == before
@@ -82,14 +90,20 @@ def test_template_edit_lists_only_its_descendants(db: str, tmp_path: Path) -> No
     assert apply(db, tmp_path, BASE).returncode == 0
     edited = BASE.replace('set_var: ["VIP=1"]', 'set_var: ["VIP=2"]')
     out = json.loads(apply(db, tmp_path, edited).stdout)
-    assert out["changed"] == {"ps_endpoints": ["1001@acme.example"], "ps_aors": [], "ps_auths": [],
-                              "ps_endpoint_id_ips": [], "ps_registrations": []}
+    assert out["changed"] == {
+        "ps_endpoints": ["1001@acme.example"],
+        "ps_aors": [],
+        "ps_auths": [],
+        "ps_endpoint_id_ips": [],
+        "ps_registrations": [],
+    }
     assert not any(out["created"].values()) and not any(out["deleted"].values())
 
 
 def test_two_tenants_share_names_without_colliding_ids(db: str, tmp_path: Path) -> None:
     both = BASE + BASE.replace("acme:", "beta:", 1).replace("acme.example", "beta.example").replace(
-        "tenants:", "", 1).replace("acme-", "beta-")
+        "tenants:", "", 1
+    ).replace("acme-", "beta-")
     p = apply(db, tmp_path, both)
     assert p.returncode == 0, p.stderr
     data = export(db)["tenants"]
@@ -106,7 +120,7 @@ REFUSED = {
     "link option": "tenants: {acme: {domain: acme.example, endpoints: {'1001': {endpoint: {aors: x}}}}}",
     "cycle": "tenants: {acme: {domain: acme.example, templates: {a: {parents: [b]}, b: {parents: [a]}}}}",
     "cross-tenant": "tenants: {acme: {domain: acme.example, endpoints: {'1001': {templates: [g]}}},"
-                    " beta: {domain: beta.example, templates: {g: {}}}}",
+    " beta: {domain: beta.example, templates: {g: {}}}}",
     "bad name": "tenants: {acme: {domain: acme.example, endpoints: {'a;b': {}}}}",
     "list for scalar": "tenants: {acme: {domain: acme.example, endpoints: {'1001': {endpoint: {context: [a, b]}}}}}",
     "set_var without =": "tenants: {acme: {domain: acme.example, endpoints: {'1001': {endpoint: {set_var: [X]}}}}}",
@@ -145,6 +159,7 @@ def test_usage_and_dependency_exit_codes(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if k != "PBX_DATABASE_URL"}
     p = subprocess.run([*PBXCTL, "apply", str(f)], capture_output=True, text=True, env=env)
     assert p.returncode == 2
-    p = subprocess.run([*PBXCTL, "apply", str(f), "--dsn", "postgresql://x@127.0.0.1:1/none"],
-                       capture_output=True, text=True, env=env)
+    p = subprocess.run(
+        [*PBXCTL, "apply", str(f), "--dsn", "postgresql://x@127.0.0.1:1/none"], capture_output=True, text=True, env=env
+    )
     assert p.returncode == 3 and "cannot reach the database" in p.stderr

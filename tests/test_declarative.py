@@ -50,22 +50,31 @@ def test_null_tenant_means_delete() -> None:
     ("text", "message"),
     [
         ("tenants: {Acme: {domain: a.example}}", "tenant 'Acme': name must match"),
-        ("tenants: {acme: {domain: a.example, endpoints: {e: {templates: [nope]}}}}",
-         "endpoint acme/e: unknown template 'nope'"),
-        ("tenants: {acme: {domain: a.example, endpoints: {e: {templates: [g]}}}, "
-         "beta: {domain: b.example, templates: {g: {}}}}",
-         "it exists in tenant beta: references across tenants are refused"),
-        ("tenants: {acme: {domain: a.example, templates: {t: {templates: [x]}}}}",
-         "'templates' is not a template key"),
+        (
+            "tenants: {acme: {domain: a.example, endpoints: {e: {templates: [nope]}}}}",
+            "endpoint acme/e: unknown template 'nope'",
+        ),
+        (
+            "tenants: {acme: {domain: a.example, endpoints: {e: {templates: [g]}}}, "
+            "beta: {domain: b.example, templates: {g: {}}}}",
+            "it exists in tenant beta: references across tenants are refused",
+        ),
+        ("tenants: {acme: {domain: a.example, templates: {t: {templates: [x]}}}}", "'templates' is not a template key"),
         ("tenants: {acme: {domain: a.example, endpoints: {'a@b': {}}}}", "endpoint acme/a@b: name must match"),
-        ("tenants: {acme: {domain: a.example, extensions: {'1': {type: simple, endpoints: [x]}}}}",
-         "extension acme/1: unknown endpoint 'x'"),
-        ("tenants: {acme: {domain: a.example, extensions: {'1': {type: group, ranks: [{members: ['2']}]}}}}",
-         "extension acme/1: unknown extension '2'"),
+        (
+            "tenants: {acme: {domain: a.example, extensions: {'1': {type: simple, endpoints: [x]}}}}",
+            "extension acme/1: unknown endpoint 'x'",
+        ),
+        (
+            "tenants: {acme: {domain: a.example, extensions: {'1': {type: group, ranks: [{members: ['2']}]}}}}",
+            "extension acme/1: unknown extension '2'",
+        ),
         ("tenants: {acme: {domain: a.example, extensions: {'1': {type: weird}}}}", "extension acme/1: type"),
         ("tenants: {acme: {domain: a.example, bogus: 1}}", "tenant acme: bogus: unknown key"),
-        ("tenants: {acme: {domain: a.example, endpoints: {e: {aor: {max_contacts: {x: 1}}}}}}",
-         "is not a string or number"),
+        (
+            "tenants: {acme: {domain: a.example, endpoints: {e: {aor: {max_contacts: {x: 1}}}}}}",
+            "is not a string or number",
+        ),
         ("tenants: {a: {domain: same.example}, b: {domain: same.example}}", "SIP domains are unique"),
     ],
 )

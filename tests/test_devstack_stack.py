@@ -14,10 +14,10 @@ from pathlib import Path
 import aiohttp
 import asyncpg
 import pytest
+from stack import apply_yaml
 
 from devstack import sipp
 from devstack.stack import Stack
-from stack import apply_yaml, pbxctl
 
 pytestmark = pytest.mark.stack
 
@@ -78,7 +78,9 @@ def test_template_edit_in_sql_is_seen_by_the_next_request_without_reload(phones:
             await conn.execute(
                 "UPDATE pbx.object_options o SET value = ARRAY[$1] FROM pbx.objects e JOIN pbx.tenants t "
                 "ON t.id = e.tenant_id WHERE o.object_id = e.id AND t.name = 'acme' AND e.name = '1001' "
-                "AND o.section = 'auth' AND o.option = 'password'", pw)
+                "AND o.section = 'auth' AND o.option = 'password'",
+                pw,
+            )
         finally:
             await conn.close()
 
@@ -119,7 +121,8 @@ def test_call_enters_stasis_and_an_ari_client_answers_it(phones: Stack) -> None:
         client = asyncio.create_task(_answer_first_call(phones, ready, seen))
         await asyncio.wait_for(ready.wait(), 10)
         result = await asyncio.to_thread(
-            sipp.call, phones.settings.sip_addr, "1001", "acme.example", "acme-1001", "2000", hold_s=0.5)
+            sipp.call, phones.settings.sip_addr, "1001", "acme.example", "acme-1001", "2000", hold_s=0.5
+        )
         await asyncio.wait_for(client, 15)
         return result, seen
 
@@ -163,8 +166,9 @@ def test_port_taken_is_a_one_line_error(stack: Stack) -> None:
         with socket.socket() as squat:
             squat.bind(("127.0.0.1", other.settings.ami_port))
             squat.listen()
-            p = subprocess.run([sys.executable, "-m", "pbxctl", "dev", "up"], capture_output=True, text=True,
-                               env=env, timeout=300)
+            p = subprocess.run(
+                [sys.executable, "-m", "pbxctl", "dev", "up"], capture_output=True, text=True, env=env, timeout=300
+            )
         assert p.returncode == 3
         assert p.stderr.strip().count("\n") == 0 and f"port {other.settings.ami_port}" in p.stderr, p.stderr
     finally:

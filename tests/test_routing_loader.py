@@ -30,26 +30,46 @@ async def test_loaded_directory_equals_the_file_for_every_public_scenario(db: st
 
 
 async def test_call_load_reads_the_reachable_part_and_contacts(db: str) -> None:
-    cfg = {"tenants": {"t": {"domain": "t.example", "endpoints": {n: {"auth": {"password": "x"}} for n in
-                                                                   ("1001", "1002", "1003", "1009")},
-                             "extensions": {
-                                 "1001": {"type": "simple", "name": "A", "endpoints": ["1001"]},
-                                 "1002": {"type": "simple", "name": "B", "endpoints": ["1002"],
-                                          "forward": {"mode": "busy", "to": "2000"}},
-                                 "1003": {"type": "simple", "name": "C", "endpoints": ["1003"]},
-                                 "1009": {"type": "simple", "name": "unrelated", "endpoints": ["1009"]},
-                                 "2000": {"type": "group", "name": "G", "ranks": [{"members": ["1003"]}]},
-                                 "9": {"type": "trunk", "name": "GW"}}}}}
+    cfg = {
+        "tenants": {
+            "t": {
+                "domain": "t.example",
+                "endpoints": {n: {"auth": {"password": "x"}} for n in ("1001", "1002", "1003", "1009")},
+                "extensions": {
+                    "1001": {"type": "simple", "name": "A", "endpoints": ["1001"]},
+                    "1002": {
+                        "type": "simple",
+                        "name": "B",
+                        "endpoints": ["1002"],
+                        "forward": {"mode": "busy", "to": "2000"},
+                    },
+                    "1003": {"type": "simple", "name": "C", "endpoints": ["1003"]},
+                    "1009": {"type": "simple", "name": "unrelated", "endpoints": ["1009"]},
+                    "2000": {"type": "group", "name": "G", "ranks": [{"members": ["1003"]}]},
+                    "9": {"type": "trunk", "name": "GW"},
+                },
+            }
+        }
+    }
     conn = await asyncpg.connect(db)
     try:
         await apply_config(conn, parse_config(cfg))
-        await conn.execute("INSERT INTO ps_contacts (id, uri, endpoint) VALUES "
-                           "('1003@t.example^3B@abc', 'sip:1003@127.0.0.1:5999', '1003@t.example')")
+        await conn.execute(
+            "INSERT INTO ps_contacts (id, uri, endpoint) VALUES "
+            "('1003@t.example^3B@abc', 'sip:1003@127.0.0.1:5999', '1003@t.example')"
+        )
         data = await load_for_call(conn, "t", "1001", "1002", "1001")
         assert set(data.directory.extensions) == {"1001", "1002", "2000", "1003", "9"}
         assert data.contacts == {"1003": ["1003@t.example^3B@abc"]}
-        out = simulate({"config": cfg, "registrations": {**data.contacts, "1002": ["b"]}, "in_use": {"1002": 1},
-                        "call": {"tenant": "t", "caller": "1001", "called": "1002"}, "horizon_s": 5})
+        out = simulate(
+            {
+                "config": cfg,
+                "registrations": {**data.contacts, "1002": ["b"]},
+                "in_use": {"1002": 1},
+                "call": {"tenant": "t", "caller": "1001", "called": "1002"},
+                "horizon_s": 5,
+            }
+        )
         assert [e.get("ring") for e in out["timeline"] if "ring" in e] == ["1003@t.example^3B@abc"]
     finally:
         await conn.close()

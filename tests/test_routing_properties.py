@@ -19,8 +19,12 @@ def scenarios(draw: st.DrawFn) -> dict[str, Any]:
     numbers = USERS + GROUPS
     exts: dict[str, Any] = {}
     for n in USERS:
-        e: dict[str, Any] = {"type": draw(st.sampled_from(["simple", "simple", "multiring"])), "name": f"U{n}",
-                             "endpoints": [n], "call_waiting": draw(st.booleans())}
+        e: dict[str, Any] = {
+            "type": draw(st.sampled_from(["simple", "simple", "multiring"])),
+            "name": f"U{n}",
+            "endpoints": [n],
+            "call_waiting": draw(st.booleans()),
+        }
         if e["type"] == "multiring":
             e["ranks"] = draw(ranks(numbers))
         exts[n] = e
@@ -41,17 +45,27 @@ def scenarios(draw: st.DrawFn) -> dict[str, Any]:
         if kind != "ring":
             behaviour[d] = {kind: draw(st.integers(0, 40))}
     in_use = {n: 1 for n in USERS if draw(st.integers(0, 4)) == 0}
-    return {"config": {"tenants": {"t": {"domain": "t.example", "extensions": exts}}}, "registrations": regs,
-            "in_use": in_use, "behaviour": behaviour, "horizon_s": 60,
-            "call": {"tenant": "t", "caller": USERS[0], "called": draw(st.sampled_from(numbers))}}
+    return {
+        "config": {"tenants": {"t": {"domain": "t.example", "extensions": exts}}},
+        "registrations": regs,
+        "in_use": in_use,
+        "behaviour": behaviour,
+        "horizon_s": 60,
+        "call": {"tenant": "t", "caller": USERS[0], "called": draw(st.sampled_from(numbers))},
+    }
 
 
 def ranks(numbers: list[str]) -> st.SearchStrategy[list[dict[str, Any]]]:
-    member = st.one_of(st.sampled_from(numbers),
-                       st.builds(lambda n, a: {"number": n, "active": a}, st.sampled_from(numbers), st.booleans()))
-    rank = st.builds(lambda m, d, ms: {"mode": m, "delay_ms": d, "members": ms},
-                     st.sampled_from(["default", "next", "drop"]), st.sampled_from([0, 2000, 5000, 10000]),
-                     st.lists(member, min_size=0, max_size=3, unique_by=lambda x: x if isinstance(x, str) else x["number"]))
+    member = st.one_of(
+        st.sampled_from(numbers),
+        st.builds(lambda n, a: {"number": n, "active": a}, st.sampled_from(numbers), st.booleans()),
+    )
+    rank = st.builds(
+        lambda m, d, ms: {"mode": m, "delay_ms": d, "members": ms},
+        st.sampled_from(["default", "next", "drop"]),
+        st.sampled_from([0, 2000, 5000, 10000]),
+        st.lists(member, min_size=0, max_size=3, unique_by=lambda x: x if isinstance(x, str) else x["number"]),
+    )
     return st.lists(rank, max_size=3)
 
 
@@ -85,7 +99,7 @@ def test_routing_invariants(s: dict[str, Any]) -> None:
     assert len(answers) <= 1
     if answers:
         assert out["result"] == "answered"
-        assert not any("ring" in e for e in timeline[answers[0]:])  # nothing rings after an answer
+        assert not any("ring" in e for e in timeline[answers[0] :])  # nothing rings after an answer
         assert answers[0] == len(timeline) - 1
     stopped = Counter(e["stop"] for e in timeline if "stop" in e)
     assert all(c == 1 and d in rings for d, c in stopped.items())

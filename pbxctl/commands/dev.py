@@ -74,8 +74,11 @@ def _status(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(status, indent=1))
     else:
-        print(f"stack {status['name']}: postgres {status['postgres']}, asterisk {status['asterisk']}"
-              f" ({status['asterisk_version']})", file=sys.stderr)
+        print(
+            f"stack {status['name']}: postgres {status['postgres']}, asterisk {status['asterisk']}"
+            f" ({status['asterisk_version']})",
+            file=sys.stderr,
+        )
         _print_exports(Stack.named(args.name).settings.exports())
     return 0
 
