@@ -14,7 +14,7 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-__all__ = ["SCENARIOS", "SippResult", "call", "register", "run_scenario"]
+__all__ = ["SCENARIOS", "SippResult", "answer", "call", "free_udp_port", "register", "run_scenario"]
 
 SCENARIOS = Path(__file__).resolve().parent.parent / "tests" / "sipp"
 _BLOCK = re.compile(r"^-{5,} .*?(sent|received).*?\n\n(.*?)(?=^-{5,} |\Z)", re.M | re.S)
@@ -45,7 +45,13 @@ def _free_udp_port() -> int:
 
 
 def run_scenario(
-    sip_addr: str, scenario: str, rows: list[list[str]], *, timeout: float = 30.0, extra: list[str] | None = None
+    sip_addr: str,
+    scenario: str,
+    rows: list[list[str]],
+    *,
+    timeout: float = 30.0,
+    extra: list[str] | None = None,
+    local_port: int | None = None,
 ) -> SippResult:
     if shutil.which("sipp") is None:
         raise RuntimeError("sipp is not installed: apt-get install sip-tester")
@@ -67,7 +73,7 @@ def run_scenario(
             "-i",
             "127.0.0.1",
             "-p",
-            str(_free_udp_port()),
+            str(local_port or _free_udp_port()),
             "-t",
             "u1",
             "-nostdin",
@@ -107,19 +113,38 @@ def register(
     expires: int = 3600,
     auth_user: str | None = None,
     timeout: float = 15.0,
+    local_port: int | None = None,
 ) -> SippResult:
-    return run_scenario(
-        sip_addr, "register.xml", [[user, domain, _auth(auth_user or user, password), str(expires)]], timeout=timeout
-    )
+    """REGISTER user@domain from ``local_port`` (free when not given): the contact a UAS can serve."""
+    row = [user, domain, _auth(auth_user or user, password), str(expires)]
+    return run_scenario(sip_addr, "register.xml", [row], timeout=timeout, local_port=local_port)
 
 
 def call(
-    sip_addr: str, user: str, domain: str, password: str, number: str, *, hold_s: float = 1.0, timeout: float = 30.0
+    sip_addr: str,
+    user: str,
+    domain: str,
+    password: str,
+    number: str,
+    *,
+    hold_s: float = 1.0,
+    timeout: float = 30.0,
 ) -> SippResult:
+    row = [user, domain, _auth(user, password), number]
+    return run_scenario(sip_addr, "uac.xml", [row], timeout=timeout, extra=["-d", str(int(hold_s * 1000))])
+
+
+def answer(sip_addr: str, local_port: int, *, ring_s: float = 0.2, timeout: float = 30.0) -> SippResult:
+    """Serve one incoming call on ``local_port``: ring, answer, wait for the BYE."""
     return run_scenario(
         sip_addr,
-        "uac.xml",
-        [[user, domain, _auth(user, password), number]],
+        "uas_answer.xml",
+        [[""]],
         timeout=timeout,
-        extra=["-d", str(int(hold_s * 1000))],
+        local_port=local_port,
+        extra=["-d", str(int(ring_s * 1000))],
     )
+
+
+def free_udp_port() -> int:
+    return _free_udp_port()

@@ -173,3 +173,53 @@ def test_port_taken_is_a_one_line_error(stack: Stack) -> None:
         assert p.stderr.strip().count("\n") == 0 and f"port {other.settings.ami_port}" in p.stderr, p.stderr
     finally:
         other.destroy()
+
+
+DIALING = """
+tenants:
+  dial:
+    domain: dial.example
+    templates:
+      base: {transport: transport-udp, endpoint: {allow: "!all,ulaw"}, aor: {max_contacts: 1}}
+      office: {parents: [base], endpoint: {context: pbx-dial-test, callerid: '"Office" <0>'}}
+    endpoints:
+      "1001": {templates: [office], auth: {password: d-1001}}
+      "1002": {templates: [office], auth: {password: d-1002}}
+"""
+
+
+def test_endpoints_defined_through_templates_call_each_other(stack: Stack, tmp_path: Path) -> None:
+    apply_yaml(stack, DIALING, tmp_path)
+    addr = stack.settings.sip_addr
+    port = sipp.free_udp_port()
+    assert sipp.register(addr, "1002", "dial.example", "d-1002", local_port=port).final == 200
+
+    async def scenario() -> tuple[sipp.SippResult, sipp.SippResult]:
+        callee = asyncio.create_task(asyncio.to_thread(sipp.answer, addr, port))
+        caller = await asyncio.to_thread(sipp.call, addr, "1001", "dial.example", "d-1001", "1002", hold_s=0.3)
+        return caller, await asyncio.wait_for(callee, 30)
+
+    caller, callee = asyncio.run(scenario())
+    assert 200 in caller.responses and caller.returncode == 0, (caller.responses, caller.stderr)
+    assert callee.returncode == 0 and any(r.startswith("INVITE sip:1002@") for r in callee.received), callee.received
+
+
+def test_template_option_changed_in_sql_shows_in_pjsip_show_endpoint(stack: Stack, tmp_path: Path) -> None:
+    apply_yaml(stack, DIALING, tmp_path)
+    assert "<0>" in stack.asterisk.rx("pjsip show endpoint 1002@dial.example")
+
+    async def edit() -> None:
+        conn = await asyncpg.connect(stack.settings.database_url())
+        try:
+            await conn.execute(
+                "UPDATE pbx.object_options o SET value = ARRAY[$1] FROM pbx.objects t "
+                "JOIN pbx.tenants n ON n.id = t.tenant_id WHERE o.object_id = t.id AND n.name = 'dial' "
+                "AND t.name = 'office' AND o.option = 'callerid'",
+                '"Front desk" <4242>',
+            )
+        finally:
+            await conn.close()
+
+    asyncio.run(edit())
+    shown = stack.asterisk.rx("pjsip show endpoint 1002@dial.example")
+    assert '"Front desk" <4242>' in shown, shown
