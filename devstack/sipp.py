@@ -139,7 +139,7 @@ def answer(sip_addr: str, local_port: int, *, ring_s: float = 0.2, timeout: floa
     return run_scenario(
         sip_addr,
         "uas_answer.xml",
-        [[""]],
+        [["-"]],  # sipp wants an injection row even when the scenario reads none
         timeout=timeout,
         local_port=local_port,
         extra=["-d", str(int(ring_s * 1000))],

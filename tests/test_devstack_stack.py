@@ -180,7 +180,10 @@ tenants:
   dial:
     domain: dial.example
     templates:
-      base: {transport: transport-udp, endpoint: {allow: "!all,ulaw"}, aor: {max_contacts: 1}}
+      base:
+        transport: transport-udp
+        endpoint: {allow: "!all,ulaw", direct_media: "no"}
+        aor: {max_contacts: 1, remove_existing: "yes"}
       office: {parents: [base], endpoint: {context: pbx-dial-test, callerid: '"Office" <0>'}}
     endpoints:
       "1001": {templates: [office], auth: {password: d-1001}}
