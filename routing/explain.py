@@ -6,9 +6,9 @@ from html import escape
 from typing import Any
 
 from routing.model import Directory
-from routing.stage1 import CallRequest, Node, Pruned, build_tree
+from routing.stage1 import CallRequest, Node, Pruned, Tree, build_tree
 
-__all__ = ["explain", "render_svg", "render_text"]
+__all__ = ["explain", "explain_tree", "render_svg", "render_text"]
 
 
 def _node(n: Node) -> dict[str, Any]:
@@ -47,7 +47,10 @@ def _pruned(p: Pruned) -> dict[str, str]:
 
 
 def explain(d: Directory, call: CallRequest) -> dict[str, Any]:
-    tree = build_tree(d, call)
+    return explain_tree(build_tree(d, call), call)
+
+
+def explain_tree(tree: Tree, call: CallRequest) -> dict[str, Any]:
     out: dict[str, Any] = {"status": tree.status, "tenant": call.tenant, "called": call.called}
     if tree.caller is not None:
         out["caller"] = {

@@ -1,0 +1,63 @@
+"""`pbxctl serve`: the long-running services of a node."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from typing import Any
+
+import asyncpg
+from aiohttp import web
+
+from pbxctl.commands._db import add_dsn_argument
+from pbxctl.errors import EXIT_USAGE, CliError, Unreachable
+from sorcery_backend.db import MissingDsn, dsn_from
+
+__all__ = ["register"]
+
+
+def register(subparsers: Any) -> None:
+    p = subparsers.add_parser("serve", help="run the node's services until stopped")
+    add_dsn_argument(p)
+    p.add_argument(
+        "--http",
+        default="127.0.0.1:8090",
+        metavar="HOST:PORT",
+        help="where the routing API listens (default 127.0.0.1:8090)",
+    )
+    p.set_defaults(func=_serve)
+
+
+async def _run(dsn: str, host: str, port: int) -> None:
+    from ari_app.route_api import make_app
+
+    try:
+        pool = await asyncpg.create_pool(dsn, min_size=1, max_size=4)
+    except (OSError, asyncpg.PostgresError) as exc:
+        raise Unreachable(f"cannot reach the database: {exc}") from None
+    runner = web.AppRunner(make_app(pool), access_log=None)
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, host, port).start()
+    except OSError as exc:
+        raise Unreachable(f"cannot listen on {host}:{port}: {exc.strerror}") from None
+    print(f"serving the routing API on http://{host}:{port}/route", file=sys.stderr, flush=True)
+    try:
+        await asyncio.Event().wait()
+    finally:
+        await runner.cleanup()
+        await pool.close()
+
+
+def _serve(args: argparse.Namespace) -> int:
+    try:
+        dsn = dsn_from(args.dsn)
+    except MissingDsn as exc:
+        raise CliError(str(exc), EXIT_USAGE) from None
+    host, _, port = args.http.rpartition(":")
+    try:
+        asyncio.run(_run(dsn, host or "127.0.0.1", int(port)))
+    except KeyboardInterrupt:
+        pass
+    return 0

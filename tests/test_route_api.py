@@ -1,0 +1,97 @@
+"""The routing HTTP API and `route explain` against a real database."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import asyncpg
+from aiohttp.test_utils import TestClient, TestServer
+
+from ari_app.route_api import make_app
+from sorcery_backend.apply import apply_config
+from sorcery_backend.declarative import parse_config
+
+CONFIG = {
+    "tenants": {
+        "t": {
+            "domain": "t.example",
+            "endpoints": {n: {"auth": {"password": "x"}} for n in ("1001", "1002", "1003")},
+            "extensions": {
+                "1001": {"type": "simple", "name": "Alice", "endpoints": ["1001"]},
+                "1002": {"type": "simple", "name": "Bob", "endpoints": ["1002"]},
+                "1003": {"type": "simple", "name": "Carol", "endpoints": ["1003"]},
+                "2000": {
+                    "type": "group",
+                    "name": "Team",
+                    "short_name": "T",
+                    "ranks": [{"members": ["1002"]}, {"mode": "next", "delay_ms": 5000, "members": ["1003"]}],
+                },
+            },
+        }
+    }
+}
+
+
+async def test_route_endpoint_returns_tree_and_first_commands(db: str) -> None:
+    conn = await asyncpg.connect(db)
+    await apply_config(conn, parse_config(CONFIG))
+    await conn.execute(
+        "INSERT INTO ps_contacts (id, uri, endpoint) VALUES ('1002@t.example^3B@a', 'sip:x', '1002@t.example')"
+    )
+    await conn.close()
+    pool = await asyncpg.create_pool(db, min_size=1, max_size=2)
+    try:
+        async with TestClient(TestServer(make_app(pool))) as client:
+            resp = await client.get("/route", params={"tenant": "t", "caller": "1001", "called": "2000"})
+            assert resp.status == 200
+            body = await resp.json()
+            assert body["status"] == "ok"
+            assert body["tree"]["tree"]["ranks"][1] == {
+                "mode": "next",
+                "delay_ms": 5000,
+                "members": [{"number": "1003", "name": "Carol", "kind": "user", "depth": 1, "endpoints": ["1003"]}],
+            }
+            kinds = [(c["command"], c.get("device"), c.get("callername")) for c in body["commands"]]
+            assert ("RingDevice", "1002@t.example^3B@a", "[T] Alice") in kinds
+            assert any(c["command"] == "StartTimer" and c["at_ms"] == 5000 for c in body["commands"])
+            assert (await client.get("/route", params={"tenant": "nope", "caller": "1", "called": "2"})).status == 404
+            assert (await client.get("/route", params={"tenant": "t"})).status == 400
+    finally:
+        await pool.close()
+
+
+async def test_explain_from_the_database_with_svg(db: str, tmp_path: Path) -> None:
+    conn = await asyncpg.connect(db)
+    await apply_config(conn, parse_config(CONFIG))
+    await conn.close()
+    svg = tmp_path / "tree.svg"
+    p = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pbxctl",
+            "route",
+            "explain",
+            "--tenant",
+            "t",
+            "--caller",
+            "1001",
+            "--called",
+            "2000",
+            "--json",
+            "--svg",
+            str(svg),
+        ],
+        capture_output=True,
+        text=True,
+        env=dict(os.environ, PBX_DATABASE_URL=db),
+        timeout=60,
+    )
+    assert p.returncode == 0, p.stderr
+    out = json.loads(p.stdout)
+    assert out["status"] == "ok" and out["callername_prefix"] == "[T]"
+    assert svg.read_text().startswith("<svg") and "2000 Team" in svg.read_text()
