@@ -97,6 +97,8 @@ def realtime_sql() -> str:
     out.append("-- Written by Asterisk itself on REGISTER (INSERT), refresh (UPDATE) and Expires: 0 (DELETE).")
     out.append(f"CREATE TABLE public.ps_contacts (\n{contact_cols}\n);")
     out.append("CREATE INDEX ps_contacts_qualifyfreq_exp ON public.ps_contacts (qualify_frequency, expiration_time);")
+    out.append("-- The routing loader finds an endpoint's registered devices by endpoint id.")
+    out.append("CREATE INDEX ps_contacts_endpoint ON public.ps_contacts (endpoint);")
     return "\n".join(out) + "\n"
 
 

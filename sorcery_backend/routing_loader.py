@@ -52,11 +52,15 @@ _CALL_QUERY = f"""
 WITH RECURSIVE ten AS (
     SELECT id, domain FROM pbx.tenants WHERE name = $1
 ), seed AS (
-    SELECT e.number FROM pbx.extensions e, ten
-    WHERE e.tenant_id = ten.id AND (e.number IN ($2, $3) OR e.type = 'trunk')
-    UNION
-    SELECT x.number FROM pbx.extension_endpoints x JOIN pbx.objects o ON o.id = x.endpoint_id, ten
-    WHERE x.tenant_id = ten.id AND o.name = $4
+    -- Every lookup below is an index probe (LATERAL), never a scan of the tenant's extensions.
+    SELECT e.number FROM ten, LATERAL (
+        SELECT number FROM pbx.extensions WHERE tenant_id = ten.id AND number IN ($2, $3)
+        UNION ALL
+        SELECT number FROM pbx.extensions WHERE tenant_id = ten.id AND type = 'trunk'
+        UNION ALL
+        SELECT x.number FROM pbx.objects o JOIN pbx.extension_endpoints x ON x.endpoint_id = o.id
+        WHERE o.tenant_id = ten.id AND o.kind = 'endpoint' AND o.name = $4
+    ) e
 ), reach(number, depth) AS (
     SELECT number, 0 FROM seed
     UNION
@@ -68,18 +72,23 @@ WITH RECURSIVE ten AS (
         WHERE e.tenant_id = ten.id AND e.number = r.number AND e.forward_to IS NOT NULL
     ) nxt
     WHERE r.depth <= {MAX_DEPTH}
-), exts AS (
-    SELECT e.* FROM pbx.extensions e, ten
-    WHERE e.tenant_id = ten.id AND e.number IN (SELECT DISTINCT number FROM reach)
+), exts AS MATERIALIZED (
+    -- OFFSET 0 keeps each LATERAL a per-row index probe: a call reaches tens of extensions out of
+    -- tens of thousands, which the planner cannot know from the recursive CTE's estimate.
+    SELECT e.* FROM (SELECT DISTINCT number FROM reach) r, ten, LATERAL (
+        SELECT * FROM pbx.extensions x WHERE x.tenant_id = ten.id AND x.number = r.number OFFSET 0
+    ) e
 )
 SELECT (SELECT domain FROM ten) AS domain,
        (SELECT jsonb_object_agg(e.number, {_EXTENSION_JSON}) FROM exts e) AS extensions,
-       (SELECT jsonb_object_agg(ep, ids) FROM (
-            SELECT o.name AS ep, jsonb_agg(c.id ORDER BY c.id) AS ids
-            FROM exts e JOIN pbx.extension_endpoints x ON x.tenant_id = e.tenant_id AND x.number = e.number
-            JOIN pbx.objects o ON o.id = x.endpoint_id
-            JOIN public.ps_contacts c ON c.endpoint = o.name || '@' || (SELECT domain FROM ten)
-            GROUP BY o.name) s) AS contacts
+       (SELECT jsonb_object_agg(o.name, c.ids)
+        FROM exts e,
+        LATERAL (SELECT endpoint_id FROM pbx.extension_endpoints x
+                 WHERE x.tenant_id = e.tenant_id AND x.number = e.number OFFSET 0) x
+        JOIN pbx.objects o ON o.id = x.endpoint_id,
+        LATERAL (SELECT jsonb_agg(pc.id ORDER BY pc.id) AS ids FROM public.ps_contacts pc
+                 WHERE pc.endpoint = o.name || '@' || (SELECT domain FROM ten)) c
+        WHERE c.ids IS NOT NULL) AS contacts
 """
 
 

@@ -263,3 +263,5 @@ CREATE TABLE public.ps_contacts (
     "qualify_2xx_only" text
 );
 CREATE INDEX ps_contacts_qualifyfreq_exp ON public.ps_contacts (qualify_frequency, expiration_time);
+-- The routing loader finds an endpoint's registered devices by endpoint id.
+CREATE INDEX ps_contacts_endpoint ON public.ps_contacts (endpoint);
