@@ -33,13 +33,13 @@ import asyncpg
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench._common import percentile  # noqa: E402
-from devstack.postgres import PostgresCluster, free_port  # noqa: E402
-from routing.stage1 import CallRequest  # noqa: E402
-from sorcery_backend.apply import apply_config  # noqa: E402
-from sorcery_backend.declarative import parse_config  # noqa: E402
-from sorcery_backend.routing_loader import load_for_call  # noqa: E402
-from sorcery_backend.schema import migrate  # noqa: E402
+from bench._common import percentile
+from devstack.postgres import PostgresCluster, free_port
+from routing.stage1 import CallRequest
+from sorcery_backend.apply import apply_config
+from sorcery_backend.declarative import parse_config
+from sorcery_backend.routing_loader import load_for_call
+from sorcery_backend.schema import migrate
 
 YWSD_VENV = Path(os.environ.get("PBX_CACHE_DIR") or Path.home() / ".cache" / "pbx") / "ywsd-venv"
 USERS = [str(10000 + i) for i in range(10000)]
