@@ -29,17 +29,17 @@ chroot: venv
 demo: chroot
 	@$(PY) -m devstack.demo
 
-test: chroot
+test: chroot lint typecheck
 	@PBX_SHARED_DIR=$(SHARED) $(PY) -m pytest -q -p no:cacheprovider
 
 unit: venv
 	@$(PY) -m pytest -q -p no:cacheprovider -m 'not stack'
 
 lint: venv
-	@$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
+	@$(VENV)/bin/ruff check -q . && $(VENV)/bin/ruff format -q --check .
 
 typecheck: venv
-	@$(VENV)/bin/mypy
+	@$(VENV)/bin/mypy --no-error-summary
 
 clean:
 	rm -rf build *.egg-info .pytest_cache .mypy_cache .ruff_cache
