@@ -14,7 +14,7 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-__all__ = ["SCENARIOS", "SippResult", "answer", "call", "free_udp_port", "register", "run_scenario"]
+__all__ = ["SCENARIOS", "SippResult", "answer", "call", "free_udp_port", "register", "reject_busy", "run_scenario"]
 
 SCENARIOS = Path(__file__).resolve().parent.parent / "tests" / "sipp"
 _BLOCK = re.compile(r"^-{5,} .*?(sent|received).*?\n\n(.*?)(?=^-{5,} |\Z)", re.M | re.S)
@@ -140,6 +140,18 @@ def answer(sip_addr: str, local_port: int, *, ring_s: float = 0.2, timeout: floa
         sip_addr,
         "uas_answer.xml",
         [["-"]],  # sipp wants an injection row even when the scenario reads none
+        timeout=timeout,
+        local_port=local_port,
+        extra=["-d", str(int(ring_s * 1000))],
+    )
+
+
+def reject_busy(sip_addr: str, local_port: int, *, ring_s: float = 0.2, timeout: float = 30.0) -> SippResult:
+    """Serve one incoming call on ``local_port``: ring, then reject it with 486 Busy Here."""
+    return run_scenario(
+        sip_addr,
+        "uas_busy.xml",
+        [["-"]],
         timeout=timeout,
         local_port=local_port,
         extra=["-d", str(int(ring_s * 1000))],

@@ -226,3 +226,19 @@ def test_template_option_changed_in_sql_shows_in_pjsip_show_endpoint(stack: Stac
     asyncio.run(edit())
     shown = stack.asterisk.rx("pjsip show endpoint 1002@dial.example")
     assert '"Front desk" <4242>' in shown, shown
+
+
+def test_a_busy_phone_makes_the_caller_see_busy(stack: Stack, tmp_path: Path) -> None:
+    apply_yaml(stack, DIALING, tmp_path)
+    addr = stack.settings.sip_addr
+    port = sipp.free_udp_port()
+    assert sipp.register(addr, "1002", "dial.example", "d-1002", local_port=port).final == 200
+
+    async def scenario() -> tuple[sipp.SippResult, sipp.SippResult]:
+        callee = asyncio.create_task(asyncio.to_thread(sipp.reject_busy, addr, port))
+        caller = await asyncio.to_thread(sipp.call, addr, "1001", "dial.example", "d-1001", "1002")
+        return caller, await asyncio.wait_for(callee, 30)
+
+    caller, callee = asyncio.run(scenario())
+    assert caller.final == 486, (caller.responses, caller.stderr)
+    assert callee.returncode == 0, callee.stderr
