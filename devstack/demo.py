@@ -6,18 +6,16 @@ Prints, step by step, what happened on the real stack.
 from __future__ import annotations
 
 import asyncio
-import base64
-import json
 import subprocess
 import sys
 import time
 from pathlib import Path
-
-import aiohttp
+from typing import Any
 
 from devstack import sipp
 from devstack.chroot import asterisk_version
 from devstack.stack import Stack
+from devstack.stasis_stub import answer_first_call
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "demo-tenant.yaml"
 
@@ -26,36 +24,23 @@ def say(msg: str) -> None:
     print(f"demo: {msg}", flush=True)
 
 
-async def answer_one_call(stack: Stack, ready: asyncio.Event, log: list[str]) -> None:
-    """A stand-in Stasis app: answers the call, keeps it up while the phone holds it."""
-    s = stack.settings
-    auth = {"Authorization": "Basic " + base64.b64encode(f"{s.ari_user}:{s.ari_password}".encode()).decode()}
-    async with (
-        aiohttp.ClientSession(headers=auth) as http,
-        http.ws_connect(f"{s.ari_url}/ari/events?app={s.ari_app}") as ws,
-    ):
-        ready.set()
-        async for msg in ws:
-            event = json.loads(msg.data)
-            if event["type"] == "StasisStart":
-                chan = event["channel"]
-                log.append(f"StasisStart: {chan['caller']['number']} dialed {event['args'][0]} ({chan['name']})")
-                async with http.post(f"{s.ari_url}/ari/channels/{chan['id']}/answer") as resp:
-                    log.append(f"answered over ARI: HTTP {resp.status}")
-            elif event["type"] == "StasisEnd":
-                log.append("StasisEnd: the caller hung up")
-                return
-
-
 async def place_call(stack: Stack) -> tuple[sipp.SippResult, list[str]]:
     ready = asyncio.Event()
-    log: list[str] = []
-    app = asyncio.create_task(answer_one_call(stack, ready, log))
+    seen: list[dict[str, Any]] = []
+    app = asyncio.create_task(answer_first_call(stack.settings, ready, seen))
     await asyncio.wait_for(ready.wait(), 10)
     result = await asyncio.to_thread(
         sipp.call, stack.settings.sip_addr, "1001", "demo.example", "demo-1001", "2000", hold_s=1
     )
     await asyncio.wait_for(app, 15)
+    log = []
+    for event in seen:
+        if event["type"] == "StasisStart":
+            chan = event["channel"]
+            log.append(f"StasisStart: {chan['caller']['number']} dialed {event['args'][0]} ({chan['name']})")
+            log.append(f"answered over ARI: HTTP {event.get('answer_status')}")
+        elif event["type"] == "StasisEnd":
+            log.append("StasisEnd: the caller hung up")
     return result, log
 
 
@@ -79,7 +64,7 @@ def main() -> int:
     result, log = asyncio.run(place_call(stack))
     say("phone 1001 calls 2000 (the Team group):")
     for line in log:
-        say(f"  controller: {line}")
+        say(f"  stand-in Stasis app: {line}")
     outcome = "answered and hung up after 1 s" if 200 in result.responses else "not answered"
     say(f"  caller saw: {result.responses} -> {outcome}")
     say("the stack keeps running: `pbxctl dev status` shows it, `pbxctl dev down` stops it")

@@ -3,21 +3,20 @@
 from __future__ import annotations
 
 import asyncio
-import base64
-import json
 import os
 import socket
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
-import aiohttp
 import asyncpg
 import pytest
 from stack import apply_yaml
 
 from devstack import sipp
 from devstack.stack import Stack
+from devstack.stasis_stub import answer_first_call
 
 pytestmark = pytest.mark.stack
 
@@ -97,28 +96,11 @@ def test_call_without_a_connected_app_fails_cleanly(phones: Stack) -> None:
     assert r.final == 503, (r.responses, r.stderr)
 
 
-async def _answer_first_call(stack: Stack, ready: asyncio.Event, seen: list[dict[str, object]]) -> None:
-    s = stack.settings
-    auth = {"Authorization": "Basic " + base64.b64encode(f"{s.ari_user}:{s.ari_password}".encode()).decode()}
-    async with aiohttp.ClientSession(headers=auth) as http:
-        async with http.ws_connect(f"{s.ari_url}/ari/events?app={s.ari_app}") as ws:
-            ready.set()
-            async for msg in ws:
-                event = json.loads(msg.data)
-                seen.append(event)
-                if event["type"] == "StasisStart":
-                    chan = event["channel"]["id"]
-                    async with http.post(f"{s.ari_url}/ari/channels/{chan}/answer") as resp:
-                        assert resp.status == 204
-                if event["type"] == "StasisEnd":
-                    return
-
-
 def test_call_enters_stasis_and_an_ari_client_answers_it(phones: Stack) -> None:
     async def scenario() -> tuple[sipp.SippResult, list[dict[str, object]]]:
         ready = asyncio.Event()
         seen: list[dict[str, object]] = []
-        client = asyncio.create_task(_answer_first_call(phones, ready, seen))
+        client = asyncio.create_task(answer_first_call(phones.settings, ready, seen))
         await asyncio.wait_for(ready.wait(), 10)
         result = await asyncio.to_thread(
             sipp.call, phones.settings.sip_addr, "1001", "acme.example", "acme-1001", "2000", hold_s=0.5
@@ -191,18 +173,25 @@ tenants:
 """
 
 
-def test_endpoints_defined_through_templates_call_each_other(stack: Stack, tmp_path: Path) -> None:
+def call_registered_callee(
+    stack: Stack, tmp_path: Path, serve: Callable[[str, int], sipp.SippResult]
+) -> tuple[sipp.SippResult, sipp.SippResult]:
+    """1002 registers from a port where ``serve`` then takes the call 1001 places to it."""
     apply_yaml(stack, DIALING, tmp_path)
     addr = stack.settings.sip_addr
     port = sipp.free_udp_port()
     assert sipp.register(addr, "1002", "dial.example", "d-1002", local_port=port).final == 200
 
     async def scenario() -> tuple[sipp.SippResult, sipp.SippResult]:
-        callee = asyncio.create_task(asyncio.to_thread(sipp.answer, addr, port))
+        callee = asyncio.create_task(asyncio.to_thread(serve, addr, port))
         caller = await asyncio.to_thread(sipp.call, addr, "1001", "dial.example", "d-1001", "1002", hold_s=0.3)
         return caller, await asyncio.wait_for(callee, 30)
 
-    caller, callee = asyncio.run(scenario())
+    return asyncio.run(scenario())
+
+
+def test_endpoints_defined_through_templates_call_each_other(stack: Stack, tmp_path: Path) -> None:
+    caller, callee = call_registered_callee(stack, tmp_path, sipp.answer)
     assert 200 in caller.responses and caller.returncode == 0, (caller.responses, caller.stderr)
     assert callee.returncode == 0 and any(r.startswith("INVITE sip:1002@") for r in callee.received), callee.received
 
@@ -229,16 +218,6 @@ def test_template_option_changed_in_sql_shows_in_pjsip_show_endpoint(stack: Stac
 
 
 def test_a_busy_phone_makes_the_caller_see_busy(stack: Stack, tmp_path: Path) -> None:
-    apply_yaml(stack, DIALING, tmp_path)
-    addr = stack.settings.sip_addr
-    port = sipp.free_udp_port()
-    assert sipp.register(addr, "1002", "dial.example", "d-1002", local_port=port).final == 200
-
-    async def scenario() -> tuple[sipp.SippResult, sipp.SippResult]:
-        callee = asyncio.create_task(asyncio.to_thread(sipp.reject_busy, addr, port))
-        caller = await asyncio.to_thread(sipp.call, addr, "1001", "dial.example", "d-1001", "1002")
-        return caller, await asyncio.wait_for(callee, 30)
-
-    caller, callee = asyncio.run(scenario())
+    caller, callee = call_registered_callee(stack, tmp_path, sipp.reject_busy)
     assert caller.final == 486, (caller.responses, caller.stderr)
     assert callee.returncode == 0, callee.stderr
