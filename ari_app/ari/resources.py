@@ -1,0 +1,248 @@
+"""Typed REST calls on channels, bridges and Asterisk itself (routes of Asterisk 22's api-docs).
+
+Each method is one request; errors come from the transport (:class:`AriNotFound` when the channel
+hung up meanwhile, :class:`AriConflict` when it left Stasis).
+"""
+
+from __future__ import annotations
+
+import builtins
+from collections.abc import Mapping, Sequence
+from typing import Any
+from urllib.parse import quote
+
+from ari_app.ari.models import AsteriskInfo, Bridge, Channel, Playback
+from ari_app.ari.transport import AriTransport
+
+__all__ = ["AsteriskApi", "Bridges", "Channels", "encode_params"]
+
+ParamValue = str | int | bool | Sequence[str] | None
+
+
+def encode_params(**params: ParamValue) -> dict[str, str]:
+    """Query parameters as ARI reads them: None left out, booleans as true/false, lists (media,
+    formats, appArgs) comma-joined, which is how ARI splits multi-valued parameters."""
+    out: dict[str, str] = {}
+    for key, value in params.items():
+        if value is None:
+            continue
+        if isinstance(value, bool):
+            out[key] = "true" if value else "false"
+        elif isinstance(value, int | str):
+            out[key] = str(value)
+        else:
+            out[key] = ",".join(value)
+    return out
+
+
+def _seg(value: str) -> str:
+    # Ids are caller-chosen strings; one with a '/' must not reach another route.
+    return quote(value, safe="")
+
+
+def _variables_body(variables: Mapping[str, str] | None) -> dict[str, Any] | None:
+    return None if variables is None else {"variables": dict(variables)}
+
+
+class _Resource:
+    def __init__(self, transport: AriTransport, app: str, timeout: float | None) -> None:
+        self._t = transport
+        self._app = app
+        self._timeout = timeout
+
+    async def _call(self, method: str, path: str, params: dict[str, str] | None = None, json: Any = None) -> Any:
+        return await self._t.request(method, path, params=params or None, json=json, timeout=self._timeout)
+
+
+class Channels(_Resource):
+    async def get(self, channel_id: str) -> Channel:
+        return Channel.model_validate(await self._call("GET", f"/channels/{_seg(channel_id)}"))
+
+    async def list(self) -> builtins.list[Channel]:
+        return [Channel.model_validate(c) for c in await self._call("GET", "/channels")]
+
+    async def answer(self, channel_id: str) -> None:
+        await self._call("POST", f"/channels/{_seg(channel_id)}/answer")
+
+    async def hangup(self, channel_id: str, *, reason: str | None = None, reason_code: int | None = None) -> None:
+        """``reason``: ARI's names (normal, busy, congestion, no_answer, answered_elsewhere, ...);
+        ``reason_code``: a Q.850 cause. ARI takes one or the other."""
+        if reason is not None and reason_code is not None:
+            raise ValueError("hangup takes reason or reason_code, not both")
+        await self._call(
+            "DELETE", f"/channels/{_seg(channel_id)}", encode_params(reason=reason, reason_code=reason_code)
+        )
+
+    async def ring(self, channel_id: str) -> None:
+        await self._call("POST", f"/channels/{_seg(channel_id)}/ring")
+
+    async def ring_stop(self, channel_id: str) -> None:
+        await self._call("DELETE", f"/channels/{_seg(channel_id)}/ring")
+
+    async def progress(self, channel_id: str) -> None:
+        """183 Session Progress: early media, so the caller hears what we play before answer."""
+        await self._call("POST", f"/channels/{_seg(channel_id)}/progress")
+
+    async def create(
+        self,
+        endpoint: str,
+        *,
+        app: str | None = None,
+        app_args: str | Sequence[str] | None = None,
+        channel_id: str | None = None,
+        other_channel_id: str | None = None,
+        originator: str | None = None,
+        formats: Sequence[str] | None = None,
+        variables: Mapping[str, str] | None = None,
+    ) -> Channel:
+        """A channel that is not dialed yet (then :meth:`dial`); it enters Stasis when answered.
+        ``originator`` (the caller's channel id) carries its codecs and linkedid over."""
+        params = encode_params(
+            endpoint=endpoint,
+            app=app or self._app,
+            appArgs=app_args,
+            channelId=channel_id,
+            otherChannelId=other_channel_id,
+            originator=originator,
+            formats=formats,
+        )
+        return Channel.model_validate(await self._call("POST", "/channels/create", params, _variables_body(variables)))
+
+    async def dial(self, channel_id: str, *, caller: str | None = None, timeout: int | None = None) -> None:
+        """Dial a created channel. ``caller``: the channel id whose connected line it gets;
+        ``timeout`` in seconds, ARI's default 0 is no timeout."""
+        await self._call("POST", f"/channels/{_seg(channel_id)}/dial", encode_params(caller=caller, timeout=timeout))
+
+    async def originate(
+        self,
+        endpoint: str,
+        *,
+        app: str | None = None,
+        app_args: str | Sequence[str] | None = None,
+        caller_id: str | None = None,
+        timeout: int | None = None,
+        variables: Mapping[str, str] | None = None,
+        channel_id: str | None = None,
+        other_channel_id: str | None = None,
+        originator: str | None = None,
+        formats: Sequence[str] | None = None,
+    ) -> Channel:
+        """Create and dial in one call, into Stasis (``app``, default ours) once answered."""
+        params = encode_params(
+            endpoint=endpoint,
+            app=app or self._app,
+            appArgs=app_args,
+            callerId=caller_id,
+            timeout=timeout,
+            channelId=channel_id,
+            otherChannelId=other_channel_id,
+            originator=originator,
+            formats=formats,
+        )
+        return Channel.model_validate(await self._call("POST", "/channels", params, _variables_body(variables)))
+
+    async def continue_in_dialplan(
+        self,
+        channel_id: str,
+        *,
+        context: str | None = None,
+        extension: str | None = None,
+        priority: int | None = None,
+        label: str | None = None,
+    ) -> None:
+        """Leave Stasis; with no arguments, at the priority after the Stasis() line."""
+        params = encode_params(context=context, extension=extension, priority=priority, label=label)
+        await self._call("POST", f"/channels/{_seg(channel_id)}/continue", params)
+
+    async def set_variable(self, channel_id: str, variable: str, value: str | None) -> None:
+        """``value`` None unsets the variable."""
+        params = encode_params(variable=variable, value=value)
+        await self._call("POST", f"/channels/{_seg(channel_id)}/variable", params)
+
+    async def get_variable(self, channel_id: str, variable: str) -> str:
+        answer = await self._call("GET", f"/channels/{_seg(channel_id)}/variable", encode_params(variable=variable))
+        return str(answer["value"])
+
+    async def play(
+        self,
+        channel_id: str,
+        media: str | Sequence[str],
+        *,
+        lang: str | None = None,
+        playback_id: str | None = None,
+        offsetms: int | None = None,
+        skipms: int | None = None,
+    ) -> Playback:
+        """``media``: URIs such as ``sound:hello-world`` or ``tone:ring;tonezone=de``; several play
+        one after the other."""
+        params = encode_params(media=media, lang=lang, playbackId=playback_id, offsetms=offsetms, skipms=skipms)
+        return Playback.model_validate(await self._call("POST", f"/channels/{_seg(channel_id)}/play", params))
+
+    async def start_moh(self, channel_id: str, moh_class: str | None = None) -> None:
+        await self._call("POST", f"/channels/{_seg(channel_id)}/moh", encode_params(mohClass=moh_class))
+
+    async def stop_moh(self, channel_id: str) -> None:
+        await self._call("DELETE", f"/channels/{_seg(channel_id)}/moh")
+
+
+class Bridges(_Resource):
+    async def create(
+        self, type: str | Sequence[str] = "mixing", *, name: str | None = None, bridge_id: str | None = None
+    ) -> Bridge:
+        """``type``: mixing, holding, dtmf_events, proxy_media, video_sfu, video_single (a list
+        combines them). A taken ``bridge_id`` is a 409, not an update of the existing bridge."""
+        params = encode_params(type=type, name=name, bridgeId=bridge_id)
+        return Bridge.model_validate(await self._call("POST", "/bridges", params))
+
+    async def get(self, bridge_id: str) -> Bridge:
+        return Bridge.model_validate(await self._call("GET", f"/bridges/{_seg(bridge_id)}"))
+
+    async def list(self) -> builtins.list[Bridge]:
+        return [Bridge.model_validate(b) for b in await self._call("GET", "/bridges")]
+
+    async def add_channel(
+        self,
+        bridge_id: str,
+        channel: str | Sequence[str],
+        *,
+        role: str | None = None,
+        absorb_dtmf: bool | None = None,
+        mute: bool | None = None,
+        inhibit_connected_line_updates: bool | None = None,
+    ) -> None:
+        params = encode_params(
+            channel=channel,
+            role=role,
+            absorbDTMF=absorb_dtmf,
+            mute=mute,
+            inhibitConnectedLineUpdates=inhibit_connected_line_updates,
+        )
+        await self._call("POST", f"/bridges/{_seg(bridge_id)}/addChannel", params)
+
+    async def remove_channel(self, bridge_id: str, channel: str | Sequence[str]) -> None:
+        await self._call("POST", f"/bridges/{_seg(bridge_id)}/removeChannel", encode_params(channel=channel))
+
+    async def destroy(self, bridge_id: str) -> None:
+        await self._call("DELETE", f"/bridges/{_seg(bridge_id)}")
+
+    async def start_moh(self, bridge_id: str, moh_class: str | None = None) -> None:
+        await self._call("POST", f"/bridges/{_seg(bridge_id)}/moh", encode_params(mohClass=moh_class))
+
+    async def stop_moh(self, bridge_id: str) -> None:
+        await self._call("DELETE", f"/bridges/{_seg(bridge_id)}/moh")
+
+    async def play(
+        self, bridge_id: str, media: str | Sequence[str], *, lang: str | None = None, playback_id: str | None = None
+    ) -> Playback:
+        params = encode_params(media=media, lang=lang, playbackId=playback_id)
+        return Playback.model_validate(await self._call("POST", f"/bridges/{_seg(bridge_id)}/play", params))
+
+
+class AsteriskApi(_Resource):
+    async def info(self, only: Sequence[str] | None = None) -> AsteriskInfo:
+        """``only``: a subset of build, system, config, status."""
+        return AsteriskInfo.model_validate(await self._call("GET", "/asterisk/info", encode_params(only=only)))
+
+    async def ping(self) -> str:
+        answer = await self._call("GET", "/asterisk/ping")
+        return str(answer["asterisk_id"])
