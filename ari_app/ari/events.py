@@ -75,7 +75,8 @@ class ChannelHangupRequest(Event):
 
 class Dial(Event):
     """A dial attempt's progress. ``dialstatus`` is "" at the start of the attempt, then
-    RINGING/PROGRESS/ANSWER/BUSY/NOANSWER/CANCEL/CHANUNAVAIL/CONGESTION."""
+    RINGING/PROGRESS/ANSWER/BUSY/NOANSWER/CANCEL/CHANUNAVAIL/CONGESTION. For a leg dialed over
+    ARI, ``caller`` is None even when dial() named one (Asterisk 22.10.1): know legs by peer id."""
 
     peer: Channel
     dialstatus: str
