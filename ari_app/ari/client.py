@@ -109,7 +109,9 @@ class AriClient:
     async def events(self) -> AsyncGenerator[StreamItem, None]:
         """Events of our app with :class:`Connected`/:class:`Disconnected` in between, forever,
         until :class:`ApplicationReplaced` (yielded, then the stream ends). Raises :class:`AriError`
-        when Asterisk refuses the handshake for good (401, 403, 400)."""
+        when Asterisk refuses the handshake for good (401, 403, 400). Run one stream per app name
+        at a time: a second one, here or in another process, replaces the first. Close it with
+        ``contextlib.aclosing`` (or cancel its task) so the WebSocket closes at once."""
         # A task reads the socket because Connected must be yielded when the handshake succeeds,
         # which happens inside the transport's iterator while we would be waiting for an event.
         queue: asyncio.Queue[StreamItem | _Stop] = asyncio.Queue()
