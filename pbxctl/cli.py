@@ -15,7 +15,7 @@ from pbxctl.errors import EXIT_USAGE, CliError
 
 __all__ = ["build_parser", "main"]
 
-COMMAND_MODULES = ("db", "config", "route", "dev", "call", "serve", "nodes")
+COMMAND_MODULES = ("db", "config", "route", "dev", "call", "serve", "nodes", "push")
 
 
 def build_parser() -> argparse.ArgumentParser:

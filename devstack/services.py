@@ -1,0 +1,223 @@
+"""The project's own services in a stack: `python -m pbxctl serve` as a background process.
+
+The process gets the stack's exports as its environment, logs to ``serve.log`` and keeps its pid
+in ``serve.pid`` in the stack's state dir. It counts as healthy when its HTTP port answers and its
+pusher has logged in to the stack's Asterisk, which :func:`register_node` makes a node in the DB.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import asyncpg
+
+from devstack.postgres import free_port
+from devstack.settings import StackSettings
+
+__all__ = ["ServeProcess", "ServicesError", "register_node"]
+
+# Popen objects of the processes this Python process started: reaped on stop, so a killed one is
+# not mistaken for a live zombie.
+_children: dict[int, subprocess.Popen[bytes]] = {}
+
+
+class ServicesError(RuntimeError):
+    """`pbxctl serve` did not start or become healthy; the message carries the log tail."""
+
+
+def register_node(settings: StackSettings) -> None:
+    """Make the stack's Asterisk a node (named like the stack), with its current AMI credentials."""
+    asyncio.run(_register_node(settings))
+
+
+async def _register_node(s: StackSettings) -> None:
+    from sorcery_backend.nodes import add_node
+
+    conn = await asyncpg.connect(s.database_url())
+    try:
+        row = await conn.fetchrow("SELECT ami_port, ami_user, ami_secret FROM pbx.nodes WHERE name = $1", s.name)
+        if row is None:
+            await add_node(conn, s.name, f"127.0.0.1:{s.ami_port}", s.ami_user, s.ami_password)
+        elif (row["ami_port"], row["ami_user"], row["ami_secret"]) != (s.ami_port, s.ami_user, s.ami_password):
+            await conn.execute(
+                "UPDATE pbx.nodes SET ami_host = '127.0.0.1', ami_port = $2, ami_user = $3, ami_secret = $4 "
+                "WHERE name = $1",
+                s.name,
+                s.ami_port,
+                s.ami_user,
+                s.ami_password,
+            )
+            await conn.execute("SELECT pg_notify('pbx_nodes', $1)", s.name)
+    finally:
+        await conn.close()
+
+
+class ServeProcess:
+    def __init__(self, state_dir: Path, settings: StackSettings) -> None:
+        self.state_dir = state_dir
+        self.settings = settings
+
+    @property
+    def pidfile(self) -> Path:
+        return self.state_dir / "serve.pid"
+
+    @property
+    def logfile(self) -> Path:
+        return self.state_dir / "serve.log"
+
+    @property
+    def infofile(self) -> Path:
+        return self.state_dir / "serve.json"
+
+    @property
+    def http_port(self) -> int | None:
+        try:
+            return int(json.loads(self.infofile.read_text())["http_port"])
+        except (OSError, ValueError, KeyError):
+            return None
+
+    def pid(self) -> int | None:
+        try:
+            pid = int(self.pidfile.read_text().strip())
+        except (OSError, ValueError):
+            return None
+        child = _children.get(pid)
+        if child is not None:
+            return pid if child.poll() is None else None
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            return None
+        # The pid may have been reused since: only our own command counts.
+        return pid if b"pbxctl" in cmdline and b"serve" in cmdline else None
+
+    def running(self) -> bool:
+        return self.pid() is not None
+
+    def start(self, timeout: float = 60.0) -> None:
+        if self.running():
+            return
+        port = self.http_port
+        if port is None or not _port_free(port):
+            port = free_port()
+        self.infofile.write_text(json.dumps({"http_port": port}))
+        # A killed process never said it went away: health must be shown by the new one.
+        asyncio.run(_mark_disconnected(self.settings))
+        env = dict(os.environ, **self.settings.exports())
+        with open(self.logfile, "ab") as log:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "pbxctl", "serve", "--http", f"127.0.0.1:{port}"],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=env,
+                start_new_session=True,
+            )
+        _children[proc.pid] = proc
+        self.pidfile.write_text(str(proc.pid))
+        self.wait_healthy(timeout)
+
+    def wait_healthy(self, timeout: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout
+        problem = "no answer yet"
+        while time.monotonic() < deadline:
+            if not self.running():
+                raise ServicesError(f"pbxctl serve exited at start: {self.log_tail()}")
+            problem = self._health_problem() or ""
+            if not problem:
+                return
+            time.sleep(0.1)
+        raise ServicesError(f"pbxctl serve not healthy after {timeout:g}s ({problem}): {self.log_tail()}")
+
+    def _health_problem(self) -> str | None:
+        port = self.http_port
+        try:
+            with socket.create_connection(("127.0.0.1", port or 0), timeout=1):
+                pass
+        except OSError as exc:
+            return f"HTTP port {port}: {exc}"
+        connected = asyncio.run(_node_connected(self.settings))
+        return None if connected else f"pusher not connected to node {self.settings.name} yet"
+
+    def stop(self, timeout: float = 15.0) -> None:
+        self._signal(signal.SIGTERM, timeout)
+
+    def kill(self) -> None:
+        """kill -9, as a crash would: nothing is cleaned up by the process itself."""
+        self._signal(signal.SIGKILL, 10.0)
+
+    def restart(self, timeout: float = 60.0) -> None:
+        self.stop()
+        self.start(timeout)
+
+    def _signal(self, sig: signal.Signals, timeout: float) -> None:
+        pid = self.pid()
+        if pid is None:
+            self.pidfile.unlink(missing_ok=True)
+            return
+        os.kill(pid, sig)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and self.pid() is not None:
+            time.sleep(0.05)
+        if self.pid() is not None:
+            os.kill(pid, signal.SIGKILL)
+            while self.pid() is not None:
+                time.sleep(0.05)
+        child = _children.pop(pid, None)
+        if child is not None:
+            child.wait()
+        self.pidfile.unlink(missing_ok=True)
+
+    def log_text(self) -> str:
+        try:
+            return self.logfile.read_text(errors="replace")
+        except OSError:
+            return ""
+
+    def log_tail(self, lines: int = 6) -> str:
+        tail = self.log_text().strip().splitlines()[-lines:]
+        return " | ".join(x.strip() for x in tail) or "(empty log)"
+
+
+async def _mark_disconnected(s: StackSettings) -> None:
+    conn = await asyncpg.connect(s.database_url(), timeout=10)
+    try:
+        await conn.execute(
+            "UPDATE pbx.node_state SET connected = false FROM pbx.nodes n WHERE n.id = node_id AND n.name = $1", s.name
+        )
+    finally:
+        await conn.close()
+
+
+async def _node_connected(s: StackSettings) -> bool:
+    try:
+        conn = await asyncpg.connect(s.database_url(), timeout=5)
+    except (OSError, asyncpg.PostgresError, TimeoutError):
+        return False
+    try:
+        return bool(
+            await conn.fetchval(
+                "SELECT s.connected FROM pbx.nodes n JOIN pbx.node_state s ON s.node_id = n.id WHERE n.name = $1",
+                s.name,
+            )
+        )
+    finally:
+        await conn.close()
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True

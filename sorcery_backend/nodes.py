@@ -1,0 +1,154 @@
+"""Asterisk nodes (rows of pbx.nodes) and their push status, for `pbxctl nodes` / `pbxctl push`."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+
+__all__ = [
+    "Node",
+    "NodeRefused",
+    "NodeStatus",
+    "add_node",
+    "list_nodes",
+    "parse_ami_addr",
+    "push_status",
+    "remove_node",
+]
+
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+
+
+class NodeRefused(ValueError):
+    """Refused input; the message names the node and the rule."""
+
+
+@dataclass(frozen=True)
+class Node:
+    id: int
+    name: str
+    ami_host: str
+    ami_port: int
+    ami_user: str
+    ami_secret: str
+
+    @property
+    def ami_addr(self) -> str:
+        return f"{self.ami_host}:{self.ami_port}"
+
+    def to_json(self) -> dict[str, Any]:
+        # The secret never leaves the database through the CLI.
+        return {"name": self.name, "ami_addr": self.ami_addr, "ami_user": self.ami_user}
+
+
+@dataclass(frozen=True)
+class NodeStatus:
+    name: str
+    ami_addr: str
+    connected: bool
+    undelivered: int
+    lag_s: float  # age of the oldest undelivered change; 0 when nothing is undelivered
+    last_delivery_at: datetime | None
+    last_error: str | None
+    last_error_at: datetime | None
+    actions_sent: int
+    rows_delivered: int
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "ami_addr": self.ami_addr,
+            "connected": self.connected,
+            "undelivered": self.undelivered,
+            "lag_s": round(self.lag_s, 3),
+            "last_delivery_at": self.last_delivery_at.isoformat() if self.last_delivery_at else None,
+            "last_error": self.last_error,
+            "last_error_at": self.last_error_at.isoformat() if self.last_error_at else None,
+            "actions_sent": self.actions_sent,
+            "rows_delivered": self.rows_delivered,
+        }
+
+
+def parse_ami_addr(name: str, addr: str) -> tuple[str, int]:
+    host, sep, port = addr.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise NodeRefused(f"node {name}: AMI address {addr!r} must be HOST:PORT with a port from 1 to 65535")
+    return host, int(port)
+
+
+async def add_node(conn: asyncpg.Connection, name: str, addr: str, user: str, secret: str) -> Node:
+    if not _NAME.match(name):
+        raise NodeRefused(f"node {name}: names are [A-Za-z0-9][A-Za-z0-9_.-]*, at most 63 characters")
+    host, port = parse_ami_addr(name, addr)
+    if not user:
+        raise NodeRefused(f"node {name}: an AMI user is required")
+    async with conn.transaction():
+        # Waits for every transaction that is writing the outbox and holds new ones back until this
+        # one commits, so no change can commit without a pending row for the new node.
+        await conn.execute("LOCK TABLE pbx.outbox IN SHARE ROW EXCLUSIVE MODE")
+        if await conn.fetchval("SELECT 1 FROM pbx.nodes WHERE name = $1", name):
+            raise NodeRefused(f"node {name}: already exists (rule: node names are unique)")
+        row = await conn.fetchrow(
+            "INSERT INTO pbx.nodes (name, ami_host, ami_port, ami_user, ami_secret) VALUES ($1, $2, $3, $4, $5) "
+            "RETURNING *",
+            name,
+            host,
+            port,
+            user,
+            secret,
+        )
+        await conn.execute("INSERT INTO pbx.node_state (node_id) VALUES ($1)", row["id"])
+    await conn.execute("SELECT pg_notify('pbx_nodes', $1)", name)
+    return _node(row)
+
+
+async def remove_node(conn: asyncpg.Connection, name: str) -> None:
+    deleted = await conn.fetchval("DELETE FROM pbx.nodes WHERE name = $1 RETURNING id", name)
+    if deleted is None:
+        raise NodeRefused(f"node {name}: no such node")
+    await conn.execute("SELECT pg_notify('pbx_nodes', $1)", name)
+
+
+async def list_nodes(conn: asyncpg.Connection) -> list[Node]:
+    return [_node(r) for r in await conn.fetch("SELECT * FROM pbx.nodes ORDER BY name")]
+
+
+async def push_status(conn: asyncpg.Connection) -> list[NodeStatus]:
+    rows = await conn.fetch(
+        """
+        SELECT n.name, n.ami_host, n.ami_port, coalesce(s.connected, false) AS connected,
+               p.undelivered, coalesce(extract(epoch FROM now() - p.oldest), 0)::float8 AS lag_s,
+               s.last_delivery_at, s.last_error, s.last_error_at,
+               coalesce(s.actions_sent, 0) AS actions_sent, coalesce(s.rows_delivered, 0) AS rows_delivered
+        FROM pbx.nodes n
+        LEFT JOIN pbx.node_state s ON s.node_id = n.id
+        CROSS JOIN LATERAL (
+            SELECT count(*) AS undelivered, min(o.created_at) AS oldest
+            FROM pbx.push_pending q JOIN pbx.outbox o ON o.seq = q.seq WHERE q.node_id = n.id
+        ) p
+        ORDER BY n.name
+        """
+    )
+    return [
+        NodeStatus(
+            name=r["name"],
+            ami_addr=f"{r['ami_host']}:{r['ami_port']}",
+            connected=r["connected"],
+            undelivered=r["undelivered"],
+            lag_s=r["lag_s"],
+            last_delivery_at=r["last_delivery_at"],
+            last_error=r["last_error"],
+            last_error_at=r["last_error_at"],
+            actions_sent=r["actions_sent"],
+            rows_delivered=r["rows_delivered"],
+        )
+        for r in rows
+    ]
+
+
+def _node(r: asyncpg.Record) -> Node:
+    return Node(r["id"], r["name"], r["ami_host"], r["ami_port"], r["ami_user"], r["ami_secret"])

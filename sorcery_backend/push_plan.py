@@ -1,0 +1,135 @@
+"""What to send a node for a batch of outbox rows: pure, no I/O.
+
+Every outbox row names a realtime view, an Asterisk id and an operation. Whatever the operation, the
+right move for a cached type is to drop that id from the node's memory cache: a changed or deleted
+object is then re-read (or found missing) on next use, and a created one was never cached because
+Sorcery caches no negative lookups; expiring it anyway covers a delete and re-create coalesced into
+one batch. Rows for the same object coalesce into one action.
+
+- endpoint, aor, auth: ``SorceryMemoryCacheExpireObject`` per object, or ``SorceryMemoryCacheExpire``
+  of the whole cache when the changed objects are most of what the cache holds (see
+  :func:`whole_cache_is_cheaper`).
+- identify: a full-backend cache, which refuses per-object expiry; one ``SorceryMemoryCachePopulate``
+  re-reads it in one query.
+- registrations: not cached; res_pjsip_outbound_registration reads them only when it loads, so one
+  reload of that module (not of res_pjsip) per batch applies them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+
+__all__ = [
+    "CACHE_OF_VIEW",
+    "CacheAction",
+    "PendingRow",
+    "Plan",
+    "plan_batch",
+    "whole_cache_is_cheaper",
+]
+
+CACHE_OF_VIEW: Mapping[str, str] = {
+    "ps_endpoints": "res_pjsip/endpoint",
+    "ps_aors": "res_pjsip/aor",
+    "ps_auths": "res_pjsip/auth",
+    "ps_endpoint_id_ips": "res_pjsip/identify",
+}
+PER_OBJECT_CACHES = ("res_pjsip/endpoint", "res_pjsip/aor", "res_pjsip/auth")
+FULL_CACHES = ("res_pjsip/identify",)
+REGISTRATION_MODULE = "res_pjsip_outbound_registration.so"
+
+# Measured on the dev stack (bench/push.py): one pipelined ExpireObject costs Asterisk about a
+# third of what re-reading one object from Postgres costs, so expiring the whole cache pays off
+# once the changed objects are about three quarters of the cached ones.
+EXPIRE_TO_REREAD_COST = 0.33
+
+
+@dataclass(frozen=True)
+class PendingRow:
+    seq: int
+    view: str
+    object_id: str
+    op: str
+
+
+@dataclass(frozen=True)
+class CacheAction:
+    """One AMI action and the outbox rows it delivers."""
+
+    fields: tuple[tuple[str, str], ...]
+    seqs: tuple[int, ...]
+    objects: int  # distinct objects this action makes effective
+
+    @property
+    def as_dict(self) -> dict[str, str]:
+        return dict(self.fields)
+
+    @property
+    def name(self) -> str:
+        return self.as_dict["Action"]
+
+
+@dataclass
+class Plan:
+    actions: list[CacheAction] = field(default_factory=list)
+    unknown_views: set[str] = field(default_factory=set)
+
+    @property
+    def seqs(self) -> list[int]:
+        return [s for a in self.actions for s in a.seqs]
+
+
+def whole_cache_is_cheaper(changed: int, cached: int, cost_ratio: float = EXPIRE_TO_REREAD_COST) -> bool:
+    """Per-object expiry costs ``changed`` AMI actions; a whole expiry costs one action plus a
+    re-read of every cached object that did NOT change. Both re-read the changed ones."""
+    return cached - changed <= changed * cost_ratio
+
+
+def plan_batch(
+    rows: Iterable[PendingRow],
+    cached_count: Callable[[str], int | None] | None = None,
+    *,
+    whole_cache_min: int = 200,
+) -> Plan:
+    """Coalesce ``rows`` into actions. ``cached_count(cache)`` tells how many objects a cache holds
+    (None: unknown); it is only asked when at least ``whole_cache_min`` objects of that cache changed,
+    so small batches never cost an extra round trip."""
+    per_cache: dict[str, dict[str, list[int]]] = {}
+    full: dict[str, list[int]] = {}
+    registrations: list[int] = []
+    plan = Plan()
+    for row in rows:
+        if row.view == "ps_registrations":
+            registrations.append(row.seq)
+            continue
+        cache = CACHE_OF_VIEW.get(row.view)
+        if cache is None:
+            plan.unknown_views.add(row.view)
+            continue
+        if cache in FULL_CACHES:
+            full.setdefault(cache, []).append(row.seq)
+        else:
+            per_cache.setdefault(cache, {}).setdefault(row.object_id, []).append(row.seq)
+
+    for cache in PER_OBJECT_CACHES:
+        objects = per_cache.get(cache)
+        if not objects:
+            continue
+        cached = cached_count(cache) if cached_count is not None and len(objects) >= whole_cache_min else None
+        if cached is not None and whole_cache_is_cheaper(len(objects), cached):
+            every = tuple(s for ss in objects.values() for s in ss)
+            plan.actions.append(
+                CacheAction((("Action", "SorceryMemoryCacheExpire"), ("Cache", cache)), every, len(objects))
+            )
+            continue
+        for object_id, seqs_of in objects.items():
+            fields = (("Action", "SorceryMemoryCacheExpireObject"), ("Cache", cache), ("Object", object_id))
+            plan.actions.append(CacheAction(fields, tuple(seqs_of), 1))
+    for cache, of_cache in full.items():
+        populate = (("Action", "SorceryMemoryCachePopulate"), ("Cache", cache))
+        plan.actions.append(CacheAction(populate, tuple(of_cache), 1))
+    if registrations:
+        reload = (("Action", "Command"), ("Command", f"module reload {REGISTRATION_MODULE}"))
+        plan.actions.append(CacheAction(reload, tuple(registrations), 1))
+    return plan
