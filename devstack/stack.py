@@ -15,6 +15,7 @@ import asyncpg
 from devstack.asterisk import AsteriskNode
 from devstack.chroot import asterisk_version, ensure_chroot, mount, umount
 from devstack.postgres import PostgresCluster
+from devstack.services import ServeProcess, register_node
 from devstack.settings import StackSettings, cache_dir, stacks_dir
 from sorcery_backend.schema import migrate
 
@@ -46,6 +47,11 @@ class Stack:
     def asterisk(self) -> AsteriskNode:
         return AsteriskNode(self.chroot, self.settings)
 
+    @property
+    def serve(self) -> ServeProcess:
+        """`pbxctl serve` of this stack (routing API, change pusher): restart, kill, read its log."""
+        return ServeProcess(self.state_dir, self.settings)
+
     def up(self) -> None:
         ensure_chroot(self.chroot)
         self.state_dir.mkdir(parents=True, exist_ok=True)
@@ -59,6 +65,8 @@ class Stack:
         node.render()
         mount(self.chroot)
         node.start()
+        register_node(self.settings)
+        self.serve.start()
 
     async def _prepare_database(self) -> None:
         s = self.settings
@@ -73,6 +81,7 @@ class Stack:
             await conn.close()
 
     def down(self) -> None:
+        self.serve.stop()
         self.asterisk.stop()
         self.postgres.stop()
         if not any_stack_running(self.chroot):
@@ -83,6 +92,7 @@ class Stack:
             "name": self.settings.name,
             "postgres": "running" if self.postgres.initialized() and self.postgres.running() else "stopped",
             "asterisk": "running" if self.asterisk.running() else "stopped",
+            "serve": "running" if self.serve.running() else "stopped",
             "asterisk_version": asterisk_version(self.chroot) if self.chroot.exists() else None,
             "state_dir": str(self.state_dir),
         }

@@ -45,13 +45,14 @@ def _up(args: argparse.Namespace) -> int:
     from devstack.asterisk import AsteriskError
     from devstack.chroot import ChrootError
     from devstack.postgres import PostgresError
+    from devstack.services import ServicesError
     from devstack.stack import Stack
 
     _guard_root()
     stack = Stack.named(args.name)
     try:
         stack.up()
-    except (AsteriskError, ChrootError, PostgresError) as exc:
+    except (AsteriskError, ChrootError, PostgresError, ServicesError) as exc:
         raise Unreachable(f"stack {args.name}: {exc}") from None
     print(f"stack {args.name} is up", file=sys.stderr)
     _print_exports(stack.settings.exports())

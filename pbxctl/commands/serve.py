@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import logging
+import signal
 import sys
 from typing import Any
 
@@ -26,11 +29,18 @@ def register(subparsers: Any) -> None:
         metavar="HOST:PORT",
         help="where the routing API listens (default 127.0.0.1:8090)",
     )
+    p.add_argument("--no-push", action="store_true", help="do not run the change pusher (AMI)")
     p.set_defaults(func=_serve)
 
 
-async def _run(dsn: str, host: str, port: int) -> None:
+async def _run(dsn: str, host: str, port: int, push: bool = True) -> None:
     from ari_app.route_api import make_app
+    from sorcery_backend.pusher import run_pusher
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
 
     try:
         pool = await asyncpg.create_pool(dsn, min_size=1, max_size=4)
@@ -43,9 +53,17 @@ async def _run(dsn: str, host: str, port: int) -> None:
     except OSError as exc:
         raise Unreachable(f"cannot listen on {host}:{port}: {exc.strerror}") from None
     print(f"serving the routing API on http://{host}:{port}/route", file=sys.stderr, flush=True)
+    services: list[asyncio.Task[None]] = []
+    if push:
+        services.append(asyncio.create_task(run_pusher(dsn, stop), name="pusher"))
+        print("change pusher running", file=sys.stderr, flush=True)
     try:
-        await asyncio.Event().wait()
+        await stop.wait()
     finally:
+        stop.set()
+        for task in services:
+            with contextlib.suppress(asyncio.CancelledError, TimeoutError):
+                await asyncio.wait_for(task, 10)
         await runner.cleanup()
         await pool.close()
 
@@ -56,8 +74,9 @@ def _serve(args: argparse.Namespace) -> int:
     except MissingDsn as exc:
         raise CliError(str(exc), EXIT_USAGE) from None
     host, _, port = args.http.rpartition(":")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s", stream=sys.stderr)
     try:
-        asyncio.run(_run(dsn, host or "127.0.0.1", int(port)))
+        asyncio.run(_run(dsn, host or "127.0.0.1", int(port), push=not args.no_push))
     except KeyboardInterrupt:
         pass
     return 0
