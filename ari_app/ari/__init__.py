@@ -14,6 +14,7 @@ from ari_app.ari.events import (
     ChannelStateChange,
     ChannelVarset,
     Dial,
+    EndpointStateChange,
     Event,
     PlaybackFinished,
     PlaybackStarted,
@@ -23,8 +24,8 @@ from ari_app.ari.events import (
     parse_event,
 )
 from ari_app.ari.fake import FakeAriTransport, FakeRequest
-from ari_app.ari.models import AsteriskInfo, Bridge, CallerId, Channel, DialplanLocation, Playback
-from ari_app.ari.resources import AsteriskApi, Bridges, Channels
+from ari_app.ari.models import AsteriskInfo, Bridge, CallerId, Channel, DialplanLocation, Endpoint, Playback
+from ari_app.ari.resources import Applications, AsteriskApi, Bridges, Channels, Endpoints
 from ari_app.ari.transport import (
     AriConflict,
     AriError,
@@ -36,6 +37,7 @@ from ari_app.ari.transport import (
 
 __all__ = [
     "ApplicationReplaced",
+    "Applications",
     "AriClient",
     "AriConflict",
     "AriError",
@@ -63,6 +65,9 @@ __all__ = [
     "Dial",
     "DialplanLocation",
     "Disconnected",
+    "Endpoint",
+    "EndpointStateChange",
+    "Endpoints",
     "Event",
     "FakeAriTransport",
     "FakeRequest",

@@ -22,7 +22,7 @@ import pydantic
 
 from ari_app.ari.events import ApplicationReplaced, Event, parse_event
 from ari_app.ari.models import AsteriskInfo
-from ari_app.ari.resources import AsteriskApi, Bridges, Channels
+from ari_app.ari.resources import Applications, AsteriskApi, Bridges, Channels, Endpoints
 from ari_app.ari.transport import AriError, AriTransport, AriUnavailable
 
 __all__ = ["AriClient", "Backoff", "Connected", "Disconnected", "StreamItem"]
@@ -97,6 +97,8 @@ class AriClient:
         self.channels = Channels(transport, app, request_timeout)
         self.bridges = Bridges(transport, app, request_timeout)
         self.asterisk = AsteriskApi(transport, app, request_timeout)
+        self.endpoints = Endpoints(transport, app, request_timeout)
+        self.applications = Applications(transport, app, request_timeout)
         self.connected = False
         self._backoff = backoff
         self._sleep = sleep

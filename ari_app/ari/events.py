@@ -12,7 +12,7 @@ from typing import Any
 
 from pydantic import Field
 
-from ari_app.ari.models import AriModel, Bridge, Channel, Playback
+from ari_app.ari.models import AriModel, Bridge, Channel, Endpoint, Playback
 
 __all__ = [
     "ApplicationReplaced",
@@ -26,6 +26,7 @@ __all__ = [
     "ChannelStateChange",
     "ChannelVarset",
     "Dial",
+    "EndpointStateChange",
     "Event",
     "PlaybackFinished",
     "PlaybackStarted",
@@ -117,6 +118,13 @@ class ChannelVarset(Event):
     channel: Channel | None = None
 
 
+class EndpointStateChange(Event):
+    """Sent when an endpoint's state or its set of channels changes (with an ``endpoint:`` event
+    source subscription): ``endpoint.channel_ids`` is then every channel on it."""
+
+    endpoint: Endpoint
+
+
 class PlaybackStarted(Event):
     playback: Playback
 
@@ -150,6 +158,7 @@ _TYPES: dict[str, type[Event]] = {
         ChannelEnteredBridge,
         ChannelLeftBridge,
         ChannelVarset,
+        EndpointStateChange,
         PlaybackStarted,
         PlaybackFinished,
         ApplicationReplaced,

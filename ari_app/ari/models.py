@@ -20,6 +20,7 @@ __all__ = [
     "Channel",
     "ConfigInfo",
     "DialplanLocation",
+    "Endpoint",
     "Playback",
     "StatusInfo",
     "SystemInfo",
@@ -76,6 +77,15 @@ class Bridge(AriModel):
     video_mode: str | None = None
     video_source_id: str | None = None
     bridgevars: Mapping[str, str] = Field(default_factory=dict)
+
+
+class Endpoint(AriModel):
+    """A technology endpoint (``PJSIP/1001@acme.example``) and every channel on it, Stasis or not."""
+
+    technology: str
+    resource: str
+    state: str = ""
+    channel_ids: tuple[str, ...] = ()
 
 
 class Playback(AriModel):

@@ -11,10 +11,10 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 from urllib.parse import quote
 
-from ari_app.ari.models import AsteriskInfo, Bridge, Channel, Playback
+from ari_app.ari.models import AsteriskInfo, Bridge, Channel, Endpoint, Playback
 from ari_app.ari.transport import AriTransport
 
-__all__ = ["AsteriskApi", "Bridges", "Channels", "encode_params"]
+__all__ = ["Applications", "AsteriskApi", "Bridges", "Channels", "Endpoints", "encode_params"]
 
 ParamValue = str | int | bool | Sequence[str] | None
 
@@ -246,3 +246,20 @@ class AsteriskApi(_Resource):
     async def ping(self) -> str:
         answer = await self._call("GET", "/asterisk/ping")
         return str(answer["asterisk_id"])
+
+
+class Endpoints(_Resource):
+    async def list(self, technology: str | None = None) -> builtins.list[Endpoint]:
+        path = "/endpoints" if technology is None else f"/endpoints/{_seg(technology)}"
+        return [Endpoint.model_validate(e) for e in await self._call("GET", path)]
+
+    async def get(self, technology: str, resource: str) -> Endpoint:
+        return Endpoint.model_validate(await self._call("GET", f"/endpoints/{_seg(technology)}/{_seg(resource)}"))
+
+
+class Applications(_Resource):
+    async def subscribe(self, event_source: str | Sequence[str], app: str | None = None) -> None:
+        """``event_source``: ``channel:<id>``, ``bridge:<id>``, ``endpoint:<tech>[/<resource>]``,
+        ``deviceState:<name>``. Events of the source reach the app until it unsubscribes."""
+        name = app or self._app
+        await self._call("POST", f"/applications/{_seg(name)}/subscription", encode_params(eventSource=event_source))

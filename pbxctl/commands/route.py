@@ -35,7 +35,7 @@ def register(subparsers: Any) -> None:
     p.set_defaults(func=_explain)
 
 
-def _load_scenario(path: Path) -> dict[str, Any]:
+def load_scenario(path: Path) -> dict[str, Any]:
     from sorcery_backend.declarative import ConfigError, load_yaml
 
     try:
@@ -50,7 +50,7 @@ def _load_scenario(path: Path) -> dict[str, Any]:
 def _simulate(args: argparse.Namespace) -> int:
     from routing.simulate import simulate
 
-    out = simulate(_load_scenario(args.scenario), args.horizon)
+    out = simulate(load_scenario(args.scenario), args.horizon)
     if args.json:
         json.dump(out, sys.stdout)
         sys.stdout.write("\n")

@@ -1,0 +1,279 @@
+"""One live call: the routing engine's fork driven by real channels.
+
+The fork decides; this class only translates. Engine commands become ARI requests (originate a
+leg per device, hang up a stopped leg, bridge the answer); channel events and asyncio timers
+become engine events. Commands that touch Asterisk run in order on one task per call, so a leg
+is never hung up before its originate returned; timers and bookkeeping happen at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+
+from ari_app.ari import AriClient, AriError, AriNotFound, Channel
+from ari_app.controller.causes import NORMAL_CLEARING, caller_cause, leg_failure
+from ari_app.controller.metrics import Metrics
+from ari_app.controller.presence import Presence
+from routing.fork import (
+    Bridge,
+    CallerHangup,
+    CancelTimer,
+    Command,
+    EndCall,
+    Event,
+    Fork,
+    LegAnswered,
+    LegFailed,
+    Refused,
+    RingDevice,
+    StartTimer,
+    StopLeg,
+    TimerFired,
+)
+
+__all__ = ["Leg", "LiveCall", "dial_string", "leg_channel_id"]
+
+
+@dataclass
+class Leg:
+    leg_id: int
+    channel_id: str
+    endpoint_id: str  # the Asterisk endpoint id, name@domain
+    device: str  # the contact id
+    answered: bool = False
+    ended: bool = False
+
+
+def leg_channel_id(call_id: str, leg_id: int) -> str:
+    # Chosen by us (ARI channelId), so events that race the originate's reply are still ours.
+    return f"{call_id}-l{leg_id}"
+
+
+def dial_string(endpoint_id: str, contact_uri: str, dialed: str | None) -> str:
+    """``PJSIP/<endpoint>/<contact URI>``: one device of the endpoint. A trunk leg carries the number
+    dialed out in the request URI's user part."""
+    uri = contact_uri.replace("^3B", ";")  # ps_contacts stores ';' as realtime's ^3B
+    if dialed is not None:
+        scheme, _, rest = uri.partition(":")
+        host = rest.split("@", 1)[-1]
+        uri = f"{scheme}:{dialed}@{host}"
+    return f"PJSIP/{endpoint_id}/{uri}"
+
+
+def _caller_id(name: str, number: str) -> str:
+    safe = name.replace("\\", "").replace('"', "")
+    return f'"{safe}" <{number}>' if safe else f"<{number}>"
+
+
+BridgeFn = Callable[["LiveCall", Leg], Awaitable[None]]
+
+
+class LiveCall:
+    def __init__(
+        self,
+        *,
+        call_id: str,
+        ari: AriClient,
+        caller: Channel,
+        fork: Fork,
+        domain: str,
+        contact_uris: Mapping[str, str],
+        presence: Presence,
+        metrics: Metrics,
+        bridge: BridgeFn,
+        on_finished: Callable[[LiveCall], None],
+        log: logging.LoggerAdapter[logging.Logger],
+    ) -> None:
+        self.call_id = call_id
+        self.ari = ari
+        self.caller = caller
+        self.fork = fork
+        self.domain = domain
+        self.contact_uris = contact_uris
+        self.presence = presence
+        self.metrics = metrics
+        self.log = log
+        self.legs: dict[int, Leg] = {}
+        self.by_channel: dict[str, Leg] = {}
+        self.result: str | None = None
+        self.caller_gone = False
+        self._bridge = bridge
+        self._on_finished = on_finished
+        self._loop = asyncio.get_running_loop()
+        self._t0 = self._loop.time()
+        self._timers: dict[int, asyncio.TimerHandle] = {}
+        self._io: deque[Command] = deque()
+        self._runner: asyncio.Task[None] | None = None
+        self._first_ring_at: float | None = None
+        self._side_tasks: set[asyncio.Task[None]] = set()
+        self._started = time.perf_counter()
+
+    # -- engine side --------------------------------------------------------------------------
+    def now_ms(self) -> int:
+        return int((self._loop.time() - self._t0) * 1000)
+
+    def feed(self, event: Event) -> None:
+        for cmd in self.fork.handle(event, self.now_ms()):
+            if isinstance(cmd, StartTimer):
+                delay = max(0.0, self._t0 + cmd.at_ms / 1000 - self._loop.time())
+                self._timers[cmd.timer_id] = self._loop.call_later(delay, self.feed, TimerFired(cmd.timer_id))
+            elif isinstance(cmd, CancelTimer):
+                handle = self._timers.pop(cmd.timer_id, None)
+                if handle is not None:
+                    handle.cancel()
+            elif isinstance(cmd, Refused):
+                self.log.info("extension %s refused: %s", cmd.number, cmd.error)
+            else:
+                if isinstance(cmd, RingDevice):
+                    self._register_leg(cmd)
+                elif isinstance(cmd, EndCall):
+                    self.result = cmd.result
+                self._io.append(cmd)
+        if self._io and (self._runner is None or self._runner.done()):
+            self._runner = asyncio.create_task(self._run_io(), name=f"call-{self.call_id}")
+        if self.fork.ended and not self._io and (self._runner is None or self._runner.done()):
+            self._finish()
+
+    def _register_leg(self, cmd: RingDevice) -> None:
+        leg = Leg(cmd.leg_id, leg_channel_id(self.call_id, cmd.leg_id), f"{cmd.endpoint}@{self.domain}", cmd.device)
+        self.legs[leg.leg_id] = leg
+        self.by_channel[leg.channel_id] = leg
+        self.presence.add_own(leg.endpoint_id, leg.channel_id)
+
+    # -- channel side -------------------------------------------------------------------------
+    def leg_answered(self, channel_id: str) -> None:
+        leg = self.by_channel.get(channel_id)
+        if leg is None or leg.ended:
+            return
+        leg.answered = True
+        self.metrics.inc("pbx_legs_total", outcome="answered")
+        if self.fork.ended:
+            # Answered after the call was decided (two devices picking up at once): the engine
+            # has already stopped this leg, so the extra answer is hung up.
+            self._spawn(self._hangup(leg.channel_id, "answered_elsewhere"))
+            return
+        self.feed(LegAnswered(leg.leg_id))
+
+    def leg_ended(self, channel_id: str, cause: int) -> None:
+        leg = self.by_channel.pop(channel_id, None)
+        self.presence.gone(channel_id)
+        if leg is None or leg.ended:
+            return
+        leg.ended = True
+        if leg.answered:
+            return  # the conference owns it now
+        reason = leg_failure(cause)
+        self.metrics.inc("pbx_legs_total", outcome=reason if cause != NORMAL_CLEARING else "stopped")
+        self.log.info("leg %s to %s ended: cause %s (%s)", leg.leg_id, leg.device, cause, reason)
+        self.feed(LegFailed(leg.leg_id, reason))
+
+    def caller_hung_up(self) -> None:
+        if self.caller_gone:
+            return
+        self.caller_gone = True
+        self.log.info("caller hung up")
+        self.feed(CallerHangup())
+
+    def abandon(self) -> None:
+        """The controller is going away or lost track: stop timers, leave channels to reconcile."""
+        for handle in self._timers.values():
+            handle.cancel()
+        self._timers.clear()
+        if self._runner is not None:
+            self._runner.cancel()
+
+    # -- executing commands -------------------------------------------------------------------
+    async def _run_io(self) -> None:
+        while self._io:
+            batch: list[Command] = [self._io.popleft()]
+            # Legs of one rank ring together: their originates go out concurrently.
+            while isinstance(batch[0], RingDevice) and self._io and isinstance(self._io[0], RingDevice):
+                batch.append(self._io.popleft())
+            try:
+                await asyncio.gather(*(self._execute(cmd) for cmd in batch))
+            except Exception:  # one failed request must not strand the call
+                self.metrics.inc("pbx_failures_total", kind="command")
+                self.log.exception("executing %s failed", batch)
+        if self.fork.ended:
+            self._finish()
+
+    async def _execute(self, cmd: Command) -> None:
+        if isinstance(cmd, RingDevice):
+            await self._ring(cmd)
+        elif isinstance(cmd, StopLeg):
+            leg = self.legs.get(cmd.leg_id)
+            if leg is not None and not leg.ended and cmd.why != "rejected":
+                reason = "answered_elsewhere" if cmd.why == "answered_elsewhere" else "normal"
+                await self._hangup(leg.channel_id, reason)
+        elif isinstance(cmd, Bridge):
+            await self._bridge(self, self.legs[cmd.leg_id])
+        elif isinstance(cmd, EndCall):
+            self.metrics.inc("pbx_calls_total", result=cmd.result)
+            self.log.info("call ended: %s", cmd.result)
+            if cmd.result != "answered" and not self.caller_gone:
+                await self._hangup_code(self.caller.id, caller_cause(cmd.result))
+
+    async def _ring(self, cmd: RingDevice) -> None:
+        leg = self.legs[cmd.leg_id]
+        uri = self.contact_uris.get(cmd.device)
+        if uri is None:  # unregistered between lookup and ring
+            self.feed(LegFailed(cmd.leg_id, "unavailable"))
+            return
+        if self._first_ring_at is None:
+            self._first_ring_at = time.perf_counter()
+            self.metrics.observe("pbx_routing_seconds", self._first_ring_at - self._started)
+        self.log.info("ring %s (%s) as %r <%s>", cmd.device, cmd.extension, cmd.callername, cmd.caller)
+        try:
+            await self.ari.channels.originate(
+                dial_string(leg.endpoint_id, uri, cmd.dialed),
+                app_args=["leg", self.call_id, str(cmd.leg_id)],
+                caller_id=_caller_id(cmd.callername, cmd.caller),
+                timeout=-1,  # the engine's timers decide how long a device rings
+                channel_id=leg.channel_id,
+                originator=self.caller.id,
+                variables={
+                    "PBX_CALL_ID": self.call_id,
+                    "PBX_CALLED_NAME": cmd.calledname,
+                    "PBX_ORIGINALLY_CALLED": cmd.originally_called,
+                },
+            )
+        except AriError as exc:
+            self.log.warning("originate to %s failed: %s", cmd.device, exc)
+            self.by_channel.pop(leg.channel_id, None)
+            self.presence.gone(leg.channel_id)
+            leg.ended = True
+            self.feed(LegFailed(cmd.leg_id, "failed"))
+
+    async def _hangup(self, channel_id: str, reason: str) -> None:
+        try:
+            await self.ari.channels.hangup(channel_id, reason=reason)
+        except AriNotFound:
+            pass  # already gone
+
+    async def _hangup_code(self, channel_id: str, code: int) -> None:
+        try:
+            await self.ari.channels.hangup(channel_id, reason_code=code)
+        except AriNotFound:
+            pass
+
+    def _spawn(self, coro: Awaitable[None]) -> None:
+        async def run() -> None:
+            try:
+                await coro
+            except AriError as exc:
+                self.log.warning("%s", exc)
+
+        task = asyncio.create_task(run())
+        self._side_tasks.add(task)
+        task.add_done_callback(self._side_tasks.discard)
+
+    def _finish(self) -> None:
+        for handle in self._timers.values():
+            handle.cancel()
+        self._timers.clear()
+        self._on_finished(self)

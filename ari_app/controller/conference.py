@@ -1,0 +1,110 @@
+"""An answered call: a mixing bridge (a conference of two, to begin with) that can take more parties.
+
+A direct 1:1 bridge would have to be rebuilt to add a third party; a mixing bridge only gets one
+more channel. The conference ends when fewer than two parties are left in it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+from collections.abc import Callable
+
+from ari_app.ari import AriClient, AriNotFound
+
+__all__ = ["Conference", "bridge_id_for", "party_channel_id"]
+
+
+def bridge_id_for(call_id: str) -> str:
+    return f"conf-{call_id}"
+
+
+def party_channel_id(call_id: str, n: int) -> str:
+    return f"{call_id}-p{n}"
+
+
+class Conference:
+    def __init__(
+        self,
+        ari: AriClient,
+        call_id: str,
+        log: logging.LoggerAdapter[logging.Logger],
+        on_closed: Callable[[Conference], None],
+        *,
+        members: set[str] | None = None,
+        tenant_domain: str = "",
+    ) -> None:
+        self.ari = ari
+        self.call_id = call_id
+        self.bridge_id = bridge_id_for(call_id)
+        self.members: set[str] = set(members or ())
+        self.pending: set[str] = set()  # parties dialed, not answered yet
+        self.domain = tenant_domain
+        self.closed = False
+        self.log = log
+        self._on_closed = on_closed
+        self._party_numbers = itertools.count(1)
+
+    async def open(self, caller_id: str, answered_id: str) -> None:
+        self.members |= {caller_id, answered_id}
+        await asyncio.gather(
+            self.ari.channels.answer(caller_id),
+            self.ari.bridges.create("mixing", bridge_id=self.bridge_id, name=self.call_id),
+        )
+        await self.ari.bridges.add_channel(self.bridge_id, [caller_id, answered_id])
+        self.log.info("bridged %s and %s in %s", caller_id, answered_id, self.bridge_id)
+
+    async def dial_party(self, dial_string: str, caller_id: str | None = None) -> str:
+        channel_id = party_channel_id(self.call_id, next(self._party_numbers))
+        self.pending.add(channel_id)
+        try:
+            await self.ari.channels.originate(
+                dial_string,
+                app_args=["party", self.call_id],
+                channel_id=channel_id,
+                caller_id=caller_id,
+                timeout=60,
+            )
+        except Exception:
+            self.pending.discard(channel_id)
+            raise
+        self.log.info("dialing party %s (%s)", channel_id, dial_string)
+        return channel_id
+
+    async def party_answered(self, channel_id: str) -> None:
+        self.pending.discard(channel_id)
+        if self.closed:
+            await self._hangup(channel_id)
+            return
+        self.members.add(channel_id)
+        await self.ari.bridges.add_channel(self.bridge_id, channel_id)
+        self.log.info("party %s joined %s (%d in)", channel_id, self.bridge_id, len(self.members))
+
+    async def left(self, channel_id: str) -> None:
+        self.pending.discard(channel_id)
+        if channel_id not in self.members:
+            return
+        self.members.discard(channel_id)
+        self.log.info("%s left %s (%d in)", channel_id, self.bridge_id, len(self.members))
+        if len(self.members) < 2:
+            await self.close()
+
+    async def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        for channel_id in list(self.members | self.pending):
+            await self._hangup(channel_id)
+        try:
+            await self.ari.bridges.destroy(self.bridge_id)
+        except AriNotFound:
+            pass
+        self.log.info("conference %s closed", self.bridge_id)
+        self._on_closed(self)
+
+    async def _hangup(self, channel_id: str) -> None:
+        try:
+            await self.ari.channels.hangup(channel_id, reason="normal")
+        except AriNotFound:
+            pass

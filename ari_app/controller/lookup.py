@@ -1,0 +1,55 @@
+"""From a channel that entered Stasis to a routing tree: tenant, caller, called, devices.
+
+The tenant is the domain of the endpoint the call arrived on (Asterisk ids are ``name@domain``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import asyncpg
+
+from routing.stage1 import CallRequest, Tree, build_tree
+from sorcery_backend.routing_loader import CallData, load_for_call
+
+__all__ = ["CallLookup", "DbLookup", "Routed", "split_endpoint_id"]
+
+
+@dataclass(frozen=True)
+class Routed:
+    status: str  # ok | noroute | error:<code>
+    domain: str
+    request: CallRequest | None = None
+    data: CallData | None = None
+    tree: Tree | None = None
+    contact_uris: dict[str, str] = field(default_factory=dict)  # contact id -> SIP URI
+
+
+class CallLookup(Protocol):
+    async def route(self, endpoint_id: str, caller_number: str, caller_name: str, called: str) -> Routed: ...
+
+
+def split_endpoint_id(endpoint_id: str) -> tuple[str, str]:
+    name, _, domain = endpoint_id.rpartition("@")
+    return name, domain
+
+
+class DbLookup:
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self.pool = pool
+
+    async def route(self, endpoint_id: str, caller_number: str, caller_name: str, called: str) -> Routed:
+        name, domain = split_endpoint_id(endpoint_id)
+        async with self.pool.acquire() as conn:
+            tenant = await conn.fetchval("SELECT name FROM pbx.tenants WHERE domain = $1", domain)
+            if tenant is None:
+                return Routed("noroute", domain)
+            data = await load_for_call(conn, tenant, caller_number, called, name)
+            request = CallRequest(tenant, caller_number, called, endpoint=name, callername=caller_name or None)
+            tree = build_tree(data.directory, request)
+            ids = [c for contacts in data.contacts.values() for c in contacts]
+            rows = []
+            if ids:
+                rows = await conn.fetch("SELECT id, uri FROM public.ps_contacts WHERE id = any($1::text[])", ids)
+        return Routed(tree.status, domain, request, data, tree, {r["id"]: r["uri"] for r in rows})

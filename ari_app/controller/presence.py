@@ -1,0 +1,45 @@
+"""Who is on the phone: every channel on every PJSIP endpoint, not only the controller's own.
+
+Fed by ARI EndpointStateChange events (the app subscribes to ``endpoint:PJSIP``), seeded from
+``GET /endpoints/PJSIP`` at each (re)connect, and told synchronously about the legs the controller
+creates, so two calls routed in the same instant already see each other's legs. Nothing is
+stored in the database: Asterisk is the only authority on which channels exist.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+__all__ = ["Presence"]
+
+
+class Presence:
+    def __init__(self) -> None:
+        self._reported: dict[str, frozenset[str]] = {}
+        self._own: dict[str, str] = {}  # channel id -> endpoint id, until Asterisk reports it gone
+
+    def reset(self, endpoints: Iterable[tuple[str, Iterable[str]]]) -> None:
+        self._reported = {}
+        for endpoint_id, channels in endpoints:
+            self.report(endpoint_id, channels)
+
+    def report(self, endpoint_id: str, channel_ids: Iterable[str]) -> None:
+        ids = frozenset(channel_ids)
+        if ids:
+            self._reported[endpoint_id] = ids
+        else:
+            self._reported.pop(endpoint_id, None)
+
+    def add_own(self, endpoint_id: str, channel_id: str) -> None:
+        self._own[channel_id] = endpoint_id
+
+    def gone(self, channel_id: str) -> None:
+        self._own.pop(channel_id, None)
+
+    def channels(self, endpoint_id: str) -> set[str]:
+        own = {c for c, e in self._own.items() if e == endpoint_id}
+        return own | set(self._reported.get(endpoint_id, ()))
+
+    def in_use(self, endpoint_id: str, *, besides: Iterable[str] = ()) -> bool:
+        """Any channel on the endpoint other than ``besides`` (the asking call's own channels)."""
+        return bool(self.channels(endpoint_id) - set(besides))

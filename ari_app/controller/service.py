@@ -1,0 +1,64 @@
+"""Running the controller inside `pbxctl serve`: settings from the environment, ARI transport, lookup."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+from dataclasses import dataclass
+
+import asyncpg
+
+from ari_app.ari import AriClient, HttpAriTransport
+from ari_app.controller.controller import Controller
+from ari_app.controller.lookup import DbLookup
+
+__all__ = ["AriSettings", "run_controller"]
+
+logger = logging.getLogger("ari_app.controller")
+
+
+@dataclass(frozen=True)
+class AriSettings:
+    url: str
+    user: str
+    password: str
+    app: str = "pbx"
+
+    @classmethod
+    def from_env(cls) -> AriSettings | None:
+        """None when PBX_ARI_URL is unset: the node runs without a controller."""
+        url = os.environ.get("PBX_ARI_URL")
+        if not url:
+            return None
+        return cls(
+            url=url,
+            user=os.environ.get("PBX_ARI_USER", "pbx"),
+            password=os.environ.get("PBX_ARI_PASSWORD", ""),
+            app=os.environ.get("PBX_ARI_APP", "pbx"),
+        )
+
+
+async def run_controller(
+    settings: AriSettings, pool: asyncpg.Pool, stop: asyncio.Event, ready: asyncio.Future[Controller] | None = None
+) -> None:
+    """Until ``stop`` is set. Calls in progress stay in Asterisk when it stops; the next controller
+    adopts their conferences and ends the calls it cannot know."""
+    async with HttpAriTransport(settings.url, settings.user, settings.password) as transport:
+        controller = Controller(AriClient(transport, settings.app), DbLookup(pool))
+        if ready is not None and not ready.done():
+            ready.set_result(controller)
+        task = asyncio.create_task(controller.run(), name="ari-controller")
+        stopper = asyncio.create_task(stop.wait())
+        done, _ = await asyncio.wait({task, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        if task in done:
+            stopper.cancel()
+            exc = task.exception()
+            if exc is not None:
+                raise exc
+            logger.error("another controller took the ARI app %s; this one stops", settings.app)
+            return
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task

@@ -1,0 +1,391 @@
+"""`pbxctl call play`: a routing scenario played live on the running stack, seen from the devices.
+
+The scenario's config is applied to the stack's database; every device in `registrations` is a sipp
+UAS that registers from its own port and then behaves as `behaviour` says; `in_use` becomes real
+calls held up on those endpoints; a sipp caller dials `called`. What the devices received (INVITE =
+ring, CANCEL = stop, their own 200 = answer, their own 486 = rejected) is the timeline, with times
+from the caller's first INVITE, in the JSON of `route simulate`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+
+from ari_app.ari import AriClient, AriNotFound, HttpAriTransport
+from devstack import sipp
+from devstack.play_sipp import caller_xml, device_xml
+from sorcery_backend.apply import apply_config
+from sorcery_backend.declarative import Config, parse_config
+
+__all__ = ["Message", "PlayError", "PlayTarget", "play", "read_trace"]
+
+_START_MARGIN_S = 0.4  # time for the device processes to bind their ports before the caller starts
+_HEADER = re.compile(r"^-{5,} (\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d+)\n\w+ message (sent|received)[^\n]*\n\n", re.M)
+
+
+class PlayError(Exception):
+    """The scenario cannot be played live (one line, names the part of the scenario)."""
+
+
+@dataclass(frozen=True)
+class PlayTarget:
+    database_url: str
+    sip_addr: str
+    ari_url: str
+    ari_user: str
+    ari_password: str
+
+    @classmethod
+    def from_env(cls) -> PlayTarget:
+        missing = [k for k in ("PBX_DATABASE_URL", "PBX_SIP_ADDR", "PBX_ARI_URL") if not os.environ.get(k)]
+        if missing:
+            raise PlayError(f"call play needs a running stack: {', '.join(missing)} unset (eval $(pbxctl dev up))")
+        return cls(
+            os.environ["PBX_DATABASE_URL"],
+            os.environ["PBX_SIP_ADDR"],
+            os.environ["PBX_ARI_URL"],
+            os.environ.get("PBX_ARI_USER", "pbx"),
+            os.environ.get("PBX_ARI_PASSWORD", ""),
+        )
+
+
+@dataclass(frozen=True)
+class Message:
+    at: float  # epoch seconds
+    direction: str  # sent | received
+    first_line: str
+    headers: Mapping[str, str]
+
+
+def read_trace(text: str) -> list[Message]:
+    out = []
+    heads = list(_HEADER.finditer(text))
+    for i, m in enumerate(heads):
+        body = text[m.end() : heads[i + 1].start() if i + 1 < len(heads) else len(text)]
+        lines = body.strip("\n").splitlines()
+        if not lines:
+            continue
+        headers: dict[str, str] = {}
+        for line in lines[1:]:
+            if not line.strip():
+                break
+            name, _, value = line.partition(":")
+            headers.setdefault(name.strip().lower(), value.strip())
+        at = datetime.strptime(m.group(1), "%Y-%m-%d %H:%M:%S.%f").timestamp()
+        out.append(Message(at, m.group(2), lines[0], headers))
+    return out
+
+
+@dataclass
+class _Sipp:
+    name: str
+    port: int
+    dir: Path
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def trace_path(self) -> Path:
+        return self.dir / "messages.log"
+
+    def start(self, sip_addr: str, xml: str, row: list[str], timeout_s: float) -> None:
+        (self.dir / "scenario.xml").write_text(xml)
+        (self.dir / "rows.csv").write_text("SEQUENTIAL\n" + ";".join(row) + "\n")
+        argv = [
+            "sipp", sip_addr, "-sf", "scenario.xml", "-inf", "rows.csv", "-m", "1", "-l", "1",
+            "-i", "127.0.0.1", "-p", str(self.port), "-t", "u1", "-nostdin",
+            "-timeout", f"{int(timeout_s)}s", "-trace_msg", "-message_file", "messages.log",
+            "-trace_err", "-error_file", "errors.log",
+        ]  # fmt: skip
+        self.proc = subprocess.Popen(
+            argv, cwd=self.dir, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+
+    def messages(self) -> list[Message]:
+        return read_trace(self.trace_path.read_text(errors="replace")) if self.trace_path.exists() else []
+
+    def got(self, method: str) -> bool:
+        return any(m.direction == "received" and m.first_line.startswith(method + " ") for m in self.messages())
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+
+@dataclass
+class _Plan:
+    tenant: str
+    domain: str
+    passwords: dict[str, tuple[str, str]]  # endpoint -> (auth user, password)
+    devices: dict[str, str] = field(default_factory=dict)  # device -> endpoint
+
+
+def _plan(scenario: Mapping[str, Any]) -> tuple[Config, _Plan]:
+    call = scenario.get("call") or {}
+    tenant = str(call.get("tenant"))
+    config = parse_config(scenario.get("config") or {})
+    t = config.tenants.get(tenant)
+    if t is None:
+        raise PlayError(f"scenario: call.tenant {tenant} is not in config.tenants")
+    plan = _Plan(tenant, t.domain, {})
+    for endpoint, devices in (scenario.get("registrations") or {}).items():
+        for dev in devices or ():
+            plan.devices[str(dev)] = str(endpoint)
+    return config, plan
+
+
+async def _read_credentials(conn: asyncpg.Connection, plan: _Plan) -> None:
+    """What Asterisk will check (after inheritance), from the realtime view itself."""
+    rows = await conn.fetch(
+        "SELECT id, username, password FROM public.ps_auths WHERE id LIKE '%@' || $1 AND id NOT LIKE '%~out'",
+        plan.domain,
+    )
+    for r in rows:
+        name = r["id"].rsplit("@", 1)[0]
+        if r["password"]:
+            plan.passwords[name] = (r["username"] or name, r["password"])
+    for dev, endpoint in plan.devices.items():
+        if endpoint not in plan.passwords:
+            raise PlayError(f"registrations: {dev}: endpoint {endpoint} has no auth password to register with")
+
+
+async def play(scenario: Mapping[str, Any], target: PlayTarget, horizon_s: float | None = None) -> dict[str, Any]:
+    if shutil.which("sipp") is None:
+        raise PlayError("sipp is not installed (apt-get install sip-tester)")
+    config, plan = _plan(scenario)
+    call = scenario["call"]
+    if "endpoint" in call and call["endpoint"] is None:
+        raise PlayError("call.endpoint null: an unauthenticated caller cannot be played live (no anonymous endpoint)")
+    caller_endpoint = str(call.get("endpoint") or _first_endpoint(scenario, plan.tenant, str(call["caller"])))
+    horizon = float(horizon_s if horizon_s is not None else scenario.get("horizon_s") or 120)
+    behaviour = {str(k): v or {} for k, v in (scenario.get("behaviour") or {}).items()}
+
+    with tempfile.TemporaryDirectory(prefix="pbx-play-") as tmp:
+        conn = await asyncpg.connect(target.database_url)
+        try:
+            await apply_config(conn, config)
+            await _read_credentials(conn, plan)
+            if caller_endpoint not in plan.passwords:
+                raise PlayError(f"call: the caller's endpoint {caller_endpoint} has no auth password to call with")
+            await _forget_contacts(conn, plan.domain)
+            devices = await _register_devices(target, plan, Path(tmp))
+            async with HttpAriTransport(target.ari_url, target.ari_user, target.ari_password) as transport:
+                ari = AriClient(transport, "pbx-play")
+                holders: list[tuple[str, _Sipp]] = []
+                try:
+                    for endpoint, count in (scenario.get("in_use") or {}).items():
+                        for i in range(int(count or 0)):
+                            holders.append(await _hold_a_call(ari, target, plan, str(endpoint), i, Path(tmp)))
+                    return await asyncio.to_thread(
+                        _run_call, target, plan, devices, behaviour, caller_endpoint, call, horizon, Path(tmp)
+                    )
+                finally:
+                    for channel_id, holder in holders:
+                        try:
+                            await ari.channels.hangup(channel_id)
+                        except AriNotFound:
+                            pass
+                        holder.stop()
+        finally:
+            try:
+                await _forget_contacts(conn, plan.domain)
+            finally:
+                await conn.close()
+
+
+def _first_endpoint(scenario: Mapping[str, Any], tenant: str, caller: str) -> str:
+    ext = ((((scenario.get("config") or {}).get("tenants") or {}).get(tenant) or {}).get("extensions") or {}).get(
+        caller
+    ) or {}
+    endpoints = ext.get("endpoints") or []
+    if not endpoints:
+        raise PlayError(f"call: caller {caller} has no endpoint to call from (set call.endpoint)")
+    return str(endpoints[0])
+
+
+async def _forget_contacts(conn: asyncpg.Connection, domain: str) -> None:
+    # Registrations left by an earlier play would ring dead ports and hide "offline".
+    await conn.execute("DELETE FROM public.ps_contacts WHERE endpoint LIKE '%@' || $1", domain)
+
+
+async def _register_devices(target: PlayTarget, plan: _Plan, tmp: Path) -> dict[str, _Sipp]:
+    devices: dict[str, _Sipp] = {}
+    for dev in plan.devices:
+        d = tmp / f"dev-{len(devices)}"
+        d.mkdir()
+        devices[dev] = _Sipp(dev, sipp.free_udp_port(), d)
+
+    def register(dev: str) -> None:
+        endpoint = plan.devices[dev]
+        user, password = plan.passwords[endpoint]
+        r = sipp.register(
+            target.sip_addr, endpoint, plan.domain, password, auth_user=user, local_port=devices[dev].port
+        )
+        if r.final != 200:
+            raise PlayError(
+                f"registrations: {dev} ({endpoint}@{plan.domain}) REGISTER got {r.final}: {r.stderr[-200:]}"
+            )
+
+    await asyncio.gather(*(asyncio.to_thread(register, dev) for dev in devices))
+    return devices
+
+
+async def _hold_a_call(
+    ari: AriClient, target: PlayTarget, plan: _Plan, endpoint: str, n: int, tmp: Path
+) -> tuple[str, _Sipp]:
+    """A call up on ``endpoint`` that is not the scenario's: a channel from the endpoint to a sipp
+    that answers (dialplan context pbx-hold keeps it up)."""
+    d = tmp / f"hold-{endpoint}-{n}"
+    d.mkdir()
+    holder = _Sipp(f"hold-{endpoint}", sipp.free_udp_port(), d)
+    holder.start(target.sip_addr, device_xml({"answer_at": 0}, 0), ["-"], 600)
+    channel_id = f"pbx-play-hold-{endpoint}-{n}-{os.getpid()}"
+    await ari.transport.request(
+        "POST",
+        "/channels",
+        params={
+            "endpoint": f"PJSIP/{endpoint}@{plan.domain}/sip:hold@127.0.0.1:{holder.port}",
+            "context": "pbx-hold",
+            "extension": "hold",
+            "priority": "1",
+            "channelId": channel_id,
+            "timeout": "10",
+        },
+        json=None,
+        timeout=10,
+    )
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            state = (await ari.channels.get(channel_id)).state
+        except AriNotFound:
+            state = "gone"
+        if state == "Up":
+            return channel_id, holder
+        if state == "gone" or time.monotonic() > deadline:
+            holder.stop()
+            raise PlayError(f"in_use: could not hold a call up on {endpoint} (channel {state})")
+        await asyncio.sleep(0.05)
+
+
+def _run_call(
+    target: PlayTarget,
+    plan: _Plan,
+    devices: dict[str, _Sipp],
+    behaviour: Mapping[str, Mapping[str, Any]],
+    caller_endpoint: str,
+    call: Mapping[str, Any],
+    horizon: float,
+    tmp: Path,
+) -> dict[str, Any]:
+    t0 = time.time() + _START_MARGIN_S
+    t0_ms = int(t0 * 1000)
+    for dev, proc in devices.items():
+        proc.start(target.sip_addr, device_xml(behaviour.get(dev) or {}, t0_ms), ["-"], horizon + 60)
+    d = tmp / "caller"
+    d.mkdir()
+    caller = _Sipp("caller", sipp.free_udp_port(), d)
+    user, password = plan.passwords[caller_endpoint]
+    name = str(call.get("callername") or "")
+    row = [
+        str(call["caller"]),
+        plan.domain,
+        f"[authentication username={user} password={password}]",
+        str(call["called"]),
+        name,
+    ]
+    time.sleep(max(0.0, t0 - time.time()))  # the agreed start time, not a wait for some state
+    caller.start(target.sip_addr, caller_xml(int(horizon * 1000)), row, horizon + 30)
+    try:
+        assert caller.proc is not None
+        caller.proc.wait(timeout=horizon + 40)
+        # Devices that rang end by themselves (CANCEL or BYE); wait for those, kill the rest.
+        deadline = time.monotonic() + 5
+        for proc in devices.values():
+            while proc.proc is not None and proc.proc.poll() is None and proc.got("INVITE"):
+                if time.monotonic() > deadline:
+                    break
+                time.sleep(0.05)
+    finally:
+        caller.stop()
+        for proc in devices.values():
+            proc.stop()
+    return _timeline(caller.messages(), {dev: p.messages() for dev, p in devices.items()}, horizon)
+
+
+_FINALS = {200: "answered", 486: "busy", 600: "busy", 480: "unavailable", 408: "noanswer", 487: "noanswer"}
+
+
+def _timeline(caller: list[Message], devices: Mapping[str, list[Message]], horizon: float) -> dict[str, Any]:
+    invites = [m for m in caller if m.direction == "sent" and m.first_line.startswith("INVITE ")]
+    if not invites:
+        raise PlayError("the caller sent no INVITE (is sipp able to reach the stack?)")
+    t0 = invites[0].at
+    hangup_at = next((m.at for m in caller if m.direction == "sent" and m.first_line.startswith("CANCEL ")), None)
+    status, result = "ok", "noanswer"
+    for m in caller:
+        code = _status_code(m)
+        if m.direction == "received" and code is not None and code >= 200 and "INVITE" in m.headers.get("cseq", ""):
+            if code == 401:
+                continue
+            if code == 404:
+                status, result = "noroute", "noroute"
+            elif code == 403:
+                status, result = "error:forbidden", "noroute"
+            elif code in (500, 503):
+                status, result = "error:failure", "noroute"
+            else:
+                result = _FINALS.get(code, "noanswer")
+    events: list[dict[str, Any]] = []
+
+    def t(m: Message) -> float:
+        return round(m.at - t0, 2)
+
+    for dev, messages in devices.items():
+        for m in messages:
+            if (
+                m.direction == "received"
+                and m.first_line.startswith("INVITE ")
+                and "tag=" not in m.headers.get("to", "")
+            ):
+                display, user = _from(m.headers.get("from", ""))
+                events.append({"t": t(m), "ring": dev, "caller": user, "callername": display})
+            elif m.direction == "received" and m.first_line.startswith("CANCEL "):
+                why = "drop"
+                if "cause=200" in m.headers.get("reason", ""):
+                    why = "answered_elsewhere"
+                elif hangup_at is not None and m.at >= hangup_at:
+                    why = "caller_hangup"
+                events.append({"t": t(m), "stop": dev, "why": why})
+            elif m.direction == "sent" and "INVITE" in m.headers.get("cseq", ""):
+                code = _status_code(m)
+                if code == 200 and not any(e.get("answer") == dev for e in events):
+                    events.append({"t": t(m), "answer": dev})
+                elif code == 486 and not any(e.get("stop") == dev for e in events):
+                    events.append({"t": t(m), "stop": dev, "why": "rejected"})
+    events.sort(key=lambda e: (e["t"], 0 if "stop" in e else 1))
+    return {"status": status, "result": result, "timeline": events, "horizon_s": horizon}
+
+
+def _status_code(m: Message) -> int | None:
+    match = re.match(r"SIP/2\.0 (\d{3})", m.first_line)
+    return int(match.group(1)) if match else None
+
+
+def _from(value: str) -> tuple[str, str]:
+    display = value.split("<", 1)[0].strip().strip('"') if "<" in value else ""
+    user = re.search(r"sips?:([^@;>]+)@", value)
+    return display, user.group(1) if user else ""

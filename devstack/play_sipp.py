@@ -1,0 +1,255 @@
+"""The sipp scenarios of a live play, generated per run: a device that behaves as the scenario says,
+and a caller that hangs up at the horizon. Times are absolute (epoch ms) so every process agrees
+on when the call started without talking to the others."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+__all__ = ["caller_xml", "device_xml"]
+
+# The ACK of a non-2xx final and a CANCEL belong to the INVITE's transaction: same branch.
+_INV = "z9hG4bK-[pid]-[call_number]-inv{}"
+_HEAD = '<?xml version="1.0" encoding="ISO-8859-1" ?>\n'
+
+_RESPONSE = """
+  <send{retrans}>
+    <![CDATA[
+      SIP/2.0 {status}
+      [last_Via:]
+      [last_From:]
+      [last_To:];tag=[pid]dev[call_number]
+      [last_Call-ID:]
+      CSeq: [$invcseq] INVITE
+      Contact: <sip:[local_ip]:[local_port];transport=[transport]>
+{body}
+    ]]>
+  </send>"""
+
+_SDP = """      Content-Type: application/sdp
+      Content-Length: [len]
+
+      v=0
+      o=dev 1 1 IN IP[local_ip_type] [local_ip]
+      s=-
+      c=IN IP[media_ip_type] [media_ip]
+      t=0 0
+      m=audio [media_port] RTP/AVP 0
+      a=rtpmap:0 PCMU/8000
+"""
+
+_NO_BODY = "      Content-Length: 0\n"
+
+
+def _reply(status: str, *, sdp: bool = False, retrans: bool = False) -> str:
+    return _RESPONSE.format(status=status, body=_SDP if sdp else _NO_BODY, retrans=' retrans="500"' if retrans else "")
+
+
+def _ok_to_last() -> str:
+    return """
+  <send>
+    <![CDATA[
+      SIP/2.0 200 OK
+      [last_Via:]
+      [last_From:]
+      [last_To:]
+      [last_Call-ID:]
+      [last_CSeq:]
+      Content-Length: 0
+
+    ]]>
+  </send>"""
+
+
+def _cancelled() -> str:
+    # CANCEL: 200 to it, 487 to the INVITE (same CSeq number, remembered from the INVITE), ACK.
+    return _ok_to_last() + _reply("487 Request Terminated") + '\n  <recv request="ACK"/>\n  <nop next="end"/>'
+
+
+def _talk() -> str:
+    # Answered: take re-INVITEs (media changes) until the BYE.
+    return (
+        '\n  <recv request="ACK" crlf="true"/>\n  <label id="talk"/>'
+        '\n  <recv request="INVITE" optional="true" next="reinvite"/>\n  <recv request="BYE"/>'
+        + _ok_to_last()
+        + '\n  <nop next="end"/>\n  <label id="reinvite"/>'
+        + _ok_sdp_to_last()
+        + '\n  <recv request="ACK"/>\n  <nop next="talk"/>'
+    )
+
+
+def _ok_sdp_to_last() -> str:
+    return (
+        """
+  <send>
+    <![CDATA[
+      SIP/2.0 200 OK
+      [last_Via:]
+      [last_From:]
+      [last_To:]
+      [last_Call-ID:]
+      [last_CSeq:]
+      Contact: <sip:[local_ip]:[local_port];transport=[transport]>
+"""
+        + _SDP
+        + """
+    ]]>
+  </send>"""
+    )
+
+
+def _wait_until(epoch_ms: int) -> str:
+    return f"""
+  <nop>
+    <action>
+      <gettimeofday assign_to="now_s,now_us"/>
+      <multiply assign_to="now_s" value="1000"/>
+      <divide assign_to="now_us" value="1000"/>
+      <add assign_to="now_s" variable="now_us"/>
+      <assign assign_to="wait" value="{epoch_ms}"/>
+      <subtract assign_to="wait" variable="now_s"/>
+      <test assign_to="late" variable="wait" compare="less_than" value="1"/>
+    </action>
+  </nop>
+  <nop next="due" test="late"/>
+  <pause variable="wait"/>
+  <label id="due"/>"""
+
+
+def device_xml(behaviour: Mapping[str, Any], t0_ms: int) -> str:
+    """One device: rings (180) on the INVITE, then answers or rejects at the scenario's absolute
+    time (``answer_at``/``reject_at``, seconds from the caller's INVITE), rejects at once
+    (``busy: true``), or rings until cancelled. A CANCEL while it waits is answered 200 + 487."""
+    parts = [
+        _HEAD,
+        '<scenario name="device">',
+        """
+  <recv request="INVITE" crlf="true">
+    <action>
+      <ereg regexp="[0-9]+" search_in="hdr" header="CSeq:" check_it="true" assign_to="invcseq"/>
+    </action>
+  </recv>""",
+    ]
+    if behaviour.get("busy"):
+        parts += [_reply("486 Busy Here"), '\n  <recv request="ACK"/>\n  <nop next="end"/>']
+    else:
+        parts.append(_reply("180 Ringing"))
+        if "answer_at" in behaviour or "reject_at" in behaviour:
+            key = "answer_at" if "answer_at" in behaviour else "reject_at"
+            parts.append(_wait_until(t0_ms + int(float(behaviour[key]) * 1000)))
+            if key == "answer_at":
+                parts += [_reply("200 OK", sdp=True, retrans=True), _talk()]
+            else:
+                parts += [_reply("486 Busy Here"), '\n  <recv request="ACK"/>\n  <nop next="end"/>']
+            # A CANCEL during the pause is "unexpected" to sipp: it jumps here.
+            parts += ['\n  <label id="_unexp.main"/>', _cancelled()]
+        else:
+            parts += ['\n  <recv request="CANCEL"/>', _cancelled()]
+    parts.append('\n  <label id="end"/>\n</scenario>\n')
+    return "".join(parts)
+
+
+def caller_xml(horizon_ms: int) -> str:
+    """The caller: INVITE with digest auth; stays until a final answer or the horizon, then CANCEL;
+    once answered, a short talk and BYE. Fields: 0 from user, 1 domain, 2 [authentication],
+    3 number, 4 display name."""
+    invite = (
+        """
+  <send retrans="500"{rtd}>
+    <![CDATA[
+      INVITE sip:[field3]@[field1] SIP/2.0
+      Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=z9hG4bK-[pid]-[call_number]-inv{cseq}
+      From: "[field4]" <sip:[field0]@[field1]>;tag=[pid]call[call_number]
+      To: <sip:[field3]@[field1]>
+      Call-ID: [call_id]
+      CSeq: {cseq} INVITE
+      Contact: <sip:[field0]@[local_ip]:[local_port];transport=[transport]>
+{auth}      Max-Forwards: 70
+"""
+        + _SDP
+        + """
+    ]]>
+  </send>"""
+    )
+    ack = """
+  <send>
+    <![CDATA[
+      ACK {uri} SIP/2.0
+      Via: SIP/2.0/[transport] [local_ip]:[local_port];branch={branch}
+      From: "[field4]" <sip:[field0]@[field1]>;tag=[pid]call[call_number]
+      To: <sip:[field3]@[field1]>[peer_tag_param]
+      Call-ID: [call_id]
+      CSeq: {cseq} ACK
+      Max-Forwards: 70
+      Content-Length: 0
+
+    ]]>
+  </send>"""
+    until = f' timeout="{horizon_ms}" ontimeout="horizon"'
+    finals = "".join(
+        f'\n  <recv response="{code}" optional="true" next="failed"/>'
+        for code in (403, 404, 408, 480, 486, 487, 488, 500, 503, 603)
+    )
+    return "".join(
+        [
+            _HEAD,
+            '<scenario name="caller">',
+            invite.format(cseq=1, auth="", rtd=""),
+            '\n  <recv response="100" optional="true"/>',
+            '\n  <recv response="401" auth="true"/>',
+            ack.format(uri="sip:[field3]@[field1]", cseq=1, branch=_INV.format(1)),
+            invite.format(cseq=2, auth="      [field2]\n", rtd=' start_rtd="setup"'),
+            # sipp times only the recv the call waits at, optional ones included: every recv
+            # of the ringing phase carries the horizon (provisionals arrive within milliseconds).
+            f'\n  <recv response="100" optional="true"{until}/>',
+            '\n  <label id="progress"/>',
+            f'\n  <recv response="180" optional="true" next="progress"{until}/>',
+            f'\n  <recv response="183" optional="true" next="progress"{until}/>',
+            finals.replace("/>", f"{until}/>"),
+            f'\n  <recv response="200" rrs="true"{until}/>',
+            ack.format(uri="[next_url]", cseq=2, branch="[branch]").replace("<send>", '<send rtd="setup">', 1),
+            '\n  <label id="talk"/>',
+            '\n  <recv request="INVITE" timeout="1000" ontimeout="bye"/>',
+            _ok_sdp_to_last(),
+            '\n  <recv request="ACK"/>\n  <nop next="talk"/>',
+            '\n  <label id="bye"/>',
+            """
+  <send retrans="500">
+    <![CDATA[
+      BYE [next_url] SIP/2.0
+      Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]
+      From: "[field4]" <sip:[field0]@[field1]>;tag=[pid]call[call_number]
+      To: <sip:[field3]@[field1]>[peer_tag_param]
+      Call-ID: [call_id]
+      CSeq: 3 BYE
+      Max-Forwards: 70
+      Content-Length: 0
+
+    ]]>
+  </send>
+  <recv response="200"/>
+  <nop next="end"/>
+  <label id="horizon"/>
+  <send>
+    <![CDATA[
+      CANCEL sip:[field3]@[field1] SIP/2.0
+      Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=z9hG4bK-[pid]-[call_number]-inv2
+      From: "[field4]" <sip:[field0]@[field1]>;tag=[pid]call[call_number]
+      To: <sip:[field3]@[field1]>
+      Call-ID: [call_id]
+      CSeq: 2 CANCEL
+      Max-Forwards: 70
+      Content-Length: 0
+
+    ]]>
+  </send>
+  <recv response="200"/>
+  <recv response="487"/>""",
+            ack.format(uri="sip:[field3]@[field1]", cseq=2, branch=_INV.format(2)),
+            '\n  <nop next="end"/>',
+            '\n  <label id="failed"/>',
+            ack.format(uri="sip:[field3]@[field1]", cseq=2, branch=_INV.format(2)),
+            '\n  <label id="end"/>\n</scenario>\n',
+        ]
+    )
