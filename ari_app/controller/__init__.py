@@ -8,13 +8,14 @@ from ari_app.controller.http_api import add_routes
 from ari_app.controller.lookup import CallLookup, DbLookup, Routed
 from ari_app.controller.metrics import Metrics
 from ari_app.controller.presence import Presence
-from ari_app.controller.service import AriSettings, run_controller
+from ari_app.controller.service import AriSettings, ControllerRef, run_controller
 
 __all__ = [
     "AriSettings",
     "CallLookup",
     "Conference",
     "Controller",
+    "ControllerRef",
     "DbLookup",
     "LiveCall",
     "Metrics",

@@ -10,18 +10,26 @@ from ari_app.ari import AriError
 
 if TYPE_CHECKING:
     from ari_app.controller.controller import Controller
+    from ari_app.controller.service import ControllerRef
 
 __all__ = ["CONTROLLER", "add_routes"]
 
-CONTROLLER: web.AppKey[Controller] = web.AppKey("controller")
+CONTROLLER: web.AppKey[ControllerRef] = web.AppKey("controller")
+
+
+def _controller(request: web.Request) -> Controller:
+    controller = request.app[CONTROLLER].current
+    if controller is None:
+        raise web.HTTPServiceUnavailable(text="the ARI controller is not connected yet")
+    return controller
 
 
 async def _calls(request: web.Request) -> web.Response:
-    return web.json_response(request.app[CONTROLLER].snapshot())
+    return web.json_response(_controller(request).snapshot())
 
 
 async def _add_party(request: web.Request) -> web.Response:
-    controller = request.app[CONTROLLER]
+    controller = _controller(request)
     call_id = request.match_info["call_id"]
     try:
         body = await request.json()
@@ -42,11 +50,11 @@ async def _add_party(request: web.Request) -> web.Response:
 
 
 async def _metrics(request: web.Request) -> web.Response:
-    return web.Response(text=request.app[CONTROLLER].metrics.render(), content_type="text/plain")
+    return web.Response(text=_controller(request).metrics.render(), content_type="text/plain")
 
 
-def add_routes(app: web.Application, controller: Controller) -> None:
-    app[CONTROLLER] = controller
+def add_routes(app: web.Application, ref: ControllerRef) -> None:
+    app[CONTROLLER] = ref
     app.router.add_get("/calls", _calls)
     app.router.add_post("/calls/{call_id}/parties", _add_party)
     app.router.add_get("/metrics", _metrics)

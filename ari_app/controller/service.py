@@ -14,9 +14,16 @@ from ari_app.ari import AriClient, HttpAriTransport
 from ari_app.controller.controller import Controller
 from ari_app.controller.lookup import DbLookup
 
-__all__ = ["AriSettings", "run_controller"]
+__all__ = ["AriSettings", "ControllerRef", "run_controller"]
 
 logger = logging.getLogger("ari_app.controller")
+
+
+@dataclass
+class ControllerRef:
+    """The running controller, for HTTP routes registered before it exists (None until then)."""
+
+    current: Controller | None = None
 
 
 @dataclass(frozen=True)
@@ -40,15 +47,12 @@ class AriSettings:
         )
 
 
-async def run_controller(
-    settings: AriSettings, pool: asyncpg.Pool, stop: asyncio.Event, ready: asyncio.Future[Controller] | None = None
-) -> None:
+async def run_controller(settings: AriSettings, pool: asyncpg.Pool, stop: asyncio.Event, ref: ControllerRef) -> None:
     """Until ``stop`` is set. Calls in progress stay in Asterisk when it stops; the next controller
     adopts their conferences and ends the calls it cannot know."""
     async with HttpAriTransport(settings.url, settings.user, settings.password) as transport:
         controller = Controller(AriClient(transport, settings.app), DbLookup(pool))
-        if ready is not None and not ready.done():
-            ready.set_result(controller)
+        ref.current = controller
         task = asyncio.create_task(controller.run(), name="ari-controller")
         stopper = asyncio.create_task(stop.wait())
         done, _ = await asyncio.wait({task, stopper}, return_when=asyncio.FIRST_COMPLETED)

@@ -30,10 +30,14 @@ def register(subparsers: Any) -> None:
         help="where the routing API listens (default 127.0.0.1:8090)",
     )
     p.add_argument("--no-push", action="store_true", help="do not run the change pusher (AMI)")
+    p.add_argument(
+        "--no-controller", action="store_true", help="do not run the ARI controller (it runs when PBX_ARI_URL is set)"
+    )
     p.set_defaults(func=_serve)
 
 
-async def _run(dsn: str, host: str, port: int, push: bool = True) -> None:
+async def _run(dsn: str, host: str, port: int, push: bool = True, controller: bool = True) -> None:
+    from ari_app.controller import AriSettings, ControllerRef, add_routes, run_controller
     from ari_app.route_api import make_app
     from sorcery_backend.pusher import run_pusher
 
@@ -46,7 +50,12 @@ async def _run(dsn: str, host: str, port: int, push: bool = True) -> None:
         pool = await asyncpg.create_pool(dsn, min_size=1, max_size=4)
     except (OSError, asyncpg.PostgresError) as exc:
         raise Unreachable(f"cannot reach the database: {exc}") from None
-    runner = web.AppRunner(make_app(pool), access_log=None)
+    app = make_app(pool)
+    ari = AriSettings.from_env() if controller else None
+    ref = ControllerRef()
+    if ari is not None:
+        add_routes(app, ref)
+    runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     try:
         await web.TCPSite(runner, host, port).start()
@@ -57,6 +66,9 @@ async def _run(dsn: str, host: str, port: int, push: bool = True) -> None:
     if push:
         services.append(asyncio.create_task(run_pusher(dsn, stop), name="pusher"))
         print("change pusher running", file=sys.stderr, flush=True)
+    if ari is not None:
+        services.append(asyncio.create_task(run_controller(ari, pool, stop, ref), name="controller"))
+        print(f"ARI controller running for app {ari.app} at {ari.url}", file=sys.stderr, flush=True)
     try:
         await stop.wait()
     finally:
@@ -76,7 +88,7 @@ def _serve(args: argparse.Namespace) -> int:
     host, _, port = args.http.rpartition(":")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s", stream=sys.stderr)
     try:
-        asyncio.run(_run(dsn, host or "127.0.0.1", int(port), push=not args.no_push))
+        asyncio.run(_run(dsn, host or "127.0.0.1", int(port), push=not args.no_push, controller=not args.no_controller))
     except KeyboardInterrupt:
         pass
     return 0
