@@ -47,7 +47,7 @@ _CACHE_COUNT = re.compile(r"Number of objects within cache:\s*(\d+)")
 
 @dataclass(frozen=True)
 class PusherSettings:
-    quiet_s: float = 0.015  # a burst is over after this much silence ...
+    quiet_s: float = 0.025  # a burst is over after this much silence ...
     max_hold_s: float = 1.0  # ... or this long after its first change, whichever comes first
     batch_rows: int = 20000  # pending rows read per round
     chunk: int = 500  # actions confirmed (and acknowledged in the DB) together

@@ -1,0 +1,143 @@
+"""`pbxctl nodes` and `pbxctl push status` on a real Postgres (no Asterisk): the node rows, the
+pending deliveries the outbox trigger queues per node, refusals."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+
+PBXCTL = [sys.executable, "-m", "pbxctl"]
+
+CONFIG = """
+tenants:
+  acme:
+    domain: acme.example
+    templates:
+      phone: {transport: transport-udp, endpoint: {context: acme-internal, allow: "!all,ulaw"}, aor: {max_contacts: 1}}
+    endpoints:
+      "1001": {templates: [phone], auth: {password: a}}
+      "1002": {templates: [phone], auth: {password: b}}
+"""
+
+
+def pbxctl(dsn: str, *args: str, secret: str | None = "s3cret") -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ, PBX_DATABASE_URL=dsn)
+    env.pop("PBX_AMI_PASSWORD", None)
+    if secret is not None:
+        env["PBX_AMI_PASSWORD"] = secret
+    return subprocess.run([*PBXCTL, *args], capture_output=True, text=True, env=env, timeout=120)
+
+
+def fetch(dsn: str, sql: str, *args: Any) -> list[asyncpg.Record]:
+    async def go() -> list[asyncpg.Record]:
+        conn = await asyncpg.connect(dsn)
+        try:
+            return list(await conn.fetch(sql, *args))
+        finally:
+            await conn.close()
+
+    return asyncio.run(go())
+
+
+def execute(dsn: str, sql: str) -> None:
+    async def go() -> None:
+        conn = await asyncpg.connect(dsn)
+        try:
+            await conn.execute(sql)
+        finally:
+            await conn.close()
+
+    asyncio.run(go())
+
+
+def apply(dsn: str, tmp_path: Path, text: str) -> None:
+    f = tmp_path / "config.yaml"
+    f.write_text(textwrap.dedent(text))
+    p = pbxctl(dsn, "apply", str(f))
+    assert p.returncode == 0, p.stderr
+
+
+def test_add_list_remove(db: str) -> None:
+    p = pbxctl(db, "nodes", "add", "ast-1", "--ami", "10.0.0.5:5038", "--user", "pbx", "--json")
+    assert p.returncode == 0, p.stderr
+    assert json.loads(p.stdout) == {"name": "ast-1", "ami_addr": "10.0.0.5:5038", "ami_user": "pbx"}
+    assert pbxctl(db, "nodes", "add", "ast-2", "--ami", "10.0.0.6:5038", "--user", "pbx").returncode == 0
+    listed = pbxctl(db, "nodes", "list", "--json")
+    assert listed.returncode == 0 and "s3cret" not in listed.stdout  # the secret stays in the database
+    assert [n["name"] for n in json.loads(listed.stdout)["nodes"]] == ["ast-1", "ast-2"]
+    assert fetch(db, "SELECT ami_secret FROM pbx.nodes WHERE name = 'ast-1'")[0][0] == "s3cret"
+    assert pbxctl(db, "nodes", "remove", "ast-1").returncode == 0
+    assert [n["name"] for n in json.loads(pbxctl(db, "nodes", "list", "--json").stdout)["nodes"]] == ["ast-2"]
+
+
+def test_refusals_are_one_line_exit_1_and_change_nothing(db: str) -> None:
+    assert pbxctl(db, "nodes", "add", "ast-1", "--ami", "127.0.0.1:5038", "--user", "pbx").returncode == 0
+    cases = [
+        (("nodes", "add", "ast-1", "--ami", "127.0.0.1:5039", "--user", "pbx"), "node ast-1: already exists"),
+        (("nodes", "add", "bad name", "--ami", "127.0.0.1:5038", "--user", "pbx"), "node bad name: names are"),
+        (("nodes", "add", "ast-9", "--ami", "127.0.0.1", "--user", "pbx"), "node ast-9: AMI address"),
+        (("nodes", "add", "ast-9", "--ami", "127.0.0.1:99999", "--user", "pbx"), "node ast-9: AMI address"),
+        (("nodes", "remove", "nope"), "node nope: no such node"),
+    ]
+    for argv, message in cases:
+        p = pbxctl(db, *argv)
+        assert p.returncode == 1, (argv, p.stderr)
+        assert p.stderr.strip().count("\n") == 0 and message in p.stderr, p.stderr
+    no_secret = pbxctl(db, "nodes", "add", "ast-9", "--ami", "127.0.0.1:5038", "--user", "pbx", secret=None)
+    assert no_secret.returncode == 1 and "PBX_AMI_PASSWORD" in no_secret.stderr
+    assert [r["name"] for r in fetch(db, "SELECT name FROM pbx.nodes")] == ["ast-1"]
+
+
+def test_usage_and_unreachable_database_exit_codes(db: str) -> None:
+    assert pbxctl(db, "nodes", "add", "ast-1").returncode == 2  # --ami and --user are required
+    down = pbxctl("postgresql://postgres@127.0.0.1:1/none", "push", "status")
+    assert down.returncode == 3, down.stderr
+
+
+def test_every_change_is_queued_for_every_node_in_the_same_transaction(db: str, tmp_path: Path) -> None:
+    apply(db, tmp_path, CONFIG)  # before any node: nothing is queued (a new node starts with a full expiry)
+    assert fetch(db, "SELECT count(*) FROM pbx.push_pending")[0][0] == 0
+    for name in ("ast-1", "ast-2"):
+        assert pbxctl(db, "nodes", "add", name, "--ami", "127.0.0.1:5038", "--user", "pbx").returncode == 0
+    apply(db, tmp_path, CONFIG.replace("password: a", "password: changed"))
+    pending = fetch(
+        db,
+        "SELECT n.name, o.view, o.object_id, o.op FROM pbx.push_pending q JOIN pbx.nodes n ON n.id = q.node_id "
+        "JOIN pbx.outbox o ON o.seq = q.seq ORDER BY n.name",
+    )
+    assert [tuple(r) for r in pending] == [
+        ("ast-1", "ps_auths", "1001@acme.example", "changed"),
+        ("ast-2", "ps_auths", "1001@acme.example", "changed"),
+    ]
+    # A rolled-back edit queues nothing.
+    execute(db, "BEGIN; UPDATE pbx.object_options SET value = ARRAY['x'] WHERE option = 'password'; ROLLBACK")
+    assert fetch(db, "SELECT count(*) FROM pbx.push_pending")[0][0] == 2
+
+    status = pbxctl(db, "push", "status", "--json")
+    assert status.returncode == 0, status.stderr
+    nodes = {n["name"]: n for n in json.loads(status.stdout)["nodes"]}
+    assert nodes["ast-1"]["undelivered"] == 1 and nodes["ast-1"]["connected"] is False
+    assert nodes["ast-1"]["lag_s"] >= 0 and nodes["ast-1"]["last_error"] is None
+    human = pbxctl(db, "push", "status")
+    assert human.returncode == 0 and "ast-2\tno\t1\t" in human.stdout
+    # Removing a node drops its queue, not the others'.
+    assert pbxctl(db, "nodes", "remove", "ast-1").returncode == 0
+    assert fetch(db, "SELECT count(*) FROM pbx.push_pending")[0][0] == 1
+
+
+def test_the_identify_cache_keeper_row_is_invisible_to_export_and_flush(db: str, tmp_path: Path) -> None:
+    keeper = fetch(db, "SELECT id, endpoint, match FROM public.ps_endpoint_id_ips")
+    assert [tuple(r) for r in keeper] == [("~pbx-keep-cache-filled", "~none", "255.255.255.255/32")]
+    apply(db, tmp_path, CONFIG)
+    out = json.loads(pbxctl(db, "export", "--json").stdout)
+    assert "ps_endpoint_id_ips" not in out["tenants"]["acme"]["endpoints"]["1001"]
+    apply(db, tmp_path, "tenants:\n  acme: null\n")
+    assert len(fetch(db, "SELECT 1 FROM public.ps_endpoint_id_ips")) == 1
