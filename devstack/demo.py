@@ -1,76 +1,68 @@
-"""`make demo`: start the dev stack, load the example tenant, register a phone, call into Stasis.
+"""`make demo`: start the dev stack and play one real call through the routing tree.
 
-Prints, step by step, what happened on the real stack.
+The call is examples/demo-call.yaml, played live by `pbxctl call play`: sipp phones register and
+ring, the ARI controller run by `pbxctl serve` routes the call and bridges the answer. Prints what
+the phones saw, next to what the simulator predicts, and the controller's log of the call.
 """
 
 from __future__ import annotations
 
-import asyncio
+import json
+import os
 import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
-from devstack import sipp
 from devstack.chroot import asterisk_version
 from devstack.stack import Stack
-from devstack.stasis_stub import answer_first_call
 
-EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "demo-tenant.yaml"
+SCENARIO = Path(__file__).resolve().parent.parent / "examples" / "demo-call.yaml"
 
 
 def say(msg: str) -> None:
     print(f"demo: {msg}", flush=True)
 
 
-async def place_call(stack: Stack) -> tuple[sipp.SippResult, list[str]]:
-    ready = asyncio.Event()
-    seen: list[dict[str, Any]] = []
-    app = asyncio.create_task(answer_first_call(stack.settings, ready, seen))
-    await asyncio.wait_for(ready.wait(), 10)
-    result = await asyncio.to_thread(
-        sipp.call, stack.settings.sip_addr, "1001", "demo.example", "demo-1001", "2000", hold_s=1
-    )
-    await asyncio.wait_for(app, 15)
-    log = []
-    for event in seen:
-        if event["type"] == "StasisStart":
-            chan = event["channel"]
-            log.append(f"StasisStart: {chan['caller']['number']} dialed {event['args'][0]} ({chan['name']})")
-            log.append(f"answered over ARI: HTTP {event.get('answer_status')}")
-        elif event["type"] == "StasisEnd":
-            log.append("StasisEnd: the caller hung up")
-    return result, log
+def _event(ev: dict[str, object]) -> str:
+    kind = next(k for k in ("ring", "stop", "answer", "refused") if k in ev)
+    extra = {k: v for k, v in ev.items() if k not in ("t", kind)}
+    return f"t={float(str(ev['t'])):5.2f}s  {kind:6} {ev[kind]}  " + " ".join(f"{k}={v}" for k, v in extra.items())
 
 
 def main() -> int:
     stack = Stack.named("dev")
     t0 = time.monotonic()
-    say("starting the dev stack (private Postgres + Asterisk 22 in the sid chroot)...")
+    say("starting the dev stack (private Postgres, Asterisk 22 in the sid chroot, pbxctl serve)...")
     stack.up()
     say(f"stack up in {time.monotonic() - t0:.1f}s: {asterisk_version(stack.chroot)}, SIP on {stack.settings.sip_addr}")
-    env = dict(__import__("os").environ, **stack.settings.exports())
-    p = subprocess.run([sys.executable, "-m", "pbxctl", "apply", str(EXAMPLE)], capture_output=True, text=True, env=env)
-    if p.returncode != 0:
-        say(f"apply failed: {p.stderr.strip()}")
+    env = dict(os.environ, **stack.settings.exports())
+    log_start = len(stack.serve.log_text())
+
+    def pbxctl(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "pbxctl", *args], capture_output=True, text=True, env=env)
+
+    sim = pbxctl("route", "simulate", str(SCENARIO), "--json")
+    say(f"playing {SCENARIO.name} live: Alice (1001) calls the Team group (2000)...")
+    live = pbxctl("call", "play", str(SCENARIO), "--json")
+    if live.returncode != 0 or sim.returncode != 0:
+        say(f"call play failed: {(live.stderr or sim.stderr).strip()}")
         return 1
-    say(f"loaded {EXAMPLE.name}: {p.stderr.strip()}")
-    r = sipp.register(stack.settings.sip_addr, "1001", "demo.example", "demo-1001")
-    say(
-        f"phone 1001@demo.example REGISTER: responses {r.responses}"
-        + (" (registered)" if r.final == 200 else " (FAILED)")
-    )
-    result, log = asyncio.run(place_call(stack))
-    say("phone 1001 calls 2000 (the Team group):")
-    for line in log:
-        say(f"  stand-in Stasis app: {line}")
-    outcome = "answered and hung up after 1 s" if 200 in result.responses else "not answered"
-    say(f"  caller saw: {result.responses} -> {outcome}")
+    played, predicted = json.loads(live.stdout), json.loads(sim.stdout)
+    say(f"what the sipp phones saw (result: {played['result']}):")
+    for ev in played["timeline"]:
+        say("  " + _event(ev))
+    say(f"what `pbxctl route simulate` predicts (result: {predicted['result']}):")
+    for ev in predicted["timeline"]:
+        say("  " + _event(ev))
+    say("the controller's log of the call (pbxctl serve):")
+    for line in stack.serve.log_text()[log_start:].splitlines():
+        if "[call " in line:
+            say("  " + line.split(" ari_app.controller INFO ", 1)[-1])
     say("the stack keeps running: `pbxctl dev status` shows it, `pbxctl dev down` stops it")
     for k, v in stack.settings.exports().items():
         print(f"export {k}={v}")
-    return 0 if (r.final == 200 and 200 in result.responses) else 1
+    return 0 if played["result"] == "answered" else 1
 
 
 if __name__ == "__main__":

@@ -30,7 +30,7 @@ from devstack.play_sipp import caller_xml, device_xml
 from sorcery_backend.apply import apply_config
 from sorcery_backend.declarative import Config, parse_config
 
-__all__ = ["Message", "PlayError", "PlayTarget", "play", "read_trace"]
+__all__ = ["Message", "PlayError", "PlayTarget", "SippProcess", "play", "read_trace"]
 
 _START_MARGIN_S = 0.4  # time for the device processes to bind their ports before the caller starts
 _HEADER = re.compile(r"^-{5,} (\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d+)\n\w+ message (sent|received)[^\n]*\n\n", re.M)
@@ -90,7 +90,9 @@ def read_trace(text: str) -> list[Message]:
 
 
 @dataclass
-class _Sipp:
+class SippProcess:
+    """One sipp process (a device or a caller) in its own dir; its message trace is the record."""
+
     name: str
     port: int
     dir: Path
@@ -118,6 +120,10 @@ class _Sipp:
 
     def got(self, method: str) -> bool:
         return any(m.direction == "received" and m.first_line.startswith(method + " ") for m in self.messages())
+
+    def wait(self, timeout: float) -> int:
+        assert self.proc is not None
+        return self.proc.wait(timeout=timeout)
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
@@ -184,7 +190,7 @@ async def play(scenario: Mapping[str, Any], target: PlayTarget, horizon_s: float
             devices = await _register_devices(target, plan, Path(tmp))
             async with HttpAriTransport(target.ari_url, target.ari_user, target.ari_password) as transport:
                 ari = AriClient(transport, "pbx-play")
-                holders: list[tuple[str, _Sipp]] = []
+                holders: list[tuple[str, SippProcess]] = []
                 try:
                     for endpoint, count in (scenario.get("in_use") or {}).items():
                         for i in range(int(count or 0)):
@@ -221,12 +227,12 @@ async def _forget_contacts(conn: asyncpg.Connection, domain: str) -> None:
     await conn.execute("DELETE FROM public.ps_contacts WHERE endpoint LIKE '%@' || $1", domain)
 
 
-async def _register_devices(target: PlayTarget, plan: _Plan, tmp: Path) -> dict[str, _Sipp]:
-    devices: dict[str, _Sipp] = {}
+async def _register_devices(target: PlayTarget, plan: _Plan, tmp: Path) -> dict[str, SippProcess]:
+    devices: dict[str, SippProcess] = {}
     for dev in plan.devices:
         d = tmp / f"dev-{len(devices)}"
         d.mkdir()
-        devices[dev] = _Sipp(dev, sipp.free_udp_port(), d)
+        devices[dev] = SippProcess(dev, sipp.free_udp_port(), d)
 
     def register(dev: str) -> None:
         endpoint = plan.devices[dev]
@@ -245,12 +251,12 @@ async def _register_devices(target: PlayTarget, plan: _Plan, tmp: Path) -> dict[
 
 async def _hold_a_call(
     ari: AriClient, target: PlayTarget, plan: _Plan, endpoint: str, n: int, tmp: Path
-) -> tuple[str, _Sipp]:
+) -> tuple[str, SippProcess]:
     """A call up on ``endpoint`` that is not the scenario's: a channel from the endpoint to a sipp
     that answers (dialplan context pbx-hold keeps it up)."""
     d = tmp / f"hold-{endpoint}-{n}"
     d.mkdir()
-    holder = _Sipp(f"hold-{endpoint}", sipp.free_udp_port(), d)
+    holder = SippProcess(f"hold-{endpoint}", sipp.free_udp_port(), d)
     holder.start(target.sip_addr, device_xml({"answer_at": 0}, 0), ["-"], 600)
     channel_id = f"pbx-play-hold-{endpoint}-{n}-{os.getpid()}"
     await ari.transport.request(
@@ -284,7 +290,7 @@ async def _hold_a_call(
 def _run_call(
     target: PlayTarget,
     plan: _Plan,
-    devices: dict[str, _Sipp],
+    devices: dict[str, SippProcess],
     behaviour: Mapping[str, Mapping[str, Any]],
     caller_endpoint: str,
     call: Mapping[str, Any],
@@ -297,7 +303,7 @@ def _run_call(
         proc.start(target.sip_addr, device_xml(behaviour.get(dev) or {}, t0_ms), ["-"], horizon + 60)
     d = tmp / "caller"
     d.mkdir()
-    caller = _Sipp("caller", sipp.free_udp_port(), d)
+    caller = SippProcess("caller", sipp.free_udp_port(), d)
     user, password = plan.passwords[caller_endpoint]
     name = str(call.get("callername") or "")
     row = [
@@ -376,7 +382,7 @@ def _timeline(caller: list[Message], devices: Mapping[str, list[Message]], horiz
                     events.append({"t": t(m), "answer": dev})
                 elif code == 486 and not any(e.get("stop") == dev for e in events):
                     events.append({"t": t(m), "stop": dev, "why": "rejected"})
-    events.sort(key=lambda e: (e["t"], 0 if "stop" in e else 1))
+    events.sort(key=lambda e: (e["t"], 0 if "ring" in e else 1))
     return {"status": status, "result": result, "timeline": events, "horizon_s": horizon}
 
 

@@ -150,9 +150,9 @@ def device_xml(behaviour: Mapping[str, Any], t0_ms: int) -> str:
     return "".join(parts)
 
 
-def caller_xml(horizon_ms: int) -> str:
+def caller_xml(horizon_ms: int, talk_ms: int = 1000) -> str:
     """The caller: INVITE with digest auth; stays until a final answer or the horizon, then CANCEL;
-    once answered, a short talk and BYE. Fields: 0 from user, 1 domain, 2 [authentication],
+    once answered, ``talk_ms`` of talk and BYE. Fields: 0 from user, 1 domain, 2 [authentication],
     3 number, 4 display name."""
     invite = (
         """
@@ -210,7 +210,7 @@ def caller_xml(horizon_ms: int) -> str:
             f'\n  <recv response="200" rrs="true"{until}/>',
             ack.format(uri="[next_url]", cseq=2, branch="[branch]").replace("<send>", '<send rtd="setup">', 1),
             '\n  <label id="talk"/>',
-            '\n  <recv request="INVITE" timeout="1000" ontimeout="bye"/>',
+            f'\n  <recv request="INVITE" timeout="{talk_ms}" ontimeout="bye"/>',
             _ok_sdp_to_last(),
             '\n  <recv request="ACK"/>\n  <nop next="talk"/>',
             '\n  <label id="bye"/>',

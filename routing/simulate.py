@@ -1,7 +1,8 @@
 """Run a routing scenario (contract section 5) on a virtual clock: no database, no Asterisk.
 
 The scenario's own `config` builds the directory; `registrations` and `in_use` stand in for
-ps_contacts and live channels; `behaviour` says when a device answers or rejects.
+ps_contacts and live channels; `behaviour` says when a device answers or rejects (`answer_at`, `reject_at`, in seconds from the
+call's start) or that it is busy (`busy: true`: 486 the moment it rings).
 """
 
 from __future__ import annotations
@@ -122,6 +123,8 @@ def _apply(
             push(max(now, int(1000 * float(b["answer_at"]))), _DEVICE, LegAnswered(cmd.leg_id))
         elif "reject_at" in b:
             push(max(now, int(1000 * float(b["reject_at"]))), _DEVICE, LegFailed(cmd.leg_id, "rejected"))
+        elif b.get("busy"):
+            push(now, _DEVICE, LegFailed(cmd.leg_id, "rejected"))  # 486 as soon as it rings
     elif isinstance(cmd, StopLeg):
         timeline.append({"t": t, "stop": cmd.device, "why": cmd.why})
     elif isinstance(cmd, Refused):

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import textwrap
 from collections.abc import Iterator
+from contextlib import contextmanager
 
 import pytest
 
@@ -43,3 +44,24 @@ def apply_yaml(st: Stack, text: str, tmp_path: object) -> str:
     p = pbxctl(st, "apply", str(f), "--json")
     assert p.returncode == 0, p.stderr
     return p.stdout
+
+
+@contextmanager
+def no_controller(st: Stack) -> Iterator[None]:
+    """The stack without its `pbxctl serve` (so without the ARI controller) for the block: for
+    tests that take the ARI app themselves or need Stasis() to find no app."""
+    st.serve.stop()
+    try:
+        yield
+    finally:
+        st.serve.start()
+
+
+def serve_url(st: Stack) -> str:
+    return f"http://127.0.0.1:{st.serve.http_port}"
+
+
+@pytest.fixture
+def without_controller(stack: Stack) -> Iterator[Stack]:
+    with no_controller(stack):
+        yield stack

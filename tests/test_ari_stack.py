@@ -68,9 +68,11 @@ async def test_second_connection_replaces_the_app_and_the_first_stops(stack: Sta
         assert not first.connected
 
 
-async def test_originate_bridge_and_hangup_through_the_dialplan(stack: Stack, tmp_path: Path) -> None:
+async def test_originate_bridge_and_hangup_through_the_dialplan(without_controller: Stack, tmp_path: Path) -> None:
     """A Local channel pair: ;1 is originated into our app, ;2 runs pbx-stasis and enters Stasis
-    like a phone's call would. Every raw payload must parse; PBX_ARI_CAPTURE_DIR keeps them."""
+    like a phone's call would (the stack's controller is stopped: this test takes its app). Every
+    raw payload must parse; PBX_ARI_CAPTURE_DIR keeps them."""
+    stack = without_controller
     app = stack.settings.ari_app
     raw: list[dict[str, Any]] = []
     try:

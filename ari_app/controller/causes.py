@@ -1,7 +1,7 @@
 """Hangup causes (Q.850, as ARI reports them) to routing outcomes, and routing results back to causes.
 
 chan_pjsip turns SIP finals into causes (486/600 → 17, 603 → 21, 480 → 18/20, 404 → 1, 408 → 18)
-and our causes into SIP finals for the caller (17 → 486, 19/20 → 480, 1 → 404, 21 → 403, 41 → 503).
+and our causes into SIP finals for the caller (17 → 486, 19/20 → 480, 1 → 404, 21 → 403, 34 → 503).
 """
 
 from __future__ import annotations
@@ -11,7 +11,8 @@ from routing.fork import FailReason
 __all__ = ["CALLER_CAUSES", "TEMPORARY_FAILURE", "caller_cause", "leg_failure"]
 
 NORMAL_CLEARING = 16
-TEMPORARY_FAILURE = 41
+# chan_pjsip answers 41 (temporary failure) with 603; 34 (congestion) gives the 503 a caller can retry.
+TEMPORARY_FAILURE = 34
 
 # A device that refused the call: the contract counts 486 and 603 alike (busy).
 _REJECTED = {17, 21}

@@ -1,0 +1,214 @@
+"""The controller on a fake ARI transport: which requests each event leads to.
+
+The real-stack behaviour is in test_controller_stack.py; here every branch is driven precisely,
+with the routing lookup replaced by an in-memory tenant.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import pytest
+
+from ari_app.ari import AriClient, Channel, FakeAriTransport, FakeRequest
+from ari_app.controller import controller as controller_module
+from ari_app.controller.controller import Controller, endpoint_of
+from ari_app.controller.lookup import Routed
+from routing.model import directory_from_config
+from routing.stage1 import CallRequest, build_tree
+from sorcery_backend.routing_loader import CallData
+
+TENANT = {
+    "extensions": {
+        "1001": {"type": "simple", "name": "Alice", "endpoints": ["1001"]},
+        "1002": {"type": "simple", "name": "Bob", "endpoints": ["1002"], "call_waiting": False},
+        "1003": {"type": "simple", "name": "Carol", "endpoints": ["1003"]},
+        "2000": {
+            "type": "group",
+            "name": "Team",
+            "short_name": "TEAM",
+            "ranks": [
+                {"mode": "default", "members": ["1002"]},
+                {"mode": "next", "delay_ms": 50, "members": ["1003"]},
+            ],
+        },
+        "2001": {"type": "group", "name": "Pair", "ranks": [{"mode": "default", "members": ["1002", "1003"]}]},
+    }
+}
+CONTACTS = {"1002": ["c1002"], "1003": ["c1003"]}
+URIS = {"c1002": "sip:1002@127.0.0.1:5062^3Btransport=UDP", "c1003": "sip:1003@127.0.0.1:5063"}
+
+
+class FakeLookup:
+    async def route(self, endpoint_id: str, caller_number: str, caller_name: str, called: str) -> Routed:
+        name, _, domain = endpoint_id.partition("@")
+        directory = directory_from_config("t", TENANT)
+        request = CallRequest("t", caller_number, called, endpoint=name, callername=caller_name)
+        tree = build_tree(directory, request)
+        return Routed(tree.status, domain, request, CallData(directory, CONTACTS, domain), tree, URIS)
+
+
+def channel(cid: str, endpoint: str = "1001@t.example", number: str = "1001", name: str = "Alice") -> dict[str, Any]:
+    return {
+        "id": cid,
+        "name": f"PJSIP/{endpoint}-0000000{len(cid) % 10}",
+        "state": "Ring",
+        "caller": {"name": name, "number": number},
+        "dialplan": {"context": "pbx-stasis", "exten": "2000", "priority": 1, "app_name": "Stasis", "app_data": "pbx"},
+    }
+
+
+def stasis_start(cid: str, *args: str, **kw: Any) -> dict[str, Any]:
+    return {"type": "StasisStart", "application": "pbx", "args": list(args), "channel": channel(cid, **kw)}
+
+
+def destroyed(cid: str, cause: int) -> dict[str, Any]:
+    return {"type": "ChannelDestroyed", "application": "pbx", "cause": cause, "channel": channel(cid)}
+
+
+class Rig:
+    def __init__(self) -> None:
+        self.fake = FakeAriTransport(default=None)
+        self.channels: list[dict[str, Any]] = []
+        self.bridges: list[dict[str, Any]] = []
+        self.fake.route("GET", "/channels", lambda r: self.channels)
+        self.fake.route("GET", "/bridges", lambda r: self.bridges)
+        self.fake.route("GET", "/endpoints/PJSIP", [])
+        self.fake.route("POST", "/channels", self._originate)
+        self.fake.route("POST", "/bridges", lambda r: {"id": r.params["bridgeId"], "bridge_type": "mixing"})
+        self.controller = Controller(AriClient(self.fake, "pbx"), FakeLookup())
+
+    @staticmethod
+    def _originate(r: FakeRequest) -> dict[str, Any]:
+        return {"id": r.params["channelId"], "name": "PJSIP/x-1", "state": "Down"}
+
+    def originates(self) -> list[FakeRequest]:
+        return self.fake.calls("POST", "/channels")
+
+    def hangups(self, cid: str) -> list[FakeRequest]:
+        return self.fake.calls("DELETE", f"/channels/{cid}")
+
+    async def until(self, what: str, probe: Callable[[], Any], timeout: float = 2.0) -> Any:
+        async with asyncio.timeout(timeout):
+            while not (value := probe()):
+                await asyncio.sleep(0.001)
+        assert value, what
+        return value
+
+
+@pytest.fixture
+async def rig() -> AsyncIterator[Rig]:
+    r = Rig()
+    task = asyncio.create_task(r.controller.run())
+    await r.fake.wait_sessions(1)
+    await r.until("subscribed", lambda: r.fake.calls("GET", "/bridges"))
+    try:
+        yield r
+    finally:
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+
+async def test_a_call_rings_the_first_rank_then_adds_the_next_on_its_timer(rig: Rig) -> None:
+    rig.fake.push(stasis_start("A", "2000"))
+    first = await rig.until("the first ring", rig.originates)
+    assert rig.fake.calls("POST", "/channels/A/ring")  # the caller hears ringing while we route
+    p = first[0].params
+    assert p["endpoint"] == "PJSIP/1002@t.example/sip:1002@127.0.0.1:5062;transport=UDP"
+    assert p["callerId"] == '"[TEAM] Alice" <1001>'
+    leg = p["appArgs"].split(",")
+    assert (p["app"], leg[:2], p["channelId"], p["timeout"], p["originator"]) == (
+        "pbx", ["leg", "A"], f"A-l{leg[2]}", "-1", "A"
+    )  # fmt: skip
+    both = await rig.until("the NEXT rank after 50 ms", lambda: len(rig.originates()) == 2 and rig.originates())
+    assert both[1].params["endpoint"].startswith("PJSIP/1003@t.example/sip:1003@")
+
+
+async def test_an_answer_bridges_the_caller_in_a_mixing_bridge_and_stops_the_other_legs(rig: Rig) -> None:
+    rig.fake.push(stasis_start("A", "2001"))
+    legs = await rig.until("two rings", lambda: len(rig.originates()) == 2 and rig.originates())
+    ids = [leg.params["channelId"] for leg in legs]
+    rig.fake.push(stasis_start(ids[1], "leg", "A", ids[1].rsplit("l", 1)[1], endpoint="1003@t.example"))
+    await rig.until("the bridge", lambda: rig.fake.calls("POST", "/bridges/conf-A/addChannel"))
+    assert rig.fake.calls("POST", "/bridges")[0].params == {"type": "mixing", "name": "A", "bridgeId": "conf-A"}
+    assert rig.fake.calls("POST", "/channels/A/answer")
+    assert rig.fake.calls("POST", "/bridges/conf-A/addChannel")[0].params["channel"] == f"A,{ids[1]}"
+    stop = await rig.until("the other leg stopped", lambda: rig.hangups(ids[0]))
+    assert stop[0].params == {"reason": "answered_elsewhere"}
+    # The caller hangs up: one party left, the conference ends.
+    rig.fake.push(destroyed("A", 16))
+    await rig.until("the bridge destroyed", lambda: rig.fake.calls("DELETE", "/bridges/conf-A"))
+    assert rig.hangups(ids[1])
+    assert rig.controller.conferences == {}
+
+
+async def test_busy_legs_end_the_call_busy(rig: Rig) -> None:
+    rig.fake.push(stasis_start("A", "2001"))
+    legs = await rig.until("two rings", lambda: len(rig.originates()) == 2 and rig.originates())
+    for leg in legs:
+        rig.fake.push(destroyed(leg.params["channelId"], 17))
+    hangup = await rig.until("the caller hung up", lambda: rig.hangups("A"))
+    assert hangup[0].params == {"reason_code": "17"}
+    assert rig.controller.calls == {}
+
+
+async def test_caller_hangup_stops_every_leg(rig: Rig) -> None:
+    rig.fake.push(stasis_start("A", "2001"))
+    legs = await rig.until("two rings", lambda: len(rig.originates()) == 2 and rig.originates())
+    rig.fake.push({"type": "ChannelHangupRequest", "application": "pbx", "channel": channel("A")})
+    for leg in legs:
+        await rig.until("leg stopped", lambda leg=leg: rig.hangups(leg.params["channelId"]))
+    assert not rig.hangups("A")
+
+
+async def test_unknown_number_is_refused_with_404_cause(rig: Rig) -> None:
+    rig.fake.push(stasis_start("A", "9999"))
+    hangup = await rig.until("refused", lambda: rig.hangups("A"))
+    assert hangup[0].params == {"reason_code": "1"}
+    assert not rig.originates()
+
+
+async def test_a_user_on_the_phone_without_call_waiting_is_busy(rig: Rig) -> None:
+    rig.fake.push(
+        {
+            "type": "EndpointStateChange",
+            "application": "pbx",
+            "endpoint": {"technology": "PJSIP", "resource": "1002@t.example", "state": "online", "channel_ids": ["X"]},
+        },
+        stasis_start("A", "1002"),
+    )
+    hangup = await rig.until("busy", lambda: rig.hangups("A"))
+    assert hangup[0].params == {"reason_code": "17"}
+    assert not rig.originates()
+
+
+async def test_an_answer_for_a_call_already_decided_is_hung_up(rig: Rig) -> None:
+    rig.fake.push(stasis_start("Z-l9", "leg", "Z", "9", endpoint="1002@t.example"))
+    await rig.until("hung up", lambda: rig.hangups("Z-l9"))
+
+
+async def test_channels_left_by_an_earlier_controller_are_reaped(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(controller_module, "ORPHAN_GRACE_S", 0.01)
+    r = Rig()
+    r.channels = [channel("OLD"), {**channel("OLD-l2", endpoint="1002@t.example"), "dialplan": None}]
+    r.bridges = [{"id": "conf-B", "bridge_type": "mixing", "channels": ["B", "B-l2"]}]
+    task = asyncio.create_task(r.controller.run())
+    try:
+        await r.until("caller reaped", lambda: r.hangups("OLD"))
+        await r.until("leg reaped", lambda: r.hangups("OLD-l2"))
+        assert r.hangups("OLD")[0].params == {"reason_code": "34"}  # the caller gets 503
+        assert set(r.controller.conferences) == {"B"}  # an answered call is adopted, not ended
+        assert not r.hangups("B") and not r.hangups("B-l2")
+    finally:
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+
+def test_endpoint_of_a_pjsip_channel() -> None:
+    ch = Channel.model_validate({"id": "1", "name": "PJSIP/1001@acme.example-0000002a", "state": "Up"})
+    assert endpoint_of(ch) == "1001@acme.example"
+    assert endpoint_of(Channel.model_validate({"id": "2", "name": "Local/x@y-0001;1", "state": "Up"})) is None

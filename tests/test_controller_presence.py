@@ -1,0 +1,21 @@
+from ari_app.controller.presence import Presence
+
+
+def test_reported_and_own_channels_make_an_endpoint_in_use() -> None:
+    p = Presence()
+    assert not p.in_use("1002@t")
+    p.report("1002@t", ["X"])
+    assert p.in_use("1002@t") and not p.in_use("1003@t")
+    assert not p.in_use("1002@t", besides=["X"])  # the asking call's own channel does not count
+    p.report("1002@t", [])
+    p.add_own("1003@t", "A-l2")  # a leg we just originated, before Asterisk reports it
+    assert p.in_use("1003@t")
+    p.gone("A-l2")
+    assert not p.in_use("1003@t")
+
+
+def test_reset_replaces_everything_reported() -> None:
+    p = Presence()
+    p.report("1002@t", ["X"])
+    p.reset([("1003@t", ["Y"]), ("1004@t", [])])
+    assert not p.in_use("1002@t") and p.in_use("1003@t") and not p.in_use("1004@t")

@@ -1,0 +1,302 @@
+"""The ARI controller on the real stack: sipp phones, `pbxctl serve`'s controller, Asterisk 22.
+
+Played scenarios are compared with the simulator by the shared checker (`--live`); the rest
+checks what only a live call has: the conference bridge, a third party, concurrent calls, and a
+controller that dies mid-call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+import yaml
+from stack import apply_yaml, pbxctl, serve_url
+
+from ari_app.ari import AriClient, AriNotFound, Bridge, Channel, HttpAriTransport
+from devstack import sipp
+from devstack.play import SippProcess, read_trace
+from devstack.play_sipp import caller_xml, device_xml
+from devstack.stack import Stack
+
+pytestmark = pytest.mark.stack
+
+REPO = Path(__file__).resolve().parent.parent
+# Public routing scenarios played live: every rank mode, a nested group, each forward mode, several
+# registrations, call waiting off and on (busy forward), a device reachable twice.
+LIVE = ["S03", "S07", "S08", "S10", "S13", "S15a", "S16a", "S20b", "S21", "S23a", "S30", "S42"]
+
+
+def _live_wrapper(tmp_path: Path) -> Path:
+    """The checker runs `pbxctl route simulate FILE --json --horizon H`: play it live instead."""
+    w = tmp_path / "live-pbxctl"
+    w.write_text(
+        "#!/bin/sh\n"
+        'if [ "$1" = route ] && [ "$2" = simulate ]; then shift 2; set -- call play "$@"; fi\n'
+        f'exec {sys.executable} -m pbxctl "$@"\n'
+    )
+    w.chmod(0o755)
+    return w
+
+
+def _check_live(stack: Stack, shared_dir: Path, files: list[Path], tmp_path: Path) -> None:
+    env = dict(os.environ, **stack.settings.exports())
+    p = subprocess.run(
+        [
+            sys.executable,
+            str(shared_dir / "tools" / "check-scenarios"),
+            "--live",
+            "--pbxctl",
+            str(_live_wrapper(tmp_path)),
+        ]
+        + [str(f) for f in files],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=900,
+    )
+    assert p.returncode == 0, p.stdout + p.stderr + stack.serve.log_tail(20)
+
+
+def test_public_scenarios_played_live_give_the_simulated_timeline(
+    stack: Stack, shared_dir: Path, tmp_path: Path
+) -> None:
+    files = [shared_dir / "scenarios" / "routing" / f"{sid}.yaml" for sid in LIVE]
+    _check_live(stack, shared_dir, files, tmp_path)
+
+
+def test_answers_rejects_and_busy_phones_played_live_match_the_simulator(
+    stack: Stack, shared_dir: Path, tmp_path: Path
+) -> None:
+    """Our own scenarios with device behaviour; what is expected is what `route simulate` says."""
+    files = []
+    for src in sorted((REPO / "tests" / "scenarios" / "live").glob("L*.yaml")):
+        p = pbxctl(stack, "route", "simulate", str(src), "--json")
+        assert p.returncode == 0, p.stderr
+        doc = yaml.safe_load(src.read_text())
+        doc["expect"] = json.loads(p.stdout)
+        dst = tmp_path / src.name
+        dst.write_text(yaml.safe_dump(doc, sort_keys=False))
+        files.append(dst)
+    _check_live(stack, shared_dir, files, tmp_path)
+
+
+# --- live calls held open by the test ----------------------------------------------------------
+
+TENANT = """
+tenants:
+  conf:
+    domain: conf.example
+    templates:
+      phone: {endpoint: {context: conf-internal, allow: "!all,ulaw", direct_media: "no"}, aor: {max_contacts: 2}}
+    endpoints:
+      "1001": {templates: [phone], auth: {password: pw-1001}}
+      "1002": {templates: [phone], auth: {password: pw-1002}}
+      "1003": {templates: [phone], auth: {password: pw-1003}}
+      "1004": {templates: [phone], auth: {password: pw-1004}}
+    extensions:
+      "1001": {type: simple, name: Alice, endpoints: ["1001"]}
+      "1002": {type: simple, name: Bob, endpoints: ["1002"], call_waiting: false}
+      "1003": {type: simple, name: Carol, endpoints: ["1003"]}
+      "1004": {type: simple, name: Dave, endpoints: ["1004"]}
+"""
+
+
+class Phones:
+    """Registered sipp phones of tenant conf and callers; everything is stopped at the end."""
+
+    def __init__(self, stack: Stack, tmp: Path) -> None:
+        self.stack = stack
+        self.tmp = tmp
+        self.procs: list[SippProcess] = []
+
+    def _proc(self, name: str) -> SippProcess:
+        d = self.tmp / f"{name}-{len(self.procs)}"
+        d.mkdir()
+        proc = SippProcess(name, sipp.free_udp_port(), d)
+        self.procs.append(proc)
+        return proc
+
+    def device(self, user: str, behaviour: dict[str, Any]) -> SippProcess:
+        proc = self._proc(f"dev-{user}")
+        r = sipp.register(self.stack.settings.sip_addr, user, "conf.example", f"pw-{user}", local_port=proc.port)
+        assert r.final == 200, (r.responses, r.stderr)
+        start = int(time.time() * 1000)
+        proc.start(self.stack.settings.sip_addr, device_xml(behaviour, start), ["-"], 120)
+        return proc
+
+    def call(self, user: str, number: str, *, horizon_s: float = 60, talk_s: float = 1) -> SippProcess:
+        proc = self._proc(f"caller-{user}")
+        auth = f"[authentication username={user} password=pw-{user}]"
+        xml = caller_xml(int(horizon_s * 1000), int(talk_s * 1000))
+        proc.start(self.stack.settings.sip_addr, xml, [user, "conf.example", auth, number, user], horizon_s + 30)
+        return proc
+
+    def stop(self) -> None:
+        for proc in self.procs:
+            proc.stop()
+
+
+@pytest.fixture
+def phones(stack: Stack, tmp_path: Path) -> Iterator[Phones]:
+    apply_yaml(stack, TENANT, tmp_path)
+    p = Phones(stack, tmp_path)
+    try:
+        yield p
+    finally:
+        p.stop()
+        asyncio.run(_hang_up_everything(stack))
+        subprocess.run(
+            [
+                "psql",
+                stack.settings.database_url(),
+                "-qc",
+                "DELETE FROM ps_contacts WHERE endpoint LIKE '%@conf.example'",
+            ],
+            check=True,
+            capture_output=True,
+        )
+
+
+def ari(stack: Stack) -> HttpAriTransport:
+    s = stack.settings
+    return HttpAriTransport(s.ari_url, s.ari_user, s.ari_password)
+
+
+async def _hang_up_everything(stack: Stack) -> None:
+    async with ari(stack) as t:
+        client = AriClient(t, "pbx-test")
+        for ch in await client.channels.list():
+            try:
+                await client.channels.hangup(ch.id)
+            except AriNotFound:
+                pass
+
+
+def wait_for(what: str, probe: Callable[[], Any], timeout: float = 15.0) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = probe()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
+        time.sleep(0.05)
+
+
+def channels(stack: Stack) -> list[Channel]:
+    async def go() -> list[Channel]:
+        async with ari(stack) as t:
+            return await AriClient(t, "pbx-test").channels.list()
+
+    return asyncio.run(go())
+
+
+def bridges(stack: Stack) -> list[Bridge]:
+    async def go() -> list[Bridge]:
+        async with ari(stack) as t:
+            return await AriClient(t, "pbx-test").bridges.list()
+
+    return asyncio.run(go())
+
+
+def conference(stack: Stack, parties: int) -> Bridge | None:
+    return next((b for b in bridges(stack) if b.id.startswith("conf-") and len(b.channels) == parties), None)
+
+
+def controller_calls(stack: Stack) -> dict[str, Any]:
+    async def go() -> dict[str, Any]:
+        async with aiohttp.ClientSession() as http, http.get(f"{serve_url(stack)}/calls") as resp:
+            assert resp.status == 200, await resp.text()
+            body: dict[str, Any] = await resp.json()
+            return body
+
+    return asyncio.run(go())
+
+
+def final_of(proc: SippProcess) -> int | None:
+    codes = [
+        int(m.first_line.split()[1])
+        for m in read_trace(proc.trace_path.read_text())
+        if m.direction == "received" and m.first_line.startswith("SIP/2.0") and "INVITE" in m.headers.get("cseq", "")
+    ]
+    finals = [c for c in codes if c >= 200 and c != 401]
+    return finals[-1] if finals else None
+
+
+def test_answered_call_is_a_two_party_mixing_bridge_that_takes_a_third_party(stack: Stack, phones: Phones) -> None:
+    bob = phones.device("1002", {"answer_at": 0})
+    carol = phones.device("1003", {"answer_at": 0})
+    alice = phones.call("1001", "1002", talk_s=6)
+
+    bridge = wait_for("the answered call's conference bridge", lambda: conference(stack, 2))
+    assert bridge.bridge_type == "mixing", bridge
+    call_id = bridge.id.removeprefix("conf-")
+    assert [c["call_id"] for c in controller_calls(stack)["conferences"]] == [call_id]
+
+    # A third party through the CLI: the controller dials Carol into the same bridge.
+    p = pbxctl(stack, "call", "add-party", call_id, "1003", "--http", serve_url(stack).removeprefix("http://"))
+    assert p.returncode == 0, p.stderr
+    wait_for("Carol in the conference", lambda: conference(stack, 3))
+    assert carol.got("INVITE")
+
+    # Alice hangs up (after 6 s of talk): Bob and Carol stay in the conference.
+    assert alice.wait(30) == 0
+    wait_for("the conference going on with 2 parties", lambda: conference(stack, 2))
+    # Bob hangs up (from Asterisk's side, as his phone would): one party left, the conference ends.
+    bob_leg = next(c for c in conference(stack, 2).channels if "-l" in c)  # type: ignore[union-attr]
+    asyncio.run(_hangup(stack, bob_leg))
+    wait_for("no channel left", lambda: not channels(stack))
+    wait_for("no conference left", lambda: not any(b.id.startswith("conf-") for b in bridges(stack)))
+    assert carol.wait(10) == 0 and carol.got("BYE")
+    assert bob.got("BYE")
+
+
+async def _hangup(stack: Stack, channel_id: str) -> None:
+    async with ari(stack) as t:
+        await AriClient(t, "pbx-test").channels.hangup(channel_id)
+
+
+def test_a_user_without_call_waiting_is_busy_for_a_second_concurrent_call(stack: Stack, phones: Phones) -> None:
+    bob = phones.device("1002", {})  # rings until cancelled
+    first = phones.call("1001", "1002", horizon_s=20)
+    wait_for("Bob's phone ringing", lambda: bob.got("INVITE"))
+    second = phones.call("1003", "1002", horizon_s=20)
+    assert second.wait(15) == 0
+    assert final_of(second) == 486
+    assert first.proc is not None and first.proc.poll() is None  # the first call still rings
+
+
+def test_controller_killed_mid_ring_the_call_ends_cleanly(stack: Stack, phones: Phones) -> None:
+    bob = phones.device("1002", {})
+    alice = phones.call("1001", "1002", horizon_s=60)
+    wait_for("Bob's phone ringing", lambda: bob.got("INVITE"))
+    stack.serve.kill()
+    stack.serve.start()
+    # The new controller finds the caller in Stasis and the leg it cannot know: both are ended.
+    assert alice.wait(20) == 0
+    assert final_of(alice) == 503
+    wait_for("Bob's phone cancelled", lambda: bob.got("CANCEL"))
+    wait_for("no channel left", lambda: not channels(stack))
+
+
+def test_controller_restarted_during_a_call_keeps_the_bridge(stack: Stack, phones: Phones) -> None:
+    bob = phones.device("1002", {"answer_at": 0})
+    alice = phones.call("1001", "1002", talk_s=8)
+    bridge = wait_for("the conference bridge", lambda: conference(stack, 2))
+    stack.serve.restart()
+    assert conference(stack, 2) == bridge
+    wait_for("the new controller adopting the conference", lambda: controller_calls(stack)["conferences"])
+    # Alice hangs up after her 8 s: the new controller ends the conference and Bob gets a BYE.
+    assert alice.wait(30) == 0
+    assert bob.wait(15) == 0 and bob.got("BYE")
+    wait_for("no channel left", lambda: not channels(stack))

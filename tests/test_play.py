@@ -1,0 +1,75 @@
+"""devstack.play: reading sipp traces into the simulator's timeline; the generated sipp XML."""
+
+from __future__ import annotations
+
+import xml.etree.ElementTree as ET
+from datetime import datetime
+
+import pytest
+
+from devstack.play import Message, _timeline, read_trace
+from devstack.play_sipp import caller_xml, device_xml
+
+TRACE = """----------------------------------------------- 2026-11-30 04:47:50.044657
+UDP message received [343] bytes :
+
+INVITE sip:1002@127.0.0.1:5062 SIP/2.0
+From: "[TEAM] Alice" <sip:1001@127.0.0.1>;tag=x
+To: <sip:1002@127.0.0.1:5062>
+CSeq: 1 INVITE
+Content-Length: 0
+
+
+----------------------------------------------- 2026-11-30 04:47:51.544657
+UDP message received [200] bytes :
+
+CANCEL sip:1002@127.0.0.1:5062 SIP/2.0
+Reason: SIP;cause=200;text="Call completed elsewhere"
+CSeq: 1 CANCEL
+
+"""
+
+
+def ts(s: str) -> float:
+    return datetime.strptime(s, "%Y-%m-%d %H:%M:%S.%f").timestamp()
+
+
+def test_read_trace() -> None:
+    msgs = read_trace(TRACE)
+    assert [(m.direction, m.first_line.split()[0]) for m in msgs] == [("received", "INVITE"), ("received", "CANCEL")]
+    assert msgs[0].headers["from"].startswith('"[TEAM] Alice"')
+    assert msgs[1].at - msgs[0].at == pytest.approx(1.5)
+
+
+def test_timeline_from_the_devices_point_of_view() -> None:
+    t0 = ts("2026-11-30 04:47:50.000000")
+    caller = [
+        Message(t0, "sent", "INVITE sip:2000@t SIP/2.0", {"cseq": "1 INVITE"}),
+        Message(t0 + 2, "received", "SIP/2.0 200 OK", {"cseq": "2 INVITE"}),
+    ]
+    answerer = [
+        Message(t0 + 0.1, "received", "INVITE sip:1003@x SIP/2.0", {"from": '"Alice" <sip:1001@t>', "to": "<sip:x>"}),
+        Message(t0 + 2, "sent", "SIP/2.0 200 OK", {"cseq": "1 INVITE"}),
+    ]
+    out = _timeline(caller, {"dev-1002": read_trace(TRACE), "dev-1003": answerer}, 10)
+    assert out["status"] == "ok" and out["result"] == "answered"
+    assert out["timeline"] == [
+        {"t": 0.04, "ring": "dev-1002", "caller": "1001", "callername": "[TEAM] Alice"},
+        {"t": 0.1, "ring": "dev-1003", "caller": "1001", "callername": "Alice"},
+        {"t": 1.54, "stop": "dev-1002", "why": "answered_elsewhere"},
+        {"t": 2.0, "answer": "dev-1003"},
+    ]
+
+
+@pytest.mark.parametrize("behaviour", [{}, {"answer_at": 3}, {"reject_at": 2}, {"busy": True}])
+def test_device_scenarios_are_well_formed(behaviour: dict[str, object]) -> None:
+    root = ET.fromstring(device_xml(behaviour, 1_800_000_000_000))
+    assert root.tag == "scenario" and root[0].tag == "recv" and root[0].get("request") == "INVITE"
+
+
+def test_caller_scenario_is_well_formed_and_times_the_horizon_everywhere_it_waits() -> None:
+    root = ET.fromstring(caller_xml(7000, 2000))
+    recvs = [e for e in root if e.tag == "recv"]
+    ringing = [e for e in recvs if e.get("response") in ("180", "183", "486")]
+    ringing.append(next(e for e in recvs if e.get("response") == "200"))  # the answer
+    assert len(ringing) == 4 and all(e.get("timeout") == "7000" for e in ringing)
