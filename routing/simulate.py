@@ -1,8 +1,9 @@
 """Run a routing scenario (contract section 5) on a virtual clock: no database, no Asterisk.
 
 The scenario's own `config` builds the directory; `registrations` and `in_use` stand in for
-ps_contacts and live channels; `behaviour` says when a device answers or rejects (`answer_at`, `reject_at`, in seconds from the
-call's start) or that it is busy (`busy: true`: 486 the moment it rings).
+ps_contacts and live channels; `behaviour` says when a device answers or rejects (`answer_at`,
+`reject_at`, in seconds from the call's start) or that it is busy (`busy: true`: 486 the moment it
+rings).
 """
 
 from __future__ import annotations

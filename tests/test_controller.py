@@ -159,8 +159,8 @@ async def test_caller_hangup_stops_every_leg(rig: Rig) -> None:
     rig.fake.push(stasis_start("A", "2001"))
     legs = await rig.until("two rings", lambda: len(rig.originates()) == 2 and rig.originates())
     rig.fake.push({"type": "ChannelHangupRequest", "application": "pbx", "channel": channel("A")})
-    for leg in legs:
-        await rig.until("leg stopped", lambda leg=leg: rig.hangups(leg.params["channelId"]))
+    for cid in [leg.params["channelId"] for leg in legs]:
+        await rig.until(f"{cid} stopped", lambda: rig.hangups(cid))  # noqa: B023 (awaited at once)
     assert not rig.hangups("A")
 
 
