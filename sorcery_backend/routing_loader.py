@@ -28,6 +28,7 @@ class CallData:
     directory: Directory
     contacts: dict[str, list[str]]  # endpoint name -> contact ids (registered devices)
     domain: str
+    cached: bool = False  # the directory came from RoutingData's memory (routing_cache.py)
 
 
 _EXTENSION_JSON = """

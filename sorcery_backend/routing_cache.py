@@ -1,0 +1,391 @@
+"""The routing data of each tenant kept in memory by a long-running service, exact at every call.
+
+A tenant's directory (extensions, ranks, members, forwards, extension -> endpoint links, its
+domain) is loaded once into a `TenantSnapshot` stamped with the tenant's routing version
+(sql/010_routing_notify.sql bumps it in every transaction that changes routing data). Per call one
+small statement reads, together, the current version and the registered contacts of the endpoints
+the call can reach; a snapshot whose version differs is never used.
+
+Why both a version and LISTEN/NOTIFY: the version alone makes every call exact (it routes on the
+data committed before its own statement, as the uncached loader does: the stale-read window is
+zero, for contacts too, which are never cached). The NOTIFY from the same triggers lets the
+listener drop and reload a changed tenant in the background, so the call after an edit rarely pays
+for the reload. A call that finds no usable snapshot is routed by the uncached loader
+(`load_for_call`, one statement) and schedules a reload.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import asyncpg
+
+from routing.model import Directory, Extension, Forward, Member, Rank
+from routing.stage1 import MAX_DEPTH
+from sorcery_backend.routing_loader import CallData, UnknownTenant, load_for_call
+
+__all__ = ["NOTIFY_CHANNEL", "CacheStats", "RoutingData", "TenantSnapshot", "load_snapshot"]
+
+NOTIFY_CHANNEL = "pbx_routing"
+_log = logging.getLogger(__name__)
+
+_TENANT = """
+SELECT t.id, t.name, t.domain, coalesce(v.version, 0) AS version
+FROM pbx.tenants t LEFT JOIN pbx.routing_versions v ON v.tenant_id = t.id WHERE t.name = $1
+"""
+# Key order as jsonb's (length, then bytes), which is the order the uncached loader builds its
+# directory in: the first extension listing an endpoint owns it (Directory.build), so both paths
+# must agree on "first".
+_EXTENSIONS = """
+SELECT number, type, name, short_name, call_waiting, dialout, outgoing_number, outgoing_name, ringback,
+       language, forward_mode, forward_to, forward_delay_ms
+FROM pbx.extensions WHERE tenant_id = $1 ORDER BY octet_length(number), number COLLATE "C"
+"""
+_ENDPOINTS = """
+SELECT x.number, o.name FROM pbx.extension_endpoints x JOIN pbx.objects o ON o.id = x.endpoint_id
+WHERE x.tenant_id = $1 ORDER BY x.number, x.ordinal
+"""
+_RANKS = "SELECT number, ordinal, mode, delay_ms FROM pbx.ranks WHERE tenant_id = $1 ORDER BY number, ordinal"
+_MEMBERS = """
+SELECT number, rank_ordinal, member, active FROM pbx.rank_members WHERE tenant_id = $1
+ORDER BY number, rank_ordinal, ordinal
+"""
+# The per-call statement: the tenant's current identity and version, and the contacts. Always one
+# row while the tenant exists (the LEFT JOIN keeps it when nobody is registered).
+_CHECK = """
+SELECT t.name, t.domain, coalesce(v.version, 0) AS version, c.endpoint, c.id
+FROM pbx.tenants t
+LEFT JOIN pbx.routing_versions v ON v.tenant_id = t.id
+LEFT JOIN LATERAL (SELECT pc.endpoint, pc.id FROM public.ps_contacts pc WHERE pc.endpoint = ANY ($2::text[])) c
+    ON true
+WHERE t.id = $1
+ORDER BY c.id
+"""
+
+_MEMO_LIMIT = 4096
+
+
+@dataclass
+class TenantSnapshot:
+    """One tenant's routing data as of one committed state (its routing `version`)."""
+
+    tenant_id: int
+    name: str
+    domain: str
+    version: int
+    directory: Directory
+    owners: Mapping[str, tuple[str, ...]]  # endpoint name -> every extension listing it
+    _memo: dict[tuple[str, str, str], list[str]] = field(default_factory=dict, repr=False)
+
+    def endpoint_ids(self, caller: str, called: str, endpoint: str) -> list[str]:
+        """Asterisk ids (`name@domain`) of the endpoints whose contacts this call may need.
+
+        The same extensions as the uncached loader reads (so both return the same contacts): the
+        caller, the called number, the trunks, the extensions owning the arrival endpoint, and
+        everything reachable from them through rank members and forwards within the depth limit.
+        """
+        key = (caller, called, endpoint)
+        ids = self._memo.get(key)
+        if ids is None:
+            if len(self._memo) >= _MEMO_LIMIT:
+                self._memo.clear()
+            ids = self._memo[key] = self._reach(caller, called, endpoint)
+        return ids
+
+    def _reach(self, caller: str, called: str, endpoint: str) -> list[str]:
+        exts = self.directory.extensions
+        seen = {n for n in (caller, called) if n in exts}
+        seen.update(self.directory.trunks)
+        seen.update(self.owners.get(endpoint, ()))
+        frontier = list(seen)
+        for _ in range(MAX_DEPTH + 1):
+            nxt = []
+            for number in frontier:
+                ext = exts[number]
+                targets = [m.number for r in ext.ranks for m in r.members]
+                if ext.forward is not None:
+                    targets.append(ext.forward.to)
+                for t in targets:
+                    if t not in seen and t in exts:
+                        seen.add(t)
+                        nxt.append(t)
+            if not nxt:
+                break
+            frontier = nxt
+        names = sorted({ep for n in seen for ep in exts[n].endpoints})
+        return [f"{ep}@{self.domain}" for ep in names]
+
+    def contacts(self, rows: Iterable[Mapping[str, Any]]) -> dict[str, list[str]]:
+        cut = len(self.domain) + 1
+        out: dict[str, list[str]] = {}
+        for r in rows:
+            if r["id"] is not None:
+                out.setdefault(r["endpoint"][:-cut], []).append(r["id"])
+        return out
+
+
+def _build(
+    ext_rows: Sequence[Mapping[str, Any]],
+    ep_rows: Sequence[Mapping[str, Any]],
+    rank_rows: Sequence[Mapping[str, Any]],
+    member_rows: Sequence[Mapping[str, Any]],
+) -> dict[str, Extension]:
+    endpoints: dict[str, list[str]] = {}
+    for r in ep_rows:
+        endpoints.setdefault(r["number"], []).append(r["name"])
+    members: dict[tuple[str, int], list[Member]] = {}
+    for r in member_rows:
+        members.setdefault((r["number"], r["rank_ordinal"]), []).append(Member(r["member"], r["active"]))
+    ranks: dict[str, list[Rank]] = {}
+    for r in rank_rows:
+        ranks.setdefault(r["number"], []).append(
+            Rank(r["mode"], r["delay_ms"], tuple(members.get((r["number"], r["ordinal"]), ())))
+        )
+    out: dict[str, Extension] = {}
+    for r in ext_rows:
+        n = r["number"]
+        fwd = r["forward_mode"]
+        out[n] = Extension(
+            number=n,
+            type=r["type"],
+            name=r["name"] or "",
+            short_name=r["short_name"],
+            endpoints=tuple(endpoints.get(n, ())),
+            call_waiting=r["call_waiting"],
+            dialout=r["dialout"],
+            outgoing_number=r["outgoing_number"],
+            outgoing_name=r["outgoing_name"],
+            ringback=r["ringback"],
+            language=r["language"],
+            forward=Forward(fwd, r["forward_to"], r["forward_delay_ms"] or 0) if fwd is not None else None,
+            ranks=tuple(ranks.get(n, ())),
+        )
+    return out
+
+
+async def load_snapshot(conn: asyncpg.Connection, tenant: str) -> TenantSnapshot:
+    """Every piece of a tenant's routing data, read in one consistent snapshot."""
+    async with conn.transaction(isolation="repeatable_read", readonly=True):
+        t = await conn.fetchrow(_TENANT, tenant)
+        if t is None:
+            raise UnknownTenant(tenant)
+        tid = t["id"]
+        exts = _build(
+            await conn.fetch(_EXTENSIONS, tid),
+            await conn.fetch(_ENDPOINTS, tid),
+            await conn.fetch(_RANKS, tid),
+            await conn.fetch(_MEMBERS, tid),
+        )
+    owners: dict[str, tuple[str, ...]] = {}
+    for ext in exts.values():
+        for ep in ext.endpoints:
+            owners[ep] = (*owners.get(ep, ()), ext.number)
+    return TenantSnapshot(tid, t["name"], t["domain"], t["version"], Directory.build(tenant, exts), owners)
+
+
+@dataclass
+class CacheStats:
+    hits: int = 0  # calls routed from a snapshot
+    misses: int = 0  # calls routed by the uncached loader (no snapshot, or an outdated one)
+    loads: int = 0  # snapshots loaded and kept
+    discarded: int = 0  # snapshots loaded but outdated by a notification during the load
+    notifications: int = 0
+    connects: int = 0  # LISTEN connections established
+
+
+class RoutingData:
+    """The routing data a call needs, from memory where that is exact, else from the database.
+
+    `for_call` is the call path; `listen` is the task that keeps the memory fresh (run it for as
+    long as the service lives). Snapshots are loaded on the pool's connections, in the background.
+    """
+
+    def __init__(self, pool: asyncpg.Pool, *, keepalive_s: float = 10.0, retry_s: float = 0.5) -> None:
+        self._pool = pool
+        self._keepalive_s = keepalive_s
+        self._retry_s = retry_s
+        self._snaps: dict[str, TenantSnapshot] = {}
+        self._loading: dict[str, asyncio.Task[None]] = {}
+        self._again: set[str] = set()
+        # Invalidation clock: a load that began before the last notification of its tenant (or
+        # before the last drop of everything) is outdated when it ends and is not kept.
+        self._clock = 0
+        self._notified_at: dict[int, int] = {}
+        self._dropped_all_at = 0
+        self._changed = asyncio.Condition()
+        self.stats = CacheStats()
+        self.listener_pid: int | None = None
+        self.listening = asyncio.Event()
+
+    # --- the call path ---------------------------------------------------------------------------
+    async def for_call(
+        self, conn: asyncpg.Connection, tenant: str, caller: str, called: str, endpoint: str | None = None
+    ) -> CallData:
+        """What `load_for_call` returns for this call (the directory may hold more extensions).
+
+        `endpoint`: the PJSIP endpoint name the call arrived on (None when unauthenticated or not
+        given, as for `load_for_call`). Raises UnknownTenant.
+        """
+        snap = self._snaps.get(tenant)
+        if snap is not None:
+            rows = await conn.fetch(_CHECK, snap.tenant_id, snap.endpoint_ids(caller, called, endpoint or ""))
+            if rows and (rows[0]["version"], rows[0]["name"], rows[0]["domain"]) == (
+                snap.version,
+                snap.name,
+                snap.domain,
+            ):
+                self.stats.hits += 1
+                return CallData(snap.directory, snap.contacts(rows), snap.domain, cached=True)
+            if self._snaps.get(tenant) is snap:
+                del self._snaps[tenant]
+        self.stats.misses += 1
+        self.refresh(tenant)
+        return await load_for_call(conn, tenant, caller, called, endpoint)
+
+    # --- snapshots ---------------------------------------------------------------------------------
+    def snapshot(self, tenant: str) -> TenantSnapshot | None:
+        return self._snaps.get(tenant)
+
+    def refresh(self, tenant: str) -> None:
+        """Load the tenant's snapshot in the background (at most one load per tenant at a time)."""
+        if tenant in self._loading:
+            self._again.add(tenant)  # the running load may predate the change that asked for this
+            return
+        task = asyncio.get_running_loop().create_task(self._load_loop(tenant))
+        self._loading[tenant] = task
+        task.add_done_callback(lambda _t: self._loading.pop(tenant, None))
+
+    async def preload(self, tenant: str) -> TenantSnapshot:
+        """Load the tenant now and keep it (service start, tests). Raises UnknownTenant."""
+        while True:
+            snap = await self._load_once(tenant)
+            if snap is not None:
+                return snap
+
+    async def preload_all(self) -> None:
+        async with self._pool.acquire() as conn:
+            names = [r["name"] for r in await conn.fetch("SELECT name FROM pbx.tenants ORDER BY name")]
+        for name in names:
+            try:
+                await self.preload(name)
+            except UnknownTenant:
+                pass
+
+    async def wait_for(self, predicate: Callable[[], bool], timeout: float) -> None:
+        """Wait until `predicate()` holds, re-checked after every change of the cache (for tests)."""
+        async with self._changed:
+            await asyncio.wait_for(self._changed.wait_for(predicate), timeout)
+
+    async def _load_once(self, tenant: str) -> TenantSnapshot | None:
+        """Load and keep a snapshot; None when a notification made it outdated during the load."""
+        self._again.discard(tenant)
+        started = self._clock
+        try:
+            async with self._pool.acquire() as conn:
+                snap = await load_snapshot(conn, tenant)
+        except UnknownTenant:
+            self._snaps.pop(tenant, None)
+            raise
+        if self._outdated(snap.tenant_id, started):
+            self.stats.discarded += 1
+            return None
+        current = self._snaps.get(tenant)
+        # Versions only grow for one tenant id: never replace a newer snapshot by an older one.
+        if current is None or current.tenant_id != snap.tenant_id or current.version <= snap.version:
+            self._snaps[tenant] = snap
+            self.stats.loads += 1
+            await self._notify_change()
+        return snap
+
+    async def _load_loop(self, tenant: str) -> None:
+        # Bounded: under a storm of edits the calls keep being routed uncached, and the next call
+        # after the storm starts a new load.
+        for _ in range(5):
+            try:
+                snap = await self._load_once(tenant)
+            except UnknownTenant:
+                await self._notify_change()
+                return
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                _log.warning("routing cache: cannot load tenant %s: %s", tenant, exc)
+                return
+            if snap is not None and tenant not in self._again:
+                return
+
+    def _outdated(self, tenant_id: int, started: int) -> bool:
+        return self._notified_at.get(tenant_id, 0) > started or self._dropped_all_at > started
+
+    async def _notify_change(self) -> None:
+        async with self._changed:
+            self._changed.notify_all()
+
+    # --- invalidation ------------------------------------------------------------------------------
+    def invalidate(self, tenant_id: int | None = None) -> None:
+        """Forget one tenant (by id) or everything; loads running now will not be kept."""
+        self._clock += 1
+        if tenant_id is None:
+            self._dropped_all_at = self._clock
+            self._snaps.clear()
+        else:
+            self._notified_at[tenant_id] = self._clock
+            for name in [n for n, s in self._snaps.items() if s.tenant_id == tenant_id]:
+                del self._snaps[name]
+                self.refresh(name)
+        asyncio.get_running_loop().create_task(self._notify_change())
+
+    def _on_notification(self, _conn: object, _pid: int, _channel: str, payload: str) -> None:
+        self.stats.notifications += 1
+        try:
+            tenant_id = int(payload)
+        except ValueError:
+            _log.warning("routing cache: ignoring notification %r", payload)
+            return
+        self.invalidate(tenant_id)
+
+    async def listen(self) -> None:
+        """LISTEN for routing changes until cancelled; reconnects, dropping the cache each time
+        (changes made while nobody listened were not heard)."""
+        delay = self._retry_s
+        while True:
+            try:
+                await self._listen_once()
+                delay = self._retry_s
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
+                _log.warning("routing cache: LISTEN connection lost: %s", exc)
+            finally:
+                self.listening.clear()
+                self.listener_pid = None
+                self.invalidate()
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 10.0)
+
+    async def _listen_once(self) -> None:
+        lost = asyncio.Event()
+
+        def on_lost(_conn: object) -> None:
+            lost.set()
+
+        async with self._pool.acquire() as conn:
+            conn.add_termination_listener(on_lost)
+            try:
+                await conn.add_listener(NOTIFY_CHANNEL, self._on_notification)
+                # Only now is every later change heard: forget what was loaded before.
+                self.invalidate()
+                self.stats.connects += 1
+                self.listener_pid = conn.get_server_pid()
+                self.listening.set()
+                await self._notify_change()
+                while not lost.is_set():
+                    try:
+                        await asyncio.wait_for(lost.wait(), self._keepalive_s)
+                    except TimeoutError:
+                        # A half-open TCP connection never reports its loss: ask.
+                        await conn.fetchval("SELECT 1", timeout=self._keepalive_s)
+            finally:
+                conn.remove_termination_listener(on_lost)
+                if not conn.is_closed():
+                    await conn.remove_listener(NOTIFY_CHANNEL, self._on_notification)
