@@ -11,7 +11,7 @@ from pathlib import Path
 import asyncpg
 from aiohttp.test_utils import TestClient, TestServer
 
-from ari_app.route_api import make_app
+from ari_app.route_api import ROUTING, make_app
 from sorcery_backend.apply import apply_config
 from sorcery_backend.declarative import parse_config
 
@@ -36,32 +36,67 @@ CONFIG = {
 }
 
 
-async def test_route_endpoint_returns_tree_and_first_commands(db: str) -> None:
+async def test_route_endpoint_returns_first_commands_and_the_tree_on_request(db: str) -> None:
     conn = await asyncpg.connect(db)
     await apply_config(conn, parse_config(CONFIG))
     await conn.execute(
         "INSERT INTO ps_contacts (id, uri, endpoint) VALUES ('1002@t.example^3B@a', 'sip:x', '1002@t.example')"
     )
     await conn.close()
-    pool = await asyncpg.create_pool(db, min_size=1, max_size=2)
+    pool = await asyncpg.create_pool(db, min_size=1, max_size=3)
     try:
         async with TestClient(TestServer(make_app(pool))) as client:
-            resp = await client.get("/route", params={"tenant": "t", "caller": "1001", "called": "2000"})
+            params = {"tenant": "t", "caller": "1001", "called": "2000"}
+            resp = await client.get("/route", params=params)
             assert resp.status == 200
             body = await resp.json()
-            assert body["status"] == "ok"
-            assert body["tree"]["tree"]["ranks"][1] == {
+            assert body["status"] == "ok" and "tree" not in body
+            kinds = [(c["command"], c.get("device"), c.get("callername")) for c in body["commands"]]
+            assert ("RingDevice", "1002@t.example^3B@a", "[T] Alice") in kinds
+            assert any(c["command"] == "StartTimer" and c["at_ms"] == 5000 for c in body["commands"])
+            explained = await (await client.get("/route", params={**params, "explain": "1"})).json()
+            assert explained["commands"] == body["commands"]
+            assert explained["tree"]["tree"]["ranks"][1] == {
                 "mode": "next",
                 "delay_ms": 5000,
                 "members": [{"number": "1003", "name": "Carol", "kind": "user", "depth": 1, "endpoints": ["1003"]}],
             }
-            kinds = [(c["command"], c.get("device"), c.get("callername")) for c in body["commands"]]
-            assert ("RingDevice", "1002@t.example^3B@a", "[T] Alice") in kinds
-            assert any(c["command"] == "StartTimer" and c["at_ms"] == 5000 for c in body["commands"])
             assert (await client.get("/route", params={"tenant": "nope", "caller": "1", "called": "2"})).status == 404
             assert (await client.get("/route", params={"tenant": "t"})).status == 400
     finally:
         await pool.close()
+
+
+async def test_route_api_serves_from_the_cache_and_sees_an_sql_edit_at_once(db: str) -> None:
+    conn = await asyncpg.connect(db)
+    try:
+        await apply_config(conn, parse_config(CONFIG))
+        pool = await asyncpg.create_pool(db, min_size=1, max_size=3)
+        try:
+            app = make_app(pool)
+            async with TestClient(TestServer(app)) as client:
+                routing = app[ROUTING]
+                # The app loads every tenant once its LISTEN connection is up.
+                await routing.wait_for(lambda: routing.snapshot("t") is not None, 15)
+                params = {"tenant": "t", "caller": "1001", "called": "2000"}
+                body = await (await client.get("/route", params=params)).json()
+                assert body["cached"] is True and body["status"] == "ok"
+                await conn.execute(
+                    "UPDATE pbx.extensions SET short_name = 'NEW' WHERE number = '2000' AND "
+                    "tenant_id = (SELECT id FROM pbx.tenants WHERE name = 't')"
+                )
+                await conn.execute(
+                    "INSERT INTO ps_contacts (id, uri, endpoint) "
+                    "VALUES ('1002@t.example^3B@a', 'sip:x', '1002@t.example')"
+                )
+                # No waiting for the notification: the very next request routes on the edit.
+                body = await (await client.get("/route", params=params)).json()
+                rings = [c for c in body["commands"] if c["command"] == "RingDevice"]
+                assert [(c["device"], c["callername"]) for c in rings] == [("1002@t.example^3B@a", "[NEW] Alice")]
+        finally:
+            await pool.close()
+    finally:
+        await conn.close()
 
 
 async def test_explain_from_the_database_with_svg(db: str, tmp_path: Path) -> None:
