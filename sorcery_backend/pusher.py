@@ -263,6 +263,7 @@ class NodeWorker:
         self._wake.clear()
         self._first_notify = None
         while True:
+            t0 = time.perf_counter()
             rows = [
                 PendingRow(r["seq"], r["view"], r["object_id"], r["op"])
                 for r in await conn.fetch(
@@ -274,10 +275,24 @@ class NodeWorker:
             ]
             if not rows:
                 return
+            t1 = time.perf_counter()
             counts = await self._cache_counts(session, rows)
             plan = plan_batch(rows, counts.get, whole_cache_min=self.settings.whole_cache_min)
             await self._ensure_contexts(conn, session, [r.object_id for r in rows if r.view == "ps_endpoints"])
+            t2 = time.perf_counter()
             await self._run_plan(conn, session, plan, rows)
+            t3 = time.perf_counter()
+            whole = [a.as_dict["Cache"] for a in plan.actions if a.name == "SorceryMemoryCacheExpire"]
+            log.info(
+                "node %s: %d changes in %d actions%s (read %.0f ms, plan %.0f ms, send+ack %.0f ms)",
+                self.node.name,
+                len(rows),
+                len(plan.actions),
+                f", whole-cache expiry of {', '.join(whole)}" if whole else "",
+                (t1 - t0) * 1000,
+                (t2 - t1) * 1000,
+                (t3 - t2) * 1000,
+            )
             if len(rows) < self.settings.batch_rows:
                 return
 
