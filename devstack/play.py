@@ -183,6 +183,7 @@ async def play(scenario: Mapping[str, Any], target: PlayTarget, horizon_s: float
         conn = await asyncpg.connect(target.database_url)
         try:
             await apply_config(conn, config)
+            await _wait_pushed(conn)
             await _read_credentials(conn, plan)
             if caller_endpoint not in plan.passwords:
                 raise PlayError(f"call: the caller's endpoint {caller_endpoint} has no auth password to call with")
@@ -220,6 +221,20 @@ def _first_endpoint(scenario: Mapping[str, Any], tenant: str, caller: str) -> st
     if not endpoints:
         raise PlayError(f"call: caller {caller} has no endpoint to call from (set call.endpoint)")
     return str(endpoints[0])
+
+
+async def _wait_pushed(conn: asyncpg.Connection, timeout: float = 30.0) -> None:
+    """Until every connected node has the applied change (cached objects expired, endpoint contexts
+    created): a call placed before that could meet yesterday's endpoint or a missing context."""
+    deadline = time.monotonic() + timeout
+    query = (
+        "SELECT n.name FROM pbx.push_pending p JOIN pbx.nodes n ON n.id = p.node_id "
+        "JOIN pbx.node_state s ON s.node_id = p.node_id WHERE s.connected LIMIT 1"
+    )
+    while (node := await conn.fetchval(query)) is not None:
+        if time.monotonic() > deadline:
+            raise PlayError(f"the config change did not reach node {node} within {timeout:g}s (pbxctl push status)")
+        await asyncio.sleep(0.02)
 
 
 async def _forget_contacts(conn: asyncpg.Connection, domain: str) -> None:

@@ -212,3 +212,33 @@ def test_endpoint_of_a_pjsip_channel() -> None:
     ch = Channel.model_validate({"id": "1", "name": "PJSIP/1001@acme.example-0000002a", "state": "Up"})
     assert endpoint_of(ch) == "1001@acme.example"
     assert endpoint_of(Channel.model_validate({"id": "2", "name": "Local/x@y-0001;1", "state": "Up"})) is None
+
+
+async def test_endpoint_watch_refused_on_a_fresh_node_is_retried_by_the_first_call() -> None:
+    from ari_app.ari import AriError
+
+    r = Rig()
+    answers = iter([AriError(422, "Event source does not exist"), None])
+
+    def subscribe(req: FakeRequest) -> None:
+        answer = next(answers)
+        if answer is not None:
+            raise answer
+
+    r.fake.route("POST", "/applications/pbx/subscription", subscribe)
+    r.fake.route(
+        "GET",
+        "/endpoints/PJSIP",
+        [{"technology": "PJSIP", "resource": "1002@t.example", "state": "online", "channel_ids": ["X"]}],
+    )
+    task = asyncio.create_task(r.controller.run())
+    try:
+        await r.until("connected", lambda: r.fake.calls("GET", "/bridges"))
+        r.fake.push(stasis_start("A", "1002"))
+        hangup = await r.until("busy: the watch came up with the call", lambda: r.hangups("A"))
+        assert hangup[0].params == {"reason_code": "17"}
+        assert len(r.fake.calls("POST", "/applications/pbx/subscription")) == 2
+    finally:
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task

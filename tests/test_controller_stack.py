@@ -107,7 +107,7 @@ tenants:
       "1001": {type: simple, name: Alice, endpoints: ["1001"]}
       "1002": {type: simple, name: Bob, endpoints: ["1002"], call_waiting: false}
       "1003": {type: simple, name: Carol, endpoints: ["1003"]}
-      "1004": {type: simple, name: Dave, endpoints: ["1004"]}
+      "1004": {type: simple, name: Dave, endpoints: ["1004"], ringback: tone-de}
 """
 
 
@@ -118,6 +118,7 @@ class Phones:
         self.stack = stack
         self.tmp = tmp
         self.procs: list[SippProcess] = []
+        self.started = 0.0
 
     def _proc(self, name: str) -> SippProcess:
         d = self.tmp / f"{name}-{len(self.procs)}"
@@ -127,11 +128,12 @@ class Phones:
         return proc
 
     def device(self, user: str, behaviour: dict[str, Any]) -> SippProcess:
+        """``answer_at``/``reject_at`` count from when the device starts (``self.started``)."""
         proc = self._proc(f"dev-{user}")
         r = sipp.register(self.stack.settings.sip_addr, user, "conf.example", f"pw-{user}", local_port=proc.port)
         assert r.final == 200, (r.responses, r.stderr)
-        start = int(time.time() * 1000)
-        proc.start(self.stack.settings.sip_addr, device_xml(behaviour, start), ["-"], 120)
+        self.started = time.time()
+        proc.start(self.stack.settings.sip_addr, device_xml(behaviour, int(self.started * 1000)), ["-"], 120)
         return proc
 
     def call(self, user: str, number: str, *, horizon_s: float = 60, talk_s: float = 1) -> SippProcess:
@@ -300,3 +302,20 @@ def test_controller_restarted_during_a_call_keeps_the_bridge(stack: Stack, phone
     assert alice.wait(30) == 0
     assert bob.wait(15) == 0 and bob.got("BYE")
     wait_for("no channel left", lambda: not channels(stack))
+
+
+def test_a_ringback_tone_is_early_media_and_the_call_is_counted(stack: Stack, phones: Phones) -> None:
+    dave = phones.device("1004", {"answer_at": 1.0})  # rings for a second: long enough to hear the tone
+    alice = phones.call("1001", "1004", talk_s=0.5)
+    assert alice.wait(30) == 0
+    received = [m.first_line for m in read_trace(alice.trace_path.read_text()) if m.direction == "received"]
+    assert "SIP/2.0 183 Session Progress" in received  # the German ring tone, played by Asterisk
+    assert received.index("SIP/2.0 183 Session Progress") < received.index("SIP/2.0 200 OK")
+    assert dave.wait(10) == 0
+
+    async def metrics() -> str:
+        async with aiohttp.ClientSession() as http, http.get(f"{serve_url(stack)}/metrics") as resp:
+            return await resp.text()
+
+    text = asyncio.run(metrics())
+    assert 'pbx_calls_total{result="answered"}' in text and "pbx_routing_seconds_count" in text, text

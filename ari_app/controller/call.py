@@ -101,6 +101,7 @@ class LiveCall:
         self.legs: dict[int, Leg] = {}
         self.by_channel: dict[str, Leg] = {}
         self.result: str | None = None
+        self.ringback: str | None = None  # the playback id of a ringback tone, stopped on answer
         self.caller_gone = False
         self._bridge = bridge
         self._on_finished = on_finished

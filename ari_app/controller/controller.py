@@ -91,6 +91,7 @@ class Controller:
         self._arriving: dict[str, bool] = {}  # caller channel id -> hung up during lookup
         self._tasks: set[asyncio.Task[None]] = set()
         self._orphan_candidates: set[str] = set()
+        self._subscribed = False
 
     # -- running ------------------------------------------------------------------------------
     async def run(self) -> None:
@@ -159,6 +160,8 @@ class Controller:
         try:
             # 180 to the caller while we route: the ringback is the caller's own phone's.
             ring = asyncio.create_task(self.ari.channels.ring(ch.id))
+            if not self._subscribed:
+                await self._watch_endpoints()
             if endpoint_id is None:
                 routed_status, routed = "error:failure", None
             else:
@@ -202,10 +205,30 @@ class Controller:
         self._owner[ch.id] = call
         self.metrics.set("pbx_calls_active", len(self.calls) + len(self.conferences))
         log.info("routed in %.1f ms", (time.perf_counter() - started) * 1000)
+        dialed = routed.data.directory.extensions.get(called)
+        if dialed is not None and dialed.ringback:
+            call.ringback = await self._start_ringback(ch.id, dialed.ringback, log)
         call.feed(Start())
         mine.update(call.by_channel)
 
+    async def _start_ringback(self, channel_id: str, ringback: str, log: CallLog) -> str | None:
+        """``tone-<zone>`` (e.g. tone-de): the country's ring tone as early media (183) instead of the
+        caller's own phone ringing. Other values are not known and leave the 180."""
+        if not ringback.startswith("tone-"):
+            log.warning("ringback %r not understood (tone-<country>); the caller's phone rings", ringback)
+            return None
+        playback_id = f"{channel_id}-ringback"
+        try:
+            await self.ari.channels.progress(channel_id)
+            await self.ari.channels.play(channel_id, f"tone:ring;tonezone={ringback[5:]}", playback_id=playback_id)
+        except AriError as exc:
+            log.warning("ringback %s: %s", ringback, exc)
+            return None
+        return playback_id
+
     async def _bridge(self, call: LiveCall, leg: Any) -> None:
+        if call.ringback is not None:
+            await self._stop_playback(call.ringback)
         conf = Conference(self.ari, call.call_id, call.log, self._conference_closed, tenant_domain=call.domain)
         self.conferences[call.call_id] = conf
         self._owner[call.caller.id] = conf
@@ -259,9 +282,8 @@ class Controller:
     # -- (re)connecting ----------------------------------------------------------------------
     async def _connected(self, reconnected: bool) -> None:
         """Catch up with what happened while no events reached us (or before this process)."""
-        await self.ari.applications.subscribe("endpoint:PJSIP")
-        endpoints = await self.ari.endpoints.list("PJSIP")
-        self.presence.reset((e.resource, e.channel_ids) for e in endpoints)
+        self._subscribed = False
+        await self._watch_endpoints()
         channels = {c.id: c for c in await self.ari.channels.list()}
         bridges = await self.ari.bridges.list()
         how = "again" if reconnected else "first"
@@ -319,6 +341,22 @@ class Controller:
             asyncio.get_running_loop().call_later(ORPHAN_GRACE_S, lambda: self._spawn(self._reap_orphans()))
         self.metrics.set("pbx_calls_active", len(self.calls) + len(self.conferences))
 
+    async def _watch_endpoints(self) -> bool:
+        """Subscribe to every PJSIP endpoint's channels and seed presence. Asterisk refuses (422)
+        while no PJSIP endpoint exists yet (a fresh node): then the next call tries again, and
+        the channel it arrived on proves one exists."""
+        if self._subscribed:
+            return True
+        try:
+            await self.ari.applications.subscribe("endpoint:PJSIP")
+        except AriError as exc:
+            logger.info("not watching PJSIP endpoints yet: %s", exc)
+            return False
+        self._subscribed = True
+        endpoints = await self.ari.endpoints.list("PJSIP")
+        self.presence.reset((e.resource, e.channel_ids) for e in endpoints)
+        return True
+
     async def _reap_orphans(self) -> None:
         orphans = [c for c in self._orphan_candidates if c not in self._owner and c not in self._arriving]
         self._orphan_candidates.clear()
@@ -351,6 +389,12 @@ class Controller:
         }
 
     # -- helpers -----------------------------------------------------------------------------
+    async def _stop_playback(self, playback_id: str) -> None:
+        try:
+            await self.ari.transport.request("DELETE", f"/playbacks/{playback_id}", params=None, json=None, timeout=5)
+        except AriError:
+            pass  # already over
+
     async def _hangup(self, channel_id: str, *, code: int | None = None, reason: str | None = None) -> None:
         try:
             await self.ari.channels.hangup(channel_id, reason=reason, reason_code=code)
