@@ -6,9 +6,14 @@ Data: 10k simple extensions (each with its endpoint), a group tree of depth 6 wi
 of 6. Cases: a simple call, the group tree, the forward chain.
 
 Figures:
-- in-process: `load_for_call` (one query) + stage 1 + stage 2 + the fork's first commands;
-- HTTP, like for like: our `GET /route` (served by `pbxctl serve`) against ywsd's web-only
-  `GET /stage1`, requests interleaved so both see the same machine noise.
+- in-process: the routing data (`RoutingData.for_call`: the tenant's directory from memory, its
+  routing version and the contacts of the reachable endpoints in one statement) + stage 1 +
+  stage 2 + the fork's first commands; against the same with the uncached loader (`load_for_call`,
+  one statement), interleaved; and the cached path split into its phases;
+- HTTP, like for like: our `GET /route` (served by `pbxctl serve`; the decision) and
+  `GET /route?explain=1` (the decision and the whole explained tree) against ywsd's web-only
+  `GET /stage1`, requests interleaved in random order so all see the same machine noise; and the
+  HTTP floor (a request our server refuses at once).
 
 ywsd comes from PyPI into its own venv (~/.cache/pbx/ywsd-venv), with its own schema in a second
 database of the same private cluster. Prints a JSON object as its LAST line.
@@ -38,6 +43,7 @@ from devstack.postgres import PostgresCluster, free_port
 from routing.stage1 import CallRequest
 from sorcery_backend.apply import apply_config
 from sorcery_backend.declarative import parse_config
+from sorcery_backend.routing_cache import RoutingData
 from sorcery_backend.routing_loader import load_for_call
 from sorcery_backend.schema import migrate
 
@@ -81,6 +87,7 @@ async def load_ours(dsn: str, cfg: dict[str, Any]) -> None:
             "'sip:' || n || '@127.0.0.1:5999', n || '@bench.example' FROM unnest($1::text[]) AS n",
             USERS,
         )
+        await conn.execute("ANALYZE")  # a warm database has statistics (autovacuum would get there)
     finally:
         await conn.close()
 
@@ -121,6 +128,7 @@ async def load_ywsd(dsn: str, cfg: dict[str, Any]) -> None:
                        VALUES ($1, $2, 'DEFAULT', true)""",
                     [(rid, ids[m]) for m in rank["members"]],
                 )
+        await conn.execute("ANALYZE")
     finally:
         await conn.close()
 
@@ -141,50 +149,136 @@ async def wait_http(url: str, proc: subprocess.Popen[bytes], what: str, log: Pat
     raise RuntimeError(f"{what} did not answer at {url} within 60 s: {log.read_text()[-800:]}")
 
 
-async def measure(our_dsn: str, ours_url: str, ywsd_url: str | None, rounds: int) -> dict[str, Any]:
-    from ari_app.route_api import decide
+def _ms(samples: list[float], p: float) -> float:
+    return round(percentile(samples, p) * 1000, 3)
+
+
+async def measure_inproc(dsn: str, rounds: int) -> dict[str, Any]:
+    """The routing decision in process: uncached (`load_for_call`, one statement) against the
+    routing cache (`RoutingData.for_call`: the version check + the contacts), interleaved; and where
+    the cached path spends its time."""
+    from ari_app.route_api import _Contacts, decide
+    from routing.fork import Fork, Start
+    from routing.stage1 import build_tree
 
     out: dict[str, Any] = {}
-    conn = await asyncpg.connect(our_dsn)
-    rng = random.Random(3)
+    pool = await asyncpg.create_pool(dsn, min_size=1, max_size=2)
+    conn = await asyncpg.connect(dsn)
+    rng = random.Random(5)
     try:
+        routing = RoutingData(pool)
+        await routing.preload("bench")
         for case, (caller, called) in CASES.items():
-            samples = []
+            call = CallRequest("bench", caller, called)
+            plain: list[float] = []
+            cached: list[float] = []
+            phases: dict[str, list[float]] = {"db": [], "stage1": [], "fork": [], "json": []}
             for _ in range(rounds):
-                t0 = time.perf_counter()
-                data = await load_for_call(conn, "bench", caller, called, caller)
-                decision = decide(data, CallRequest("bench", caller, called))
-                samples.append(time.perf_counter() - t0)
+                first_plain = rng.random() < 0.5
+                for who in ("plain", "cached") if first_plain else ("cached", "plain"):
+                    t0 = time.perf_counter()
+                    if who == "plain":
+                        data = await load_for_call(conn, "bench", caller, called, caller)
+                        decision = decide(data, call)
+                        plain.append(time.perf_counter() - t0)
+                        continue
+                    data = await routing.for_call(conn, "bench", caller, called, caller)
+                    t1 = time.perf_counter()
+                    tree = build_tree(data.directory, call)
+                    t2 = time.perf_counter()
+                    fork = Fork(tree, called, _Contacts(data.contacts))
+                    commands = [{"command": type(c).__name__, **vars(c)} for c in fork.handle(Start(), 0)]
+                    t3 = time.perf_counter()
+                    json.dumps({"status": tree.status, "commands": commands})
+                    t4 = time.perf_counter()
+                    cached.append(t3 - t0)
+                    for k, a, b in (("db", t0, t1), ("stage1", t1, t2), ("fork", t2, t3), ("json", t3, t4)):
+                        phases[k].append(b - a)
+                    assert data.cached, case
             assert decision["status"] == "ok" and decision["commands"], (case, decision)
-            out[f"inproc_{case}_p50_ms"] = round(percentile(samples, 50) * 1000, 3)
-            out[f"inproc_{case}_p99_ms"] = round(percentile(samples, 99) * 1000, 3)
+            assert decide(data, call) == decision, case
+            out[f"inproc_{case}_p50_ms"] = _ms(cached, 50)
+            out[f"inproc_{case}_p99_ms"] = _ms(cached, 99)
+            out[f"inproc_uncached_{case}_p50_ms"] = _ms(plain, 50)
+            out[f"inproc_uncached_{case}_p99_ms"] = _ms(plain, 99)
+            out[f"inproc_{case}_cache_speedup"] = round(percentile(plain, 50) / percentile(cached, 50), 2)
+            for k, v in phases.items():
+                out[f"inproc_{case}_{k}_p50_ms"] = _ms(v, 50)
     finally:
         await conn.close()
+        await pool.close()
+    return out
 
+
+async def wait_cached(ours_url: str) -> None:
+    """pbxctl serve loads its tenants in the background: measure once the cache serves."""
+    deadline = time.monotonic() + 60
+    params = {"tenant": "bench", "caller": "10000", "called": "10001"}
     async with aiohttp.ClientSession() as http:
+        while time.monotonic() < deadline:
+            async with http.get(ours_url, params=params) as r:
+                if (await r.json()).get("cached"):
+                    return
+            await asyncio.sleep(0.1)
+    raise RuntimeError("pbxctl serve did not serve /route from its cache within 60 s")
+
+
+async def measure_http(ours_url: str, ywsd_url: str | None, rounds: int) -> dict[str, Any]:
+    """Like for like over HTTP, interleaved in random order per round: our /route (the decision),
+    our /route?explain=1 (the decision and the whole explained tree), ywsd's /stage1 (its tree);
+    and the floor: a /route refused at once (400), which is aiohttp's and the client's own cost."""
+    out: dict[str, Any] = {}
+    rng = random.Random(3)
+    async with aiohttp.ClientSession() as http:
+
+        async def get(url: str, params: dict[str, str]) -> tuple[int, Any]:
+            async with http.get(url, params=params) as r:
+                return r.status, await r.json()
+
+        for _ in range(20):  # warm both servers (connections, ywsd's own caches) before timing
+            await get(ours_url, {"tenant": "bench", "caller": "10000", "called": "3000"})
+            if ywsd_url:
+                await get(ywsd_url, {"caller": "10000", "called": "3000"})
+        floor: list[float] = []
         for case, (caller, called) in CASES.items():
-            ours: list[float] = []
-            theirs: list[float] = []
+            samples: dict[str, list[float]] = {"ours": [], "explain": [], "ywsd": [], "floor": []}
+            server_us: list[float] = []
+            kinds = ["ours", "explain", "floor"] + (["ywsd"] if ywsd_url else [])
             for _ in range(rounds):
-                order = [("ours", ours), ("ywsd", theirs)] if ywsd_url else [("ours", ours)]
-                rng.shuffle(order)
-                for who, sink in order:
+                rng.shuffle(kinds)
+                for who in kinds:
+                    ours = {"tenant": "bench", "caller": caller, "called": called}
                     if who == "ours":
-                        url, params = ours_url, {"tenant": "bench", "caller": caller, "called": called}
+                        url, params = ours_url, ours
+                    elif who == "explain":
+                        url, params = ours_url, {**ours, "explain": "1"}
+                    elif who == "floor":
+                        url, params = ours_url, {"tenant": "bench"}
                     else:
                         assert ywsd_url is not None
                         url, params = ywsd_url, {"caller": caller, "called": called}
                     t0 = time.perf_counter()
-                    async with http.get(url, params=params) as r:
-                        body = await r.json()
-                    sink.append(time.perf_counter() - t0)
-                    ok = body.get("status") == "ok" if who == "ours" else body.get("routing_status") == "OK"
-                    assert r.status == 200 and ok, (who, case, str(body)[:300])
-            out[f"http_{case}_p50_ms"] = round(percentile(ours, 50) * 1000, 3)
-            out[f"http_{case}_p99_ms"] = round(percentile(ours, 99) * 1000, 3)
-            if theirs:
-                out[f"ywsd_{case}_p50_ms"] = round(percentile(theirs, 50) * 1000, 3)
-                out[f"ywsd_{case}_speedup"] = round(percentile(theirs, 50) / percentile(ours, 50), 2)
+                    status, body = await get(url, params)
+                    samples[who].append(time.perf_counter() - t0)
+                    if who == "floor":
+                        assert status == 400, body
+                    elif who == "ywsd":
+                        assert status == 200 and body.get("routing_status") == "OK", (case, str(body)[:300])
+                    else:
+                        assert status == 200 and body["status"] == "ok" and body["cached"], (case, str(body)[:300])
+                        if who == "ours":
+                            server_us.append(body["routing_time_us"] / 1e6)
+            floor += samples["floor"]
+            out[f"http_{case}_p50_ms"] = _ms(samples["ours"], 50)
+            out[f"http_{case}_p99_ms"] = _ms(samples["ours"], 99)
+            out[f"http_{case}_server_p50_ms"] = _ms(server_us, 50)
+            out[f"http_explain_{case}_p50_ms"] = _ms(samples["explain"], 50)
+            if ywsd_url:
+                ywsd = percentile(samples["ywsd"], 50)
+                out[f"ywsd_{case}_p50_ms"] = round(ywsd * 1000, 3)
+                out[f"ywsd_{case}_speedup"] = round(ywsd / percentile(samples["ours"], 50), 2)
+                out[f"ywsd_{case}_speedup_vs_explain"] = round(ywsd / percentile(samples["explain"], 50), 2)
+        out["http_floor_p50_ms"] = _ms(floor, 50)
     return out
 
 
@@ -225,6 +319,8 @@ def main() -> int:
                     cluster.dsn("ours"),
                     "--http",
                     f"127.0.0.1:{ours_port}",
+                    "--no-push",
+                    "--no-controller",
                 ],
                 stdout=ours_log.open("wb"),
                 stderr=subprocess.STDOUT,
@@ -263,7 +359,9 @@ def main() -> int:
             )
             ywsd_url = f"http://127.0.0.1:{ywsd_port}/stage1"
             asyncio.run(wait_http(ywsd_url, procs[-1], "ywsd", ylog))
-        result = asyncio.run(measure(cluster.dsn("ours"), ours_url, ywsd_url, rounds))
+        asyncio.run(wait_cached(ours_url))
+        result = asyncio.run(measure_inproc(cluster.dsn("ours"), rounds))
+        result.update(asyncio.run(measure_http(ours_url, ywsd_url, rounds)))
     finally:
         for p in procs:
             p.terminate()
@@ -273,6 +371,7 @@ def main() -> int:
     result["p99_ms"] = result["inproc_group_tree_p99_ms"]
     if "ywsd_group_tree_speedup" in result:
         result["ywsd_speedup_ratio"] = result["ywsd_group_tree_speedup"]
+        result["ywsd_speedup_ratio_explain"] = result["ywsd_group_tree_speedup_vs_explain"]
     for k, v in result.items():
         print(f"{k:32} {v}", file=sys.stderr)
     print(json.dumps(result))

@@ -55,13 +55,17 @@ SELECT number, rank_ordinal, member, active FROM pbx.rank_members WHERE tenant_i
 ORDER BY number, rank_ordinal, ordinal
 """
 # The per-call statement: the tenant's current identity and version, and the contacts. Always one
-# row while the tenant exists (the LEFT JOIN keeps it when nobody is registered).
+# row while the tenant exists (the LEFT JOIN keeps it when nobody is registered). One index probe
+# per endpoint (OFFSET 0 keeps the LATERAL a probe): `endpoint = ANY($2)` lets the planner pick a
+# sequential scan of ps_contacts (5 ms at 10k contacts) whenever its statistics are behind.
 _CHECK = """
 SELECT t.name, t.domain, coalesce(v.version, 0) AS version, c.endpoint, c.id
 FROM pbx.tenants t
 LEFT JOIN pbx.routing_versions v ON v.tenant_id = t.id
-LEFT JOIN LATERAL (SELECT pc.endpoint, pc.id FROM public.ps_contacts pc WHERE pc.endpoint = ANY ($2::text[])) c
-    ON true
+LEFT JOIN LATERAL (
+    SELECT e.ep AS endpoint, pc.id FROM unnest($2::text[]) AS e(ep),
+    LATERAL (SELECT id FROM public.ps_contacts WHERE endpoint = e.ep OFFSET 0) pc
+) c ON true
 WHERE t.id = $1
 ORDER BY c.id
 """
