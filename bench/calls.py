@@ -72,7 +72,7 @@ def phone(stack: Stack, tmp: Path, user: str, calls: int) -> SippProcess:
     r = sipp.register(stack.settings.sip_addr, user, "bench.example", f"pw-{user}", local_port=proc.port)
     if r.final != 200:
         raise SystemExit(f"REGISTER {user}: {r.responses} {r.stderr[-200:]}")
-    proc.start(stack.settings.sip_addr, device_xml({"answer_at": 0}, 0), ["-"], 3600)
+    proc.start(stack.settings.sip_addr, device_xml({"answer_at": 0}, 0), ["-"], 3600, calls=calls)
     assert proc.proc is not None
     return proc
 

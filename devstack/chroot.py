@@ -9,6 +9,7 @@ from __future__ import annotations
 import fcntl
 import os
 import shutil
+import socket
 import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -92,7 +93,19 @@ def mounted(root: Path) -> bool:
     return str(root / "proc") in _mountpoints()
 
 
+# Asterisk looks up its own address for every RTCP session it sets up while RTP is bound to the
+# any-address (main/acl.c ast_find_ourip): the host name, then A.ROOT-SERVERS.NET. Here the name
+# server is unreachable and such a lookup sometimes hangs for 5 s, stalling a call's setup. The
+# chroot's hosts file answers both at once; a node with working DNS does not need this.
+_HOSTS = """127.0.0.1 localhost
+127.0.0.1 A.ROOT-SERVERS.NET
+"""
+
+
 def mount(root: Path) -> None:
+    hosts = root / "etc" / "hosts"
+    if not hosts.exists() or hosts.read_text() != _HOSTS + f"127.0.0.1 {socket.gethostname()}\n":
+        hosts.write_text(_HOSTS + f"127.0.0.1 {socket.gethostname()}\n")
     points = _mountpoints()
     if str(root / "proc") not in points:
         subprocess.run(["mount", "-t", "proc", "proc", str(root / "proc")], check=True)

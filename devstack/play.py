@@ -102,11 +102,12 @@ class SippProcess:
     def trace_path(self) -> Path:
         return self.dir / "messages.log"
 
-    def start(self, sip_addr: str, xml: str, row: list[str], timeout_s: float) -> None:
+    def start(self, sip_addr: str, xml: str, row: list[str], timeout_s: float, *, calls: int = 1) -> None:
+        """``calls``: how many calls this process serves before it exits (a phone: one per play)."""
         (self.dir / "scenario.xml").write_text(xml)
         (self.dir / "rows.csv").write_text("SEQUENTIAL\n" + ";".join(row) + "\n")
         argv = [
-            "sipp", sip_addr, "-sf", "scenario.xml", "-inf", "rows.csv", "-m", "1", "-l", "1",
+            "sipp", sip_addr, "-sf", "scenario.xml", "-inf", "rows.csv", "-m", str(calls), "-l", str(min(calls, 2000)),
             "-i", "127.0.0.1", "-p", str(self.port), "-t", "u1", "-nostdin",
             "-timeout", f"{int(timeout_s)}s", "-trace_msg", "-message_file", "messages.log",
             "-trace_err", "-error_file", "errors.log",

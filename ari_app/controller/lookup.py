@@ -11,6 +11,7 @@ from typing import Protocol
 import asyncpg
 
 from routing.stage1 import CallRequest, Tree, build_tree
+from sorcery_backend.routing_cache import RoutingData
 from sorcery_backend.routing_loader import CallData, load_for_call
 
 __all__ = ["CallLookup", "DbLookup", "Routed", "split_endpoint_id"]
@@ -36,8 +37,12 @@ def split_endpoint_id(endpoint_id: str) -> tuple[str, str]:
 
 
 class DbLookup:
-    def __init__(self, pool: asyncpg.Pool) -> None:
+    """``routing``: the routing cache shared with `pbxctl serve`'s routing API (exact at every call,
+    see sorcery_backend/routing_cache.py); without it every call loads its routing data."""
+
+    def __init__(self, pool: asyncpg.Pool, routing: RoutingData | None = None) -> None:
         self.pool = pool
+        self.routing = routing
 
     async def route(self, endpoint_id: str, caller_number: str, caller_name: str, called: str) -> Routed:
         name, domain = split_endpoint_id(endpoint_id)
@@ -45,7 +50,10 @@ class DbLookup:
             tenant = await conn.fetchval("SELECT name FROM pbx.tenants WHERE domain = $1", domain)
             if tenant is None:
                 return Routed("noroute", domain)
-            data = await load_for_call(conn, tenant, caller_number, called, name)
+            if self.routing is not None:
+                data = await self.routing.for_call(conn, tenant, caller_number, called, name)
+            else:
+                data = await load_for_call(conn, tenant, caller_number, called, name)
             request = CallRequest(tenant, caller_number, called, endpoint=name, callername=caller_name or None)
             tree = build_tree(data.directory, request)
             ids = [c for contacts in data.contacts.values() for c in contacts]

@@ -13,6 +13,7 @@ import asyncpg
 from ari_app.ari import AriClient, HttpAriTransport
 from ari_app.controller.controller import Controller
 from ari_app.controller.lookup import DbLookup
+from sorcery_backend.routing_cache import RoutingData
 
 __all__ = ["AriSettings", "ControllerRef", "run_controller"]
 
@@ -47,11 +48,17 @@ class AriSettings:
         )
 
 
-async def run_controller(settings: AriSettings, pool: asyncpg.Pool, stop: asyncio.Event, ref: ControllerRef) -> None:
+async def run_controller(
+    settings: AriSettings,
+    pool: asyncpg.Pool,
+    stop: asyncio.Event,
+    ref: ControllerRef,
+    routing: RoutingData | None = None,
+) -> None:
     """Until ``stop`` is set. Calls in progress stay in Asterisk when it stops; the next controller
     adopts their conferences and ends the calls it cannot know."""
     async with HttpAriTransport(settings.url, settings.user, settings.password) as transport:
-        controller = Controller(AriClient(transport, settings.app), DbLookup(pool))
+        controller = Controller(AriClient(transport, settings.app), DbLookup(pool, routing))
         ref.current = controller
         task = asyncio.create_task(controller.run(), name="ari-controller")
         stopper = asyncio.create_task(stop.wait())

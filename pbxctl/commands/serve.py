@@ -50,7 +50,11 @@ async def _run(dsn: str, host: str, port: int, push: bool = True, controller: bo
         pool = await asyncpg.create_pool(dsn, min_size=1, max_size=4)
     except (OSError, asyncpg.PostgresError) as exc:
         raise Unreachable(f"cannot reach the database: {exc}") from None
-    app = make_app(pool)
+    from sorcery_backend.routing_cache import RoutingData
+
+    # One routing cache for the routing API and the controller: the API's app keeps it fresh.
+    routing = RoutingData(pool)
+    app = make_app(pool, routing)
     ari = AriSettings.from_env() if controller else None
     ref = ControllerRef()
     if ari is not None:
@@ -67,7 +71,7 @@ async def _run(dsn: str, host: str, port: int, push: bool = True, controller: bo
         services.append(asyncio.create_task(run_pusher(dsn, stop), name="pusher"))
         print("change pusher running", file=sys.stderr, flush=True)
     if ari is not None:
-        services.append(asyncio.create_task(run_controller(ari, pool, stop, ref), name="controller"))
+        services.append(asyncio.create_task(run_controller(ari, pool, stop, ref, routing), name="controller"))
         print(f"ARI controller running for app {ari.app} at {ari.url}", file=sys.stderr, flush=True)
     try:
         await stop.wait()
