@@ -117,6 +117,7 @@ def setup_times(d: Path) -> list[float]:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="fewer calls, shorter load levels (under 5 minutes)")
+    ap.add_argument("--no-load", action="store_true", help="only the setup-time comparison")
     args = ap.parse_args()
     rounds, per_round = (6, 10) if args.quick else (20, 20)
     level_s = 10 if args.quick else 30
@@ -148,7 +149,7 @@ def main() -> int:
                 f"Dial() p50 {d50 * 1e3:.1f} ms p95 {d95 * 1e3:.1f} ms; ratio {o50 / d50:.2f}")  # fmt: skip
 
             best = 0
-            for cps in levels:
+            for cps in [] if args.no_load else levels:
                 calls = cps * level_s
                 t0 = time.monotonic()
                 rc, d = caller_run(stack, tmp, "1001", "2000", calls, rate=cps, trace=False)

@@ -13,7 +13,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from ari_app.ari import AriClient, AriError, AriNotFound, Channel
 from ari_app.controller.causes import NORMAL_CLEARING, caller_cause, leg_failure
@@ -36,7 +36,7 @@ from routing.fork import (
     TimerFired,
 )
 
-__all__ = ["Leg", "LiveCall", "dial_string", "leg_channel_id"]
+__all__ = ["Leg", "LiveCall", "dial_string", "leg_channel_id", "setup_summary"]
 
 
 @dataclass
@@ -47,6 +47,7 @@ class Leg:
     device: str  # the contact id
     answered: bool = False
     ended: bool = False
+    in_stasis: asyncio.Event = field(default_factory=asyncio.Event)
 
 
 def leg_channel_id(call_id: str, leg_id: int) -> str:
@@ -70,6 +71,15 @@ def _caller_id(name: str, number: str) -> str:
     return f'"{safe}" <{number}>' if safe else f"<{number}>"
 
 
+def setup_summary(marks: dict[str, float]) -> str:
+    """``routing 2.1 ms, originate 1.0 ms, device 5.2 ms, answer+bridge 2.3 ms``: where a call's
+    setup went, from the marks a call collects (missing steps are left out)."""
+    steps = [("routing", "stasis", "ring"), ("originate", "ring", "originated"), ("device", "ring", "up"),
+             ("answer", "up", "answered"), ("bridge", "up", "bridged")]  # fmt: skip
+    parts = [f"{name} {(marks[b] - marks[a]) * 1000:.1f} ms" for name, a, b in steps if a in marks and b in marks]
+    return ", ".join(parts)
+
+
 BridgeFn = Callable[["LiveCall", Leg], Awaitable[None]]
 
 
@@ -88,6 +98,7 @@ class LiveCall:
         bridge: BridgeFn,
         on_finished: Callable[[LiveCall], None],
         log: logging.LoggerAdapter[logging.Logger],
+        started: float | None = None,
     ) -> None:
         self.call_id = call_id
         self.ari = ari
@@ -111,8 +122,10 @@ class LiveCall:
         self._io: deque[Command] = deque()
         self._runner: asyncio.Task[None] | None = None
         self._first_ring_at: float | None = None
+        # perf_counter marks of the call's setup, logged as one line when it is bridged.
+        self.marks: dict[str, float] = {"stasis": started if started is not None else time.perf_counter()}
         self._side_tasks: set[asyncio.Task[None]] = set()
-        self._started = time.perf_counter()
+        self._started = self.marks["stasis"]
 
     # -- engine side --------------------------------------------------------------------------
     def now_ms(self) -> int:
@@ -147,11 +160,14 @@ class LiveCall:
         self.presence.add_own(leg.endpoint_id, leg.channel_id)
 
     # -- channel side -------------------------------------------------------------------------
-    def leg_answered(self, channel_id: str) -> None:
+    def leg_up(self, channel_id: str) -> None:
+        """The device answered (its channel went Up). The caller is answered at once; the leg
+        joins the bridge once it has entered Stasis too (:meth:`leg_in_stasis`)."""
         leg = self.by_channel.get(channel_id)
-        if leg is None or leg.ended:
+        if leg is None or leg.ended or leg.answered:
             return
         leg.answered = True
+        self.marks["up"] = time.perf_counter()
         self.metrics.inc("pbx_legs_total", outcome="answered")
         if self.fork.ended:
             # Answered after the call was decided (two devices picking up at once): the engine
@@ -159,6 +175,14 @@ class LiveCall:
             self._spawn(self._hangup(leg.channel_id, "answered_elsewhere"))
             return
         self.feed(LegAnswered(leg.leg_id))
+
+    def leg_in_stasis(self, channel_id: str) -> None:
+        """The leg's StasisStart: it can be bridged now (and it is certainly answered)."""
+        leg = self.by_channel.get(channel_id)
+        if leg is None:
+            return
+        leg.in_stasis.set()
+        self.leg_up(channel_id)
 
     def leg_ended(self, channel_id: str, cause: int) -> None:
         leg = self.by_channel.pop(channel_id, None)
@@ -226,7 +250,7 @@ class LiveCall:
             self.feed(LegFailed(cmd.leg_id, "unavailable"))
             return
         if self._first_ring_at is None:
-            self._first_ring_at = time.perf_counter()
+            self._first_ring_at = self.marks["ring"] = time.perf_counter()
             self.metrics.observe("pbx_routing_seconds", self._first_ring_at - self._started)
         self.log.info("ring %s (%s) as %r <%s>", cmd.device, cmd.extension, cmd.callername, cmd.caller)
         try:
@@ -243,6 +267,7 @@ class LiveCall:
                     "PBX_ORIGINALLY_CALLED": cmd.originally_called,
                 },
             )
+            self.marks.setdefault("originated", time.perf_counter())
         except AriError as exc:
             self.log.warning("originate to %s failed: %s", cmd.device, exc)
             self.by_channel.pop(leg.channel_id, None)

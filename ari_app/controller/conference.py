@@ -9,7 +9,8 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
-from collections.abc import Callable
+import time
+from collections.abc import Awaitable, Callable
 
 from ari_app.ari import AriClient, AriNotFound
 
@@ -46,13 +47,29 @@ class Conference:
         self._on_closed = on_closed
         self._party_numbers = itertools.count(1)
 
-    async def open(self, caller_id: str, answered_id: str) -> None:
+    async def open(
+        self,
+        caller_id: str,
+        answered_id: str,
+        answered_ready: Awaitable[object] | None = None,
+        marks: dict[str, float] | None = None,
+    ) -> None:
+        """Answer the caller and make the bridge at once; add both when the answered leg is in
+        Stasis (``answered_ready``): it goes Up a moment before, and only a Stasis channel joins."""
         self.members |= {caller_id, answered_id}
+        marks = marks if marks is not None else {}
+
+        async def answer() -> None:
+            await self.ari.channels.answer(caller_id)
+            marks["answered"] = time.perf_counter()
+
         await asyncio.gather(
-            self.ari.channels.answer(caller_id),
+            answer(),
             self.ari.bridges.create("mixing", bridge_id=self.bridge_id, name=self.call_id),
+            asyncio.wait_for(answered_ready, 10) if answered_ready is not None else asyncio.sleep(0),
         )
         await self.ari.bridges.add_channel(self.bridge_id, [caller_id, answered_id])
+        marks["bridged"] = time.perf_counter()
         self.log.info("bridged %s and %s in %s", caller_id, answered_id, self.bridge_id)
 
     async def dial_party(self, dial_string: str, caller_id: str | None = None) -> str:

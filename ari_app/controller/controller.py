@@ -23,6 +23,7 @@ from ari_app.ari import (
     Channel,
     ChannelDestroyed,
     ChannelHangupRequest,
+    ChannelStateChange,
     Connected,
     Disconnected,
     EndpointStateChange,
@@ -30,7 +31,7 @@ from ari_app.ari import (
     StasisStart,
     StreamItem,
 )
-from ari_app.controller.call import LiveCall
+from ari_app.controller.call import LiveCall, setup_summary
 from ari_app.controller.causes import TEMPORARY_FAILURE, caller_cause
 from ari_app.controller.conference import Conference
 from ari_app.controller.lookup import CallLookup, split_endpoint_id
@@ -122,6 +123,11 @@ class Controller:
             self._stasis_start(item)
         elif isinstance(item, ChannelDestroyed):
             self._channel_gone(item.channel.id, item.cause)
+        elif isinstance(item, ChannelStateChange):
+            if item.channel.state == "Up":
+                call = self._call_of_leg(item.channel.id)
+                if call is not None:
+                    call.leg_up(item.channel.id)
         elif isinstance(item, ChannelHangupRequest | StasisEnd):
             self._hangup_request(item.channel.id)
         elif isinstance(item, EndpointStateChange):
@@ -139,7 +145,7 @@ class Controller:
             if call is None:
                 self._spawn(self._hangup(ch.id, reason="normal"))  # a leg of a call already decided
             else:
-                call.leg_answered(ch.id)
+                call.leg_in_stasis(ch.id)
         elif args and args[0] == "party":
             conf = self.conferences.get(args[1]) if len(args) > 1 else None
             if conf is None:
@@ -157,9 +163,10 @@ class Controller:
         log = CallLog(logger, {"call_id": ch.id})
         endpoint_id = endpoint_of(ch)
         log.info("%s <%s> via %s calls %s", ch.caller.name, ch.caller.number, endpoint_id, called)
+        # 180 to the caller while we route (its own phone plays the ringback). Not awaited: the
+        # legs need not wait for it, and ARI keeps the order of one channel's operations.
+        self._spawn(self._ring(ch.id))
         try:
-            # 180 to the caller while we route: the ringback is the caller's own phone's.
-            ring = asyncio.create_task(self.ari.channels.ring(ch.id))
             if not self._subscribed:
                 await self._watch_endpoints()
             if endpoint_id is None:
@@ -167,10 +174,6 @@ class Controller:
             else:
                 routed = await self.lookup.route(endpoint_id, ch.caller.number, ch.caller.name, called)
                 routed_status = routed.status
-            await ring
-        except AriNotFound:
-            self._arriving.pop(ch.id, None)
-            return
         except Exception:
             log.exception("lookup failed")
             self.metrics.inc("pbx_failures_total", kind="lookup")
@@ -200,6 +203,7 @@ class Controller:
             bridge=self._bridge,
             on_finished=self._call_finished,
             log=log,
+            started=started,
         )
         self.calls[call.call_id] = call
         self._owner[ch.id] = call
@@ -210,6 +214,12 @@ class Controller:
             call.ringback = await self._start_ringback(ch.id, dialed.ringback, log)
         call.feed(Start())
         mine.update(call.by_channel)
+
+    async def _ring(self, channel_id: str) -> None:
+        try:
+            await self.ari.channels.ring(channel_id)
+        except AriNotFound:
+            pass  # hung up already
 
     async def _start_ringback(self, channel_id: str, ringback: str, log: CallLog) -> str | None:
         """``tone-<zone>`` (e.g. tone-de): the country's ring tone as early media (183) instead of the
@@ -234,7 +244,8 @@ class Controller:
         self._owner[call.caller.id] = conf
         self._owner[leg.channel_id] = conf
         try:
-            await conf.open(call.caller.id, leg.channel_id)
+            await conf.open(call.caller.id, leg.channel_id, leg.in_stasis.wait(), call.marks)
+            call.log.info("setup: %s", setup_summary(call.marks))
         except AriError as exc:
             call.log.warning("bridging failed: %s", exc)
             await conf.close()
@@ -273,11 +284,15 @@ class Controller:
         if channel_id in self._arriving:
             self._arriving[channel_id] = True
             return
-        call = next((c for c in self.calls.values() if channel_id in c.by_channel), None)
+        call = self._call_of_leg(channel_id)
         if call is not None:
             call.leg_ended(channel_id, cause)
             return
         self._hangup_request(channel_id)
+
+    def _call_of_leg(self, channel_id: str) -> LiveCall | None:
+        call = self.calls.get(channel_id.rsplit("-l", 1)[0]) if "-l" in channel_id else None
+        return call if call is not None and channel_id in call.by_channel else None
 
     # -- (re)connecting ----------------------------------------------------------------------
     async def _connected(self, reconnected: bool) -> None:

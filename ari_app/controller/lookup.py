@@ -12,7 +12,7 @@ import asyncpg
 
 from routing.stage1 import CallRequest, Tree, build_tree
 from sorcery_backend.routing_cache import RoutingData
-from sorcery_backend.routing_loader import CallData, load_for_call
+from sorcery_backend.routing_loader import CallData, UnknownTenant, load_for_call
 
 __all__ = ["CallLookup", "DbLookup", "Routed", "split_endpoint_id"]
 
@@ -43,17 +43,35 @@ class DbLookup:
     def __init__(self, pool: asyncpg.Pool, routing: RoutingData | None = None) -> None:
         self.pool = pool
         self.routing = routing
+        # domain -> tenant name; checked on every call against the domain the data comes with.
+        self._tenants: dict[str, str] = {}
+
+    async def _load(
+        self, conn: asyncpg.Connection, tenant: str, caller: str, called: str, endpoint: str
+    ) -> CallData | None:
+        try:
+            if self.routing is not None:
+                return await self.routing.for_call(conn, tenant, caller, called, endpoint)
+            return await load_for_call(conn, tenant, caller, called, endpoint)
+        except UnknownTenant:
+            return None
 
     async def route(self, endpoint_id: str, caller_number: str, caller_name: str, called: str) -> Routed:
         name, domain = split_endpoint_id(endpoint_id)
         async with self.pool.acquire() as conn:
-            tenant = await conn.fetchval("SELECT name FROM pbx.tenants WHERE domain = $1", domain)
-            if tenant is None:
-                return Routed("noroute", domain)
-            if self.routing is not None:
-                data = await self.routing.for_call(conn, tenant, caller_number, called, name)
-            else:
-                data = await load_for_call(conn, tenant, caller_number, called, name)
+            tenant = self._tenants.get(domain)
+            data = await self._load(conn, tenant, caller_number, called, name) if tenant is not None else None
+            if data is None or data.domain != domain:
+                # First call of the domain, or the domain moved: ask the database, not the memo.
+                tenant = await conn.fetchval("SELECT name FROM pbx.tenants WHERE domain = $1", domain)
+                if tenant is None:
+                    self._tenants.pop(domain, None)
+                    return Routed("noroute", domain)
+                self._tenants[domain] = tenant
+                data = await self._load(conn, tenant, caller_number, called, name)
+                if data is None:
+                    return Routed("noroute", domain)
+            assert tenant is not None
             request = CallRequest(tenant, caller_number, called, endpoint=name, callername=caller_name or None)
             tree = build_tree(data.directory, request)
             ids = [c for contacts in data.contacts.values() for c in contacts]
