@@ -6,7 +6,6 @@ import argparse
 import asyncio
 import json
 import os
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +39,7 @@ def register(subparsers: Any) -> None:
 
 def _play(args: argparse.Namespace) -> int:
     from devstack.play import PlayError, PlayTarget, play
-    from pbxctl.commands.route import load_scenario
+    from pbxctl.commands.route import load_scenario, print_outcome
 
     scenario = load_scenario(args.scenario)
     try:
@@ -50,13 +49,7 @@ def _play(args: argparse.Namespace) -> int:
     except OSError as exc:
         raise Unreachable(f"the stack: {exc}") from None
     out.pop("horizon_s", None)
-    if args.json:
-        json.dump(out, sys.stdout)
-        sys.stdout.write("\n")
-    else:
-        print(f"{out['status']}: {out['result']}")
-        for ev in out["timeline"]:
-            print("  " + ", ".join(f"{k}={v}" for k, v in ev.items()))
+    print_outcome(out, args.json)
     return 0
 
 

@@ -50,15 +50,19 @@ def load_scenario(path: Path) -> dict[str, Any]:
 def _simulate(args: argparse.Namespace) -> int:
     from routing.simulate import simulate
 
-    out = simulate(load_scenario(args.scenario), args.horizon)
-    if args.json:
+    print_outcome(simulate(load_scenario(args.scenario), args.horizon), args.json)
+    return 0
+
+
+def print_outcome(out: dict[str, Any], as_json: bool) -> None:
+    """A call's outcome and timeline (contract section 5): JSON, or one line per event."""
+    if as_json:
         json.dump(out, sys.stdout)
         sys.stdout.write("\n")
     else:
         print(f"{out['status']}: {out['result']}")
         for ev in out["timeline"]:
             print("  " + ", ".join(f"{k}={v}" for k, v in ev.items()))
-    return 0
 
 
 def _explain(args: argparse.Namespace) -> int:
