@@ -39,10 +39,10 @@ PER_OBJECT_CACHES = ("res_pjsip/endpoint", "res_pjsip/aor", "res_pjsip/auth")
 FULL_CACHES = ("res_pjsip/identify",)
 REGISTRATION_MODULE = "res_pjsip_outbound_registration.so"
 
-# Measured on the dev stack (bench/push.py): one pipelined ExpireObject costs Asterisk about a
-# third of what re-reading one object from Postgres costs, so expiring the whole cache pays off
-# once the changed objects are about three quarters of the cached ones.
-EXPIRE_TO_REREAD_COST = 0.33
+# Measured on the dev stack (bench/push.py, expire_to_reread_cost 0.21-0.26): one pipelined ExpireObject
+# costs about a quarter of re-reading one object from Postgres, so expiring the whole cache pays off
+# once the changed objects are about four fifths of the cached ones.
+EXPIRE_TO_REREAD_COST = 0.25
 
 
 @dataclass(frozen=True)

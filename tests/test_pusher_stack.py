@@ -107,6 +107,14 @@ async def ami_session(stack: Stack) -> AmiSession:
     return session
 
 
+async def expire_cache(stack: Stack, cache: str) -> None:
+    session = await ami_session(stack)
+    try:
+        await session.send({"Action": "SorceryMemoryCacheExpire", "Cache": cache})
+    finally:
+        session.close()
+
+
 async def callerids(stack: Stack, endpoint_ids: list[str]) -> dict[str, str]:
     """What Asterisk itself holds for each endpoint (PJSIPShowEndpoint, pipelined on one session)."""
     session = await ami_session(stack)
@@ -186,6 +194,8 @@ def test_template_edit_reaching_500_endpoints_names_exactly_them_and_all_take_ef
     apply_yaml(stack, tenant("big", 500), tmp_path)
     ids = [f"{1000 + i}@big.example" for i in range(500)]
     addr = stack.settings.sip_addr
+    # Start from a cache holding exactly these 500 (other tests' endpoints would tip the choice).
+    asyncio.run(expire_cache(stack, "res_pjsip/endpoint"))
     for n in ("1000", "1250", "1499"):
         assert sipp.register(addr, n, "big.example", f"pw-{n}").final == 200
     assert set((asyncio.run(callerids(stack, ids))).values()) == {'"Base" <0>'}  # every one cached now
