@@ -22,7 +22,7 @@ import asyncpg
 from devstack.postgres import free_port
 from devstack.settings import StackSettings
 
-__all__ = ["ServeProcess", "ServicesError", "register_node"]
+__all__ = ["ServeProcess", "ServicesError", "register_node", "wait_pushed"]
 
 # Popen objects of the processes this Python process started: reaped on stop, so a killed one is
 # not mistaken for a live zombie.
@@ -185,6 +185,29 @@ class ServeProcess:
     def log_tail(self, lines: int = 6) -> str:
         tail = self.log_text().strip().splitlines()[-lines:]
         return " | ".join(x.strip() for x in tail) or "(empty log)"
+
+
+def wait_pushed(settings: StackSettings, timeout: float = 30.0) -> None:
+    """Block until every committed change has been delivered to the stack's Asterisk: with Sorcery
+    caches on, a change takes effect when the pusher has expired it, a few tens of ms after commit."""
+    deadline = time.monotonic() + timeout
+    while asyncio.run(_pending(settings)):
+        if time.monotonic() > deadline:
+            raise ServicesError(f"changes not delivered to node {settings.name} within {timeout:g}s")
+        time.sleep(0.01)
+
+
+async def _pending(s: StackSettings) -> int:
+    conn = await asyncpg.connect(s.database_url(), timeout=10)
+    try:
+        return int(
+            await conn.fetchval(
+                "SELECT count(*) FROM pbx.push_pending q JOIN pbx.nodes n ON n.id = q.node_id WHERE n.name = $1",
+                s.name,
+            )
+        )
+    finally:
+        await conn.close()
 
 
 async def _mark_disconnected(s: StackSettings) -> None:
