@@ -110,11 +110,16 @@ class Pusher:
 
     async def _sync_workers(self, conn: asyncpg.Connection, stop: asyncio.Event) -> None:
         nodes = {n.id: n for n in await list_nodes(conn)}
-        gone = [nid for nid in self._workers if nid not in nodes]
-        await self._stop_workers(gone)
+        # Gone, or its AMI address or credentials changed: that worker starts over.
+        stale = [nid for nid, (w, _t) in self._workers.items() if nodes.get(nid) != w.node]
+        await self._stop_workers(stale)
         for nid, node in nodes.items():
-            if nid in self._workers and not self._workers[nid][1].done():
-                continue
+            if nid in self._workers:
+                task = self._workers[nid][1]
+                if not task.done():
+                    continue
+                if not task.cancelled() and task.exception() is not None:
+                    log.error("node %s: worker failed, restarting: %r", node.name, task.exception())
             worker = NodeWorker(self.dsn, node, self.settings)
             self._workers[nid] = (worker, asyncio.create_task(worker.run(stop), name=f"push-{node.name}"))
 

@@ -5,6 +5,7 @@ never for a fixed time."""
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 import threading
 import time
@@ -384,3 +385,30 @@ def test_a_burst_on_one_object_is_pushed_once(stack: Stack, tmp_path: Path) -> N
     if elapsed < 0.9:  # the pusher holds a burst for at most a second after its first change
         assert actions1 - actions0 <= 2, (actions1 - actions0, elapsed)
     assert asyncio.run(callerids(stack, ["1000@burst.example"])) == {"1000@burst.example": '"B99" <99>'}
+
+
+def test_an_unreachable_node_shows_in_push_status_and_catches_up(stack: Stack, tmp_path: Path) -> None:
+    from stack import pbxctl
+
+    apply_yaml(stack, tenant("away", 1), tmp_path)
+    wait_delivered(stack)
+    name, port = stack.settings.name, stack.settings.ami_port
+    dead = sipp.free_udp_port()  # nothing listens on it over TCP either
+
+    def move_node(to: int) -> None:
+        run_sql(stack, "UPDATE pbx.nodes SET ami_port = $2 WHERE name = $1", name, to)
+        run_sql(stack, "SELECT pg_notify('pbx_nodes', $1)", name)
+
+    move_node(dead)
+    try:
+        wait_for("the pusher to give up on the moved node", lambda: not node_connected(stack), 30)
+        set_option(stack, "away", "1000", "endpoint", "callerid", "Away <7>")
+        p = pbxctl(stack, "push", "status", "--json")
+        assert p.returncode == 0, p.stderr
+        mine = next(n for n in json.loads(p.stdout)["nodes"] if n["name"] == name)
+        assert mine["connected"] is False and mine["undelivered"] >= 1, mine
+        assert f"127.0.0.1:{dead}" in (mine["last_error"] or ""), mine
+    finally:
+        move_node(port)
+    wait_delivered(stack)
+    assert asyncio.run(callerids(stack, ["1000@away.example"])) == {"1000@away.example": '"Away" <7>'}
