@@ -9,8 +9,9 @@
 (3) A template edit affecting 10k endpoints: size of the change set and time of the apply.
 (4) With --variants: what might make the view cheaper, each measured side by side with the plain
     table in one interleaved loop: other forms of the same view (SELECT *, security_invoker,
-    security_barrier), planner settings a role could carry (jit, geqo), and how the
-    cost grows with the column count (a 2-column view against a 2-column table). Besides the wall
+    security_barrier), planner settings a role could carry (jit, geqo), how the cost grows with
+    the column count (a 2-column view against a 2-column table), and the same lookups from four
+    more backends (each view against the table on its own backend). Besides the wall
     time it reads the server backend's own CPU time (/proc/<pid>/schedstat, private cluster only),
     which the client's share and much of the machine's noise do not blur.
 
@@ -105,6 +106,8 @@ async def variants_bench(dsn: str, ids: list[str], blocks: int, block: int) -> d
     in blocks of `block` lookups, the order of the variants shuffled per round."""
     conn = await asyncpg.connect(dsn)
     tuned = await asyncpg.connect(dsn)
+    # More backends doing the same: the cost of the view differs from one backend to another.
+    others = [await asyncpg.connect(dsn) for _ in range(3)]
     try:
         for name in ("bench_v_star", "bench_v_invoker", "bench_v_barrier", "bench_v_two"):
             await conn.execute(f"DROP VIEW IF EXISTS {name}")
@@ -125,6 +128,9 @@ async def variants_bench(dsn: str, ids: list[str], blocks: int, block: int) -> d
             "view_2_columns": (conn, "bench_v_two"),
             "table_2_columns": (conn, "plain_two"),
         }
+        for n, other in enumerate(others, 2):
+            cases[f"view_backend_{n}"] = (other, "ps_endpoints")
+            cases[f"table_backend_{n}"] = (other, "plain_ps_endpoints")
         cpu: dict[str, list[float]] = {k: [] for k in cases}
         wall: dict[str, list[float]] = {k: [] for k in cases}
         rng = random.Random(11)
@@ -143,12 +149,13 @@ async def variants_bench(dsn: str, ids: list[str], blocks: int, block: int) -> d
                 if c0 is not None and c1 is not None:
                     cpu[name].append((c1 - c0) / 1e9 / block)
     finally:
-        await conn.close()
-        await tuned.close()
+        for c in (conn, tuned, *others):
+            await c.close()
     out: dict[str, float] = {}
     for name in cases:
         ref = "table_2_columns" if name.endswith("2_columns") else "table"
         ref = "table_role_settings" if name == "view_role_settings" else ref
+        ref = name.replace("view_", "table_") if name.startswith("view_backend_") else ref
         out[f"variant_{name}_wall_us"] = round(percentile(wall[name], 50) * 1e6, 1)
         out[f"variant_{name}_wall_ratio"] = round(percentile(wall[name], 50) / percentile(wall[ref], 50), 3)
         if cpu[name]:
