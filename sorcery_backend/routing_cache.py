@@ -221,6 +221,7 @@ class RoutingData:
         self._notified_at: dict[int, int] = {}
         self._dropped_all_at = 0
         self._changed = asyncio.Condition()
+        self._background: set[asyncio.Task[None]] = set()  # the loop only keeps weak references
         self.stats = CacheStats()
         self.listener_pid: int | None = None
         self.listening = asyncio.Event()
@@ -314,7 +315,7 @@ class RoutingData:
             except UnknownTenant:
                 await self._notify_change()
                 return
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            except Exception as exc:  # a background load must not take anything down with it
                 _log.warning("routing cache: cannot load tenant %s: %s", tenant, exc)
                 return
             if snap is not None and tenant not in self._again:
@@ -339,7 +340,9 @@ class RoutingData:
             for name in [n for n, s in self._snaps.items() if s.tenant_id == tenant_id]:
                 del self._snaps[name]
                 self.refresh(name)
-        asyncio.get_running_loop().create_task(self._notify_change())
+        task = asyncio.get_running_loop().create_task(self._notify_change())
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     def _on_notification(self, _conn: object, _pid: int, _channel: str, payload: str) -> None:
         self.stats.notifications += 1
@@ -358,7 +361,7 @@ class RoutingData:
             try:
                 await self._listen_once()
                 delay = self._retry_s
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
+            except Exception as exc:  # the listener outlives any failure; cancellation still ends it
                 _log.warning("routing cache: LISTEN connection lost: %s", exc)
             finally:
                 self.listening.clear()
