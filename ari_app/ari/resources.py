@@ -263,3 +263,10 @@ class Applications(_Resource):
         ``deviceState:<name>``. Events of the source reach the app until it unsubscribes."""
         name = app or self._app
         await self._call("POST", f"/applications/{_seg(name)}/subscription", encode_params(eventSource=event_source))
+
+    async def filter(self, allowed: Sequence[str] = (), disallowed: Sequence[str] = (), app: str | None = None) -> None:
+        """Only these event types reach the app (``allowed``; empty = all) minus ``disallowed``.
+        Asterisk drops the others before serializing them. Set again after each reconnect."""
+        name = app or self._app
+        body = {"allowed": [{"type": t} for t in allowed], "disallowed": [{"type": t} for t in disallowed]}
+        await self._call("PUT", f"/applications/{_seg(name)}/eventFilter", None, body)

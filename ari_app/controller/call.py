@@ -74,8 +74,14 @@ def _caller_id(name: str, number: str) -> str:
 def setup_summary(marks: dict[str, float]) -> str:
     """``routing 2.1 ms, originate 1.0 ms, device 5.2 ms, answer+bridge 2.3 ms``: where a call's
     setup went, from the marks a call collects (missing steps are left out)."""
-    steps = [("routing", "stasis", "ring"), ("originate", "ring", "originated"), ("device", "ring", "up"),
-             ("answer", "up", "answered"), ("bridge", "up", "bridged")]  # fmt: skip
+    steps = [
+        ("lookup", "stasis", "routed"),
+        ("routing", "stasis", "ring"),
+        ("originate", "ring", "originated"),
+        ("device", "ring", "up"),
+        ("answer", "up", "answered"),
+        ("bridge", "up", "bridged"),
+    ]
     parts = [f"{name} {(marks[b] - marks[a]) * 1000:.1f} ms" for name, a, b in steps if a in marks and b in marks]
     return ", ".join(parts)
 

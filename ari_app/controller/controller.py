@@ -47,6 +47,15 @@ logger = logging.getLogger("ari_app.controller")
 # by an earlier controller process (its call state is lost): it is hung up.
 ORPHAN_GRACE_S = 2.0
 _OUR_CHANNEL = re.compile(r"-[lp]\d+$")
+_EVENTS_USED = (
+    "StasisStart",
+    "StasisEnd",
+    "ChannelStateChange",
+    "ChannelHangupRequest",
+    "ChannelDestroyed",
+    "EndpointStateChange",
+    "ApplicationReplaced",
+)
 
 
 class CallLog(logging.LoggerAdapter[logging.Logger]):
@@ -178,6 +187,7 @@ class Controller:
             log.exception("lookup failed")
             self.metrics.inc("pbx_failures_total", kind="lookup")
             routed_status, routed = "error:failure", None
+        routed_at = time.perf_counter()
         gone = self._arriving.pop(ch.id, False)
         if gone:
             log.info("caller hung up during lookup")
@@ -212,6 +222,7 @@ class Controller:
         dialed = routed.data.directory.extensions.get(called)
         if dialed is not None and dialed.ringback:
             call.ringback = await self._start_ringback(ch.id, dialed.ringback, log)
+        call.marks["routed"] = routed_at
         call.feed(Start())
         mine.update(call.by_channel)
 
@@ -298,6 +309,9 @@ class Controller:
     async def _connected(self, reconnected: bool) -> None:
         """Catch up with what happened while no events reached us (or before this process)."""
         self._subscribed = False
+        # Every channel event of every endpoint would reach us (twice for our own channels):
+        # only what the handlers use is sent, which saves Asterisk and us most of the work.
+        await self.ari.applications.filter(allowed=_EVENTS_USED)
         await self._watch_endpoints()
         channels = {c.id: c for c in await self.ari.channels.list()}
         bridges = await self.ari.bridges.list()
