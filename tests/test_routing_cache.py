@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import random
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -359,3 +360,37 @@ async def test_unknown_tenant(db: str) -> None:
                 await load_snapshot(conn, "nope")
     finally:
         await conn.close()
+
+
+async def test_random_edits_with_calls_in_between_always_match_the_loader(db: str) -> None:
+    """Edits committed back to back while the listener reloads in the background: every call
+    right after a commit decides exactly as the uncached loader does at that moment."""
+    conn = await asyncpg.connect(db)
+    editor = await asyncpg.connect(db)
+    rng = random.Random(4)
+    try:
+        await apply_config(conn, parse_config(CONFIG))
+        await register(conn, "t.example", {"1001": ["a"], "1002": ["b"], "1003": ["c"]})
+        tid = await conn.fetchval("SELECT id FROM pbx.tenants WHERE name = 't'")
+        edits = [
+            "UPDATE pbx.extensions SET name = 'N{i}' WHERE tenant_id = {t} AND number = '1002'",
+            "UPDATE pbx.extensions SET short_name = 'S{i}' WHERE tenant_id = {t} AND number = '2000'",
+            "UPDATE pbx.rank_members SET active = NOT active WHERE tenant_id = {t} AND member = '1003'",
+            "UPDATE pbx.extensions SET call_waiting = NOT call_waiting WHERE tenant_id = {t} AND number = '1003'",
+            "UPDATE pbx.extensions SET forward_mode = CASE WHEN forward_mode IS NULL THEN 'always' END, "
+            "forward_to = CASE WHEN forward_to IS NULL THEN '1001' END WHERE tenant_id = {t} AND number = '1002'",
+        ]
+        async with cache_on(db, listen=True) as (routing, _pool):
+            await routing.preload("t")
+            for i in range(60):
+                if rng.random() < 0.7:
+                    await editor.execute(rng.choice(edits).format(i=i, t=tid))
+                caller, called = rng.choice([("1001", "2000"), ("1003", "1002"), ("1001", "1002")])
+                call = CallRequest("t", caller, called)
+                cached = await routing.for_call(conn, "t", caller, called)
+                plain = await load_for_call(conn, "t", caller, called)
+                assert decide(cached, call, explain=True) == decide(plain, call, explain=True), (i, call)
+            assert routing.stats.notifications > 0 and routing.stats.loads > 1
+    finally:
+        await conn.close()
+        await editor.close()
