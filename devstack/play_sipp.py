@@ -46,8 +46,10 @@ def _reply(status: str, *, sdp: bool = False, retrans: bool = False) -> str:
     return _RESPONSE.format(status=status, body=_SDP if sdp else _NO_BODY, retrans=' retrans="500"' if retrans else "")
 
 
-def _ok_to_last() -> str:
-    return """
+def _ok_to_last(*, sdp: bool = False) -> str:
+    """200 OK to the request just received (a CANCEL or BYE; with ``sdp``, a re-INVITE)."""
+    body = "      Contact: <sip:[local_ip]:[local_port];transport=[transport]>\n" + _SDP if sdp else _NO_BODY
+    return f"""
   <send>
     <![CDATA[
       SIP/2.0 200 OK
@@ -56,8 +58,7 @@ def _ok_to_last() -> str:
       [last_To:]
       [last_Call-ID:]
       [last_CSeq:]
-      Content-Length: 0
-
+{body}
     ]]>
   </send>"""
 
@@ -74,28 +75,8 @@ def _talk() -> str:
         '\n  <recv request="INVITE" optional="true" next="reinvite"/>\n  <recv request="BYE"/>'
         + _ok_to_last()
         + '\n  <nop next="end"/>\n  <label id="reinvite"/>'
-        + _ok_sdp_to_last()
+        + _ok_to_last(sdp=True)
         + '\n  <recv request="ACK"/>\n  <nop next="talk"/>'
-    )
-
-
-def _ok_sdp_to_last() -> str:
-    return (
-        """
-  <send>
-    <![CDATA[
-      SIP/2.0 200 OK
-      [last_Via:]
-      [last_From:]
-      [last_To:]
-      [last_Call-ID:]
-      [last_CSeq:]
-      Contact: <sip:[local_ip]:[local_port];transport=[transport]>
-"""
-        + _SDP
-        + """
-    ]]>
-  </send>"""
     )
 
 
@@ -211,7 +192,7 @@ def caller_xml(horizon_ms: int, talk_ms: int = 1000) -> str:
             ack.format(uri="[next_url]", cseq=2, branch="[branch]").replace("<send>", '<send rtd="setup">', 1),
             '\n  <label id="talk"/>',
             f'\n  <recv request="INVITE" timeout="{talk_ms}" ontimeout="bye"/>',
-            _ok_sdp_to_last(),
+            _ok_to_last(sdp=True),
             '\n  <recv request="ACK"/>\n  <nop next="talk"/>',
             '\n  <label id="bye"/>',
             """
