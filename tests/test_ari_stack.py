@@ -92,6 +92,9 @@ async def _call_flow(stack: Stack, app: str, raw: list[dict[str, Any]]) -> None:
         client = AriClient(_Recording(t, raw), app)
         async with contextlib.aclosing(client.events()) as stream, asyncio.timeout(20):
             assert await anext(stream) == Connected(reconnected=False)
+            # The controller that had this app set an event filter, which Asterisk keeps with the
+            # app: this flow wants every event type.
+            await client.applications.filter()
             # The caller: ;2 of a Local pair runs pbx-stasis and arrives like a phone's call.
             await client.channels.originate(
                 "Local/2000@pbx-stasis", app_args=["origin"], channel_id="ari-t-a1", other_channel_id="ari-t-a2"

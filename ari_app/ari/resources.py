@@ -266,7 +266,8 @@ class Applications(_Resource):
 
     async def filter(self, allowed: Sequence[str] = (), disallowed: Sequence[str] = (), app: str | None = None) -> None:
         """Only these event types reach the app (``allowed``; empty = all) minus ``disallowed``.
-        Asterisk drops the others before serializing them. Set again after each reconnect."""
+        Asterisk drops the others before serializing them. The filter stays with the app in
+        Asterisk, also for the next process that takes the app name: each sets its own."""
         name = app or self._app
         body = {"allowed": [{"type": t} for t in allowed], "disallowed": [{"type": t} for t in disallowed]}
         await self._call("PUT", f"/applications/{_seg(name)}/eventFilter", None, body)
