@@ -108,6 +108,9 @@ async def _call_flow(stack: Stack, app: str, raw: list[dict[str, Any]]) -> None:
                 "Local/3000@pbx-stasis", app_args=["leg"], channel_id="ari-t-b1", other_channel_id="ari-t-b2"
             )
             assert callee.id == "ari-t-b1"
+            # create returns before the channel's own thread has put it in Stasis: dial only
+            # after its StasisStart (a dial before it is refused with 409, seen here under load).
+            await _next_of(stream, StasisStart, lambda e: e.channel.id == "ari-t-b1")
             await client.channels.dial("ari-t-b1", caller="ari-t-a2", timeout=10)
             await _next_of(stream, StasisStart, lambda e: e.channel.id == "ari-t-b2")
             await client.channels.answer("ari-t-b2")
