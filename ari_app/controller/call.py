@@ -16,7 +16,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 
 from ari_app.ari import AriClient, AriError, AriNotFound, Channel
-from ari_app.controller.causes import NORMAL_CLEARING, caller_cause, leg_failure
+from ari_app.controller.causes import caller_cause, leg_failure
 from ari_app.controller.metrics import Metrics
 from ari_app.controller.presence import Presence
 from routing.fork import (
@@ -47,6 +47,7 @@ class Leg:
     device: str  # the contact id
     answered: bool = False
     ended: bool = False
+    stopped: bool = False  # hung up by us on the engine's StopLeg
     in_stasis: asyncio.Event = field(default_factory=asyncio.Event)
 
 
@@ -198,8 +199,12 @@ class LiveCall:
         leg.ended = True
         if leg.answered:
             return  # the conference owns it now
+        if leg.stopped:
+            self.metrics.inc("pbx_legs_total", outcome="stopped")
+            self.log.info("leg %s to %s stopped (cause %s)", leg.leg_id, leg.device, cause)
+            return  # the engine stopped it: nothing to tell it
         reason = leg_failure(cause)
-        self.metrics.inc("pbx_legs_total", outcome=reason if cause != NORMAL_CLEARING else "stopped")
+        self.metrics.inc("pbx_legs_total", outcome=reason)
         self.log.info("leg %s to %s ended: cause %s (%s)", leg.leg_id, leg.device, cause, reason)
         self.feed(LegFailed(leg.leg_id, reason))
 
@@ -240,6 +245,7 @@ class LiveCall:
             leg = self.legs.get(cmd.leg_id)
             if leg is not None and not leg.ended and cmd.why != "rejected":
                 reason = "answered_elsewhere" if cmd.why == "answered_elsewhere" else "normal"
+                leg.stopped = True
                 await self._hangup(leg.channel_id, reason)
         elif isinstance(cmd, Bridge):
             await self._bridge(self, self.legs[cmd.leg_id])
