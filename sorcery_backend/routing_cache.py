@@ -59,12 +59,12 @@ ORDER BY number, rank_ordinal, ordinal
 # per endpoint (OFFSET 0 keeps the LATERAL a probe): `endpoint = ANY($2)` lets the planner pick a
 # sequential scan of ps_contacts (5 ms at 10k contacts) whenever its statistics are behind.
 _CHECK = """
-SELECT t.name, t.domain, coalesce(v.version, 0) AS version, c.endpoint, c.id
+SELECT t.name, t.domain, coalesce(v.version, 0) AS version, c.endpoint, c.id, c.uri
 FROM pbx.tenants t
 LEFT JOIN pbx.routing_versions v ON v.tenant_id = t.id
 LEFT JOIN LATERAL (
-    SELECT e.ep AS endpoint, pc.id FROM unnest($2::text[]) AS e(ep),
-    LATERAL (SELECT id FROM public.ps_contacts WHERE endpoint = e.ep OFFSET 0) pc
+    SELECT e.ep AS endpoint, pc.id, pc.uri FROM unnest($2::text[]) AS e(ep),
+    LATERAL (SELECT id, uri FROM public.ps_contacts WHERE endpoint = e.ep OFFSET 0) pc
 ) c ON true
 WHERE t.id = $1
 ORDER BY c.id
@@ -244,7 +244,8 @@ class RoutingData:
                 snap.domain,
             ):
                 self.stats.hits += 1
-                return CallData(snap.directory, snap.contacts(rows), snap.domain, cached=True)
+                uris = {r["id"]: r["uri"] for r in rows if r["id"] is not None}
+                return CallData(snap.directory, snap.contacts(rows), snap.domain, cached=True, contact_uris=uris)
             if self._snaps.get(tenant) is snap:
                 del self._snaps[tenant]
         self.stats.misses += 1

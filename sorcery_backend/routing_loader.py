@@ -8,7 +8,8 @@ trunks (for prefix routing), with the registered contacts of their endpoints fro
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 import asyncpg
@@ -29,6 +30,8 @@ class CallData:
     contacts: dict[str, list[str]]  # endpoint name -> contact ids (registered devices)
     domain: str
     cached: bool = False  # the directory came from RoutingData's memory (routing_cache.py)
+    # contact id -> SIP URI, when the loader read them with the ids (the cached path does)
+    contact_uris: Mapping[str, str] = field(default_factory=dict)
 
 
 _EXTENSION_JSON = """

@@ -115,7 +115,7 @@ async def rig() -> AsyncIterator[Rig]:
 async def test_a_call_rings_the_first_rank_then_adds_the_next_on_its_timer(rig: Rig) -> None:
     rig.fake.push(stasis_start("A", "2000"))
     first = await rig.until("the first ring", rig.originates)
-    assert rig.fake.calls("POST", "/channels/A/ring")  # the caller hears ringing while we route
+    await rig.until("a 180 to the caller", lambda: rig.fake.calls("POST", "/channels/A/ring"))
     p = first[0].params
     assert p["endpoint"] == "PJSIP/1002@t.example/sip:1002@127.0.0.1:5062;transport=UDP"
     assert p["callerId"] == '"[TEAM] Alice" <1001>'

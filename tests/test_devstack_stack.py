@@ -103,7 +103,6 @@ def test_call_enters_stasis_and_the_controller_refuses_an_unknown_number(phones:
     # acme has no extension 2000: the controller (pbxctl serve) routes it to nothing -> 404.
     r = sipp.call(phones.settings.sip_addr, "1001", "acme.example", "acme-1001", "2000")
     assert r.final == 404, (r.responses, r.stderr)
-    assert 180 in r.responses  # the caller heard ringing while the controller looked the call up
 
 
 def test_dev_up_is_idempotent_and_down_leaves_no_process(stack: Stack) -> None:

@@ -172,9 +172,6 @@ class Controller:
         log = CallLog(logger, {"call_id": ch.id})
         endpoint_id = endpoint_of(ch)
         log.info("%s <%s> via %s calls %s", ch.caller.name, ch.caller.number, endpoint_id, called)
-        # 180 to the caller while we route (its own phone plays the ringback). Not awaited: the
-        # legs need not wait for it, and ARI keeps the order of one channel's operations.
-        self._spawn(self._ring(ch.id))
         try:
             if not self._subscribed:
                 await self._watch_endpoints()
@@ -224,6 +221,10 @@ class Controller:
             call.ringback = await self._start_ringback(ch.id, dialed.ringback, log)
         call.marks["routed"] = routed_at
         call.feed(Start())
+        # 180 to the caller (its own phone plays the ringback), sent once the first legs are on
+        # their way: it is not on the path to the answer, and Asterisk works on one at a time.
+        if call.ringback is None and not call.fork.ended:
+            self._spawn(self._ring(ch.id))
         mine.update(call.by_channel)
 
     async def _ring(self, channel_id: str) -> None:

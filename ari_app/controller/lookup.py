@@ -74,8 +74,9 @@ class DbLookup:
             assert tenant is not None
             request = CallRequest(tenant, caller_number, called, endpoint=name, callername=caller_name or None)
             tree = build_tree(data.directory, request)
-            ids = [c for contacts in data.contacts.values() for c in contacts]
-            rows = []
-            if ids:
-                rows = await conn.fetch("SELECT id, uri FROM public.ps_contacts WHERE id = any($1::text[])", ids)
-        return Routed(tree.status, domain, request, data, tree, {r["id"]: r["uri"] for r in rows})
+            uris = dict(data.contact_uris)
+            missing = [c for contacts in data.contacts.values() for c in contacts if c not in uris]
+            if missing:  # the uncached loader reads contact ids only
+                rows = await conn.fetch("SELECT id, uri FROM public.ps_contacts WHERE id = any($1::text[])", missing)
+                uris.update((r["id"], r["uri"]) for r in rows)
+        return Routed(tree.status, domain, request, data, tree, uris)
