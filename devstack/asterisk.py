@@ -13,6 +13,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from devstack.postgres import tcp_port_free
 from devstack.settings import StackSettings
 
 __all__ = ["AsteriskError", "AsteriskNode"]
@@ -73,7 +74,7 @@ class AsteriskNode:
             return
         self.logfile.parent.mkdir(parents=True, exist_ok=True)
         for port, kind in ((self.settings.http_port, "ARI/HTTP"), (self.settings.ami_port, "AMI")):
-            if not _tcp_port_free(port):
+            if not tcp_port_free(port):
                 raise AsteriskError(f"port {port} ({kind}) on 127.0.0.1 is taken: cannot start Asterisk")
         with open(self.logfile, "ab") as log:
             proc = subprocess.Popen(
@@ -159,13 +160,3 @@ class AsteriskNode:
 
 def _basic(s: StackSettings) -> str:
     return "Basic " + base64.b64encode(f"{s.ari_user}:{s.ari_password}".encode()).decode()
-
-
-def _tcp_port_free(port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True

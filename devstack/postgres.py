@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["PostgresCluster", "PostgresError", "find_bindir", "free_port"]
+__all__ = ["PostgresCluster", "PostgresError", "find_bindir", "free_port", "tcp_port_free"]
 
 
 class PostgresError(RuntimeError):
@@ -27,6 +27,17 @@ def find_bindir() -> Path:
     if not candidates:
         raise PostgresError("PostgreSQL server binaries not found: apt-get install postgresql")
     return candidates[0].parent
+
+
+def tcp_port_free(port: int) -> bool:
+    """Whether a TCP listener could bind 127.0.0.1:port now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
 
 
 def free_port(host: str = "127.0.0.1", kind: int = socket.SOCK_STREAM) -> int:

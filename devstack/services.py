@@ -19,7 +19,7 @@ from pathlib import Path
 
 import asyncpg
 
-from devstack.postgres import free_port
+from devstack.postgres import free_port, tcp_port_free
 from devstack.settings import StackSettings
 
 __all__ = ["ServeProcess", "ServicesError", "register_node", "wait_pushed"]
@@ -106,7 +106,7 @@ class ServeProcess:
         if self.running():
             return
         port = self.http_port
-        if port is None or not _port_free(port):
+        if port is None or not tcp_port_free(port):
             port = free_port()
         self.infofile.write_text(json.dumps({"http_port": port}))
         # A killed process never said it went away: health must be shown by the new one.
@@ -234,13 +234,3 @@ async def _node_connected(s: StackSettings) -> bool:
         )
     finally:
         await conn.close()
-
-
-def _port_free(port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
