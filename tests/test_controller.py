@@ -35,10 +35,26 @@ TENANT = {
             ],
         },
         "2001": {"type": "group", "name": "Pair", "ranks": [{"mode": "default", "members": ["1002", "1003"]}]},
+        "1005": {"type": "simple", "name": "Eve", "endpoints": ["1005"]},
+        "1006": {"type": "simple", "name": "Desk", "endpoints": ["1005", "1006"], "call_waiting": False},
+        "2002": {
+            "type": "group",
+            "name": "Chain",
+            "ranks": [
+                {"mode": "default", "members": ["1003"]},
+                {"mode": "next", "delay_ms": 10, "members": ["1005"]},
+                {"mode": "next", "delay_ms": 10, "members": ["1006"]},
+            ],
+        },
     }
 }
-CONTACTS = {"1002": ["c1002"], "1003": ["c1003"]}
-URIS = {"c1002": "sip:1002@127.0.0.1:5062^3Btransport=UDP", "c1003": "sip:1003@127.0.0.1:5063"}
+CONTACTS = {"1002": ["c1002"], "1003": ["c1003"], "1005": ["c1005"], "1006": ["c1006"]}
+URIS = {
+    "c1002": "sip:1002@127.0.0.1:5062^3Btransport=UDP",
+    "c1003": "sip:1003@127.0.0.1:5063",
+    "c1005": "sip:1005@127.0.0.1:5065",
+    "c1006": "sip:1006@127.0.0.1:5066",
+}
 
 
 class FakeLookup:
@@ -183,6 +199,15 @@ async def test_a_user_on_the_phone_without_call_waiting_is_busy(rig: Rig) -> Non
     hangup = await rig.until("busy", lambda: rig.hangups("A"))
     assert hangup[0].params == {"reason_code": "17"}
     assert not rig.originates()
+
+
+async def test_the_calls_own_ringing_legs_never_make_a_later_rank_busy(rig: Rig) -> None:
+    # 1006 (call waiting off) shares endpoint 1005 with the rank before it, still ringing: the
+    # engine knows that device rang, so only 1006's own device is added, as the simulator does.
+    rig.fake.push(stasis_start("A", "2002"))
+    rings = await rig.until("three rings", lambda: len(rig.originates()) == 3 and rig.originates())
+    assert [r.params["endpoint"].split("/")[1] for r in rings] == ["1003@t.example", "1005@t.example", "1006@t.example"]
+    assert not rig.hangups("A")
 
 
 async def test_an_answer_for_a_call_already_decided_is_hung_up(rig: Rig) -> None:

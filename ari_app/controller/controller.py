@@ -74,19 +74,23 @@ def endpoint_of(channel: Channel) -> str | None:
 
 
 class _Devices:
-    """Stage-2 view of one call: contacts from the lookup, in-use state from live channels."""
+    """Stage-2 view of one call: contacts from the lookup, in-use state from live channels. The
+    call's own channels (its caller and every leg it has rung so far) never make it busy: the
+    engine already knows which devices it rang."""
 
-    def __init__(self, contacts: dict[str, list[str]], domain: str, presence: Presence, mine: set[str]) -> None:
+    def __init__(self, contacts: dict[str, list[str]], domain: str, presence: Presence, caller_id: str) -> None:
         self._contacts = contacts
         self._domain = domain
         self._presence = presence
-        self._mine = mine
+        self._caller_id = caller_id
+        self.call: LiveCall | None = None  # set once the call exists (it needs the fork first)
 
     def contacts(self, endpoint: str) -> Sequence[str]:
         return self._contacts.get(endpoint, [])
 
     def in_use(self, endpoint: str) -> bool:
-        return self._presence.in_use(f"{endpoint}@{self._domain}", besides=self._mine)
+        mine = {self._caller_id, *(self.call.by_channel if self.call is not None else ())}
+        return self._presence.in_use(f"{endpoint}@{self._domain}", besides=mine)
 
 
 class Controller:
@@ -195,8 +199,7 @@ class Controller:
             await self._hangup(ch.id, code=caller_cause(routed_status))
             return
         assert routed.request is not None
-        mine = {ch.id}
-        devices = _Devices(routed.data.contacts, routed.domain, self.presence, mine)
+        devices = _Devices(routed.data.contacts, routed.domain, self.presence, ch.id)
         fork = Fork(routed.tree, routed.request.called, devices)
         call = LiveCall(
             call_id=ch.id,
@@ -212,6 +215,7 @@ class Controller:
             log=log,
             started=started,
         )
+        devices.call = call
         self.calls[call.call_id] = call
         self._owner[ch.id] = call
         self.metrics.set("pbx_calls_active", len(self.calls) + len(self.conferences))
@@ -225,7 +229,6 @@ class Controller:
         # their way: it is not on the path to the answer, and Asterisk works on one at a time.
         if call.ringback is None and not call.fork.ended:
             self._spawn(self._ring(ch.id))
-        mine.update(call.by_channel)
 
     async def _ring(self, channel_id: str) -> None:
         try:
