@@ -176,7 +176,7 @@ async def play(scenario: Mapping[str, Any], target: PlayTarget, horizon_s: float
     call = scenario["call"]
     if "endpoint" in call and call["endpoint"] is None:
         raise PlayError("call.endpoint null: an unauthenticated caller cannot be played live (no anonymous endpoint)")
-    caller_endpoint = str(call.get("endpoint") or _first_endpoint(scenario, plan.tenant, str(call["caller"])))
+    caller_endpoint = str(call.get("endpoint") or _first_endpoint(config, plan.tenant, str(call["caller"])))
     horizon = float(horizon_s if horizon_s is not None else scenario.get("horizon_s") or 120)
     behaviour = {str(k): v or {} for k, v in (scenario.get("behaviour") or {}).items()}
 
@@ -214,14 +214,12 @@ async def play(scenario: Mapping[str, Any], target: PlayTarget, horizon_s: float
                 await conn.close()
 
 
-def _first_endpoint(scenario: Mapping[str, Any], tenant: str, caller: str) -> str:
-    ext = ((((scenario.get("config") or {}).get("tenants") or {}).get(tenant) or {}).get("extensions") or {}).get(
-        caller
-    ) or {}
-    endpoints = ext.get("endpoints") or []
-    if not endpoints:
+def _first_endpoint(config: Config, tenant: str, caller: str) -> str:
+    t = config.tenants.get(tenant)
+    ext = t.extensions.get(caller) if t is not None else None
+    if ext is None or not ext.endpoints:
         raise PlayError(f"call: caller {caller} has no endpoint to call from (set call.endpoint)")
-    return str(endpoints[0])
+    return ext.endpoints[0]
 
 
 async def _wait_pushed(conn: asyncpg.Connection, timeout: float = 30.0) -> None:
