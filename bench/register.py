@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """REGISTER rate (digest auth, every endpoint once per pass, 0 failures required) through the
-project's realtime setup (Postgres views behind Sorcery memory caches, contacts in ps_contacts)
+project's realtime setup (Postgres views behind Sorcery memory caches, contacts in ps_contacts
+with the node's astdb as their cache)
 against the same endpoints in a static pjsip.conf on a second Asterisk, in the same run.
 
 Passes alternate static / realtime. Pass 1 of each registers every endpoint for the first time (the
