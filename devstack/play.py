@@ -188,7 +188,7 @@ async def play(scenario: Mapping[str, Any], target: PlayTarget, horizon_s: float
             await _read_credentials(conn, plan)
             if caller_endpoint not in plan.passwords:
                 raise PlayError(f"call: the caller's endpoint {caller_endpoint} has no auth password to call with")
-            await _forget_contacts(conn, plan.domain)
+            await _forget_contacts(conn, target, plan)
             devices = await _register_devices(target, plan, Path(tmp))
             async with HttpAriTransport(target.ari_url, target.ari_user, target.ari_password) as transport:
                 ari = AriClient(transport, "pbx-play")
@@ -209,7 +209,7 @@ async def play(scenario: Mapping[str, Any], target: PlayTarget, horizon_s: float
                         holder.stop()
         finally:
             try:
-                await _forget_contacts(conn, plan.domain)
+                await _forget_contacts(conn, target, plan)
             finally:
                 await conn.close()
 
@@ -236,9 +236,23 @@ async def _wait_pushed(conn: asyncpg.Connection, timeout: float = 30.0) -> None:
         await asyncio.sleep(0.02)
 
 
-async def _forget_contacts(conn: asyncpg.Connection, domain: str) -> None:
-    # Registrations left by an earlier play would ring dead ports and hide "offline".
-    await conn.execute("DELETE FROM public.ps_contacts WHERE endpoint LIKE '%@' || $1", domain)
+async def _forget_contacts(conn: asyncpg.Connection, target: PlayTarget, plan: _Plan) -> None:
+    """Registrations left by an earlier play would ring dead ports, hide "offline" and fill the AORs'
+    max_contacts. The node keeps contacts in its astdb cache too, so they are dropped the SIP way
+    (``Contact: *``); rows of endpoints without a password to do that with go by hand."""
+    rows = await conn.fetch(
+        "SELECT DISTINCT endpoint FROM public.ps_contacts WHERE endpoint LIKE '%@' || $1", plan.domain
+    )
+    endpoints = {r["endpoint"].rsplit("@", 1)[0] for r in rows} | set(plan.devices.values())
+
+    def unregister(endpoint: str) -> None:
+        user, password = plan.passwords[endpoint]
+        r = sipp.unregister_all(target.sip_addr, endpoint, plan.domain, password, auth_user=user)
+        if r.final != 200:
+            raise PlayError(f"registrations: clearing {endpoint}@{plan.domain} got {r.final}: {r.stderr[-200:]}")
+
+    await asyncio.gather(*(asyncio.to_thread(unregister, ep) for ep in sorted(endpoints) if ep in plan.passwords))
+    await conn.execute("DELETE FROM public.ps_contacts WHERE endpoint LIKE '%@' || $1", plan.domain)
 
 
 async def _register_devices(target: PlayTarget, plan: _Plan, tmp: Path) -> dict[str, SippProcess]:

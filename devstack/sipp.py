@@ -14,7 +14,17 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-__all__ = ["SCENARIOS", "SippResult", "answer", "call", "free_udp_port", "register", "reject_busy", "run_scenario"]
+__all__ = [
+    "SCENARIOS",
+    "SippResult",
+    "answer",
+    "call",
+    "free_udp_port",
+    "register",
+    "reject_busy",
+    "run_scenario",
+    "unregister_all",
+]
 
 SCENARIOS = Path(__file__).resolve().parent.parent / "tests" / "sipp"
 _BLOCK = re.compile(r"^-{5,} .*?(sent|received).*?\n\n(.*?)(?=^-{5,} |\Z)", re.M | re.S)
@@ -118,6 +128,15 @@ def register(
     """REGISTER user@domain from ``local_port`` (free when not given): the contact a UAS can serve."""
     row = [user, domain, _auth(auth_user or user, password), str(expires)]
     return run_scenario(sip_addr, "register.xml", [row], timeout=timeout, local_port=local_port)
+
+
+def unregister_all(
+    sip_addr: str, user: str, domain: str, password: str, *, auth_user: str | None = None, timeout: float = 15.0
+) -> SippResult:
+    """REGISTER ``Contact: *``, ``Expires: 0``: the node drops every contact of user@domain, from its
+    astdb contact cache and from ps_contacts alike (deleting the rows alone would leave the cache)."""
+    row = [user, domain, _auth(auth_user or user, password)]
+    return run_scenario(sip_addr, "unregister_all.xml", [row], timeout=timeout)
 
 
 def call(

@@ -157,16 +157,9 @@ def phones(stack: Stack, tmp_path: Path) -> Iterator[Phones]:
     finally:
         p.stop()
         asyncio.run(_hang_up_everything(stack))
-        subprocess.run(
-            [
-                "psql",
-                stack.settings.database_url(),
-                "-qc",
-                "DELETE FROM ps_contacts WHERE endpoint LIKE '%@conf.example'",
-            ],
-            check=True,
-            capture_output=True,
-        )
+        for user in ("1001", "1002", "1003", "1004"):
+            r = sipp.unregister_all(stack.settings.sip_addr, user, "conf.example", f"pw-{user}")
+            assert r.final == 200, r.stderr
 
 
 def ari(stack: Stack) -> HttpAriTransport:
