@@ -12,7 +12,7 @@ from pathlib import Path
 
 import asyncpg
 import pytest
-from stack import apply_yaml, no_controller
+from stack import apply_yaml, no_controller, run_sql
 
 from devstack import sipp
 from devstack.services import wait_pushed
@@ -70,32 +70,24 @@ def test_two_tenants_with_the_same_user_register_each_to_their_own(phones: Stack
     assert {"1001@acme.example", "1001@beta.example"} <= endpoints
 
 
-async def _sql(stack: Stack, query: str, *args: object) -> list[asyncpg.Record]:
-    conn = await asyncpg.connect(stack.settings.database_url())
-    try:
-        return list(await conn.fetch(query, *args))
-    finally:
-        await conn.close()
-
-
 def test_contacts_live_in_postgres_with_the_nodes_astdb_as_their_cache(phones: Stack) -> None:
     addr, port = phones.settings.sip_addr, sipp.free_udp_port()
     pattern = "1001@acme.example^3B@%"
     assert sipp.unregister_all(addr, "1001", "acme.example", "acme-1001").final == 200  # earlier tests' phones
     assert sipp.register(addr, "1001", "acme.example", "acme-1001", local_port=port).final == 200
-    [row] = asyncio.run(_sql(phones, "SELECT id, expiration_time FROM ps_contacts WHERE id LIKE $1", pattern))
+    [row] = run_sql(phones, "SELECT id, expiration_time FROM ps_contacts WHERE id LIKE $1", pattern)
     assert phones.asterisk.rx("database show registrar/contact").count("1001@acme.example;@") == 1
 
     # A row lost in Postgres (by hand here; an unlogged table after a crash) comes back on the next
     # refresh, which the node answers from its astdb cache with an UPDATE that misses and creates.
-    asyncio.run(_sql(phones, "DELETE FROM ps_contacts WHERE id LIKE $1", pattern))
+    run_sql(phones, "DELETE FROM ps_contacts WHERE id LIKE $1", pattern)
     assert sipp.register(addr, "1001", "acme.example", "acme-1001", local_port=port).final == 200
-    again = asyncio.run(_sql(phones, "SELECT id, expiration_time FROM ps_contacts WHERE id LIKE $1", pattern))
+    again = run_sql(phones, "SELECT id, expiration_time FROM ps_contacts WHERE id LIKE $1", pattern)
     assert [r["id"] for r in again] == [row["id"]]
 
     # Contact: * drops the contact from both, through Asterisk's own registrar.
     assert sipp.unregister_all(addr, "1001", "acme.example", "acme-1001").final == 200
-    assert asyncio.run(_sql(phones, "SELECT id FROM ps_contacts WHERE id LIKE $1", pattern)) == []
+    assert run_sql(phones, "SELECT id FROM ps_contacts WHERE id LIKE $1", pattern) == []
     assert "1001@acme.example;@" not in phones.asterisk.rx("database show registrar/contact")
 
 

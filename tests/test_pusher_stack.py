@@ -14,7 +14,7 @@ from pathlib import Path
 
 import asyncpg
 import pytest
-from stack import apply_yaml
+from stack import apply_yaml, run_sql
 
 from devstack import sipp
 from devstack.stack import Stack
@@ -37,18 +37,6 @@ def tenant(name: str, endpoints: int, *, context: str = "pbx-dial-test", allow: 
     ]
     lines += [f'      "{1000 + i}": {{templates: [base], auth: {{password: pw-{1000 + i}}}}}' for i in range(endpoints)]
     return "\n".join(lines) + "\n"
-
-
-async def sql(stack: Stack, query: str, *args: object) -> list[asyncpg.Record]:
-    conn = await asyncpg.connect(stack.settings.database_url())
-    try:
-        return list(await conn.fetch(query, *args))
-    finally:
-        await conn.close()
-
-
-def run_sql(stack: Stack, query: str, *args: object) -> list[asyncpg.Record]:
-    return asyncio.run(sql(stack, query, *args))
 
 
 def set_option(stack: Stack, tenant_name: str, obj: str, section: str, option: str, value: str) -> None:
