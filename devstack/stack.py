@@ -62,7 +62,7 @@ class Stack:
         pg.create_database(self.settings.db_name)
         asyncio.run(self._prepare_database())
         node = self.asterisk
-        node.render()
+        node.render(db_host=pg.local_socket if pg.local_socket_up() else "127.0.0.1")
         mount(self.chroot)
         node.start()
         register_node(self.settings)

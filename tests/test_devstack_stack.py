@@ -60,6 +60,11 @@ def test_phone_registers_with_digest_auth_to_an_endpoint_defined_only_in_postgre
     assert any(ep == "1001@acme.example" and cid.startswith("1001@acme.example^3B@") for cid, ep in rows), rows
 
 
+def test_asterisk_reaches_postgres_over_the_servers_local_socket(phones: Stack) -> None:
+    status = phones.asterisk.rx("realtime show pgsql status")
+    assert f"@{phones.postgres.local_socket}, port {phones.settings.pg_port}" in status, status
+
+
 def test_two_tenants_with_the_same_user_register_each_to_their_own(phones: Stack) -> None:
     addr = phones.settings.sip_addr
     assert sipp.register(addr, "1001", "beta.example", "beta-1001").final == 200
