@@ -56,6 +56,7 @@ class PusherSettings:
     backoff_min_s: float = 0.2
     backoff_max_s: float = 10.0
     idle_check_s: float = 30.0  # ping the node and re-check its contexts when nothing happened
+    outbox_keep_s: float = 86400.0  # delivered outbox rows are kept this long as history
 
 
 class Pusher:
@@ -63,6 +64,7 @@ class Pusher:
         self.dsn = dsn
         self.settings = settings or PusherSettings()
         self._workers: dict[int, tuple[NodeWorker, asyncio.Task[None]]] = {}
+        self._trimmed_at = float("-inf")
 
     async def run(self, stop: asyncio.Event) -> None:
         """Run until ``stop`` is set; survives database restarts."""
@@ -90,6 +92,7 @@ class Pusher:
             while not stop.is_set():
                 nodes_changed.clear()
                 await self._sync_workers(conn, stop)
+                await self._trim_outbox(conn)
                 # Rows committed while no one listened are pending already; a wake finds them.
                 self._wake_all()
                 waits = [asyncio.create_task(e.wait()) for e in (stop, nodes_changed, lost)]
@@ -103,6 +106,15 @@ class Pusher:
         finally:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(conn.close(), 5)
+
+    async def _trim_outbox(self, conn: asyncpg.Connection) -> None:
+        now = time.monotonic()
+        if now - self._trimmed_at < self.settings.idle_check_s:
+            return
+        self._trimmed_at = now
+        removed = await conn.fetchval("SELECT pbx.trim_outbox(make_interval(secs => $1))", self.settings.outbox_keep_s)
+        if removed:
+            log.info("outbox: removed %d delivered rows older than %g s", removed, self.settings.outbox_keep_s)
 
     def _wake_all(self) -> None:
         for worker, _task in self._workers.values():

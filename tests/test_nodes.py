@@ -141,3 +141,45 @@ def test_the_identify_cache_keeper_row_is_invisible_to_export_and_flush(db: str,
     assert "ps_endpoint_id_ips" not in out["tenants"]["acme"]["endpoints"]["1001"]
     apply(db, tmp_path, "tenants:\n  acme: null\n")
     assert len(fetch(db, "SELECT 1 FROM public.ps_endpoint_id_ips")) == 1
+
+
+def test_delivered_outbox_rows_are_trimmed_after_the_retention_and_pending_ones_kept(db: str, tmp_path: Path) -> None:
+    assert pbxctl(db, "nodes", "add", "ast-1", "--ami", "127.0.0.1:5038", "--user", "pbx").returncode == 0
+    apply(db, tmp_path, CONFIG)
+    total = fetch(db, "SELECT count(*) FROM pbx.outbox")[0][0]
+    assert total > 0
+    assert fetch(db, "SELECT pbx.trim_outbox('0')")[0][0] == 0  # all still pending for ast-1
+    # ast-1 confirmed the rows of endpoint 1001: they are history now.
+    execute(
+        db,
+        "DELETE FROM pbx.push_pending q USING pbx.outbox o WHERE o.seq = q.seq AND o.object_id = '1001@acme.example'",
+    )
+    delivered = fetch(db, "SELECT count(*) FROM pbx.outbox WHERE object_id = '1001@acme.example'")[0][0]
+    assert delivered > 0
+    assert fetch(db, "SELECT pbx.trim_outbox('1 hour')")[0][0] == 0  # younger than the retention
+    assert fetch(db, "SELECT pbx.trim_outbox('0')")[0][0] == delivered
+    left = fetch(db, "SELECT DISTINCT object_id FROM pbx.outbox ORDER BY 1")
+    assert [r[0] for r in left] == ["1002@acme.example"]
+
+
+def test_the_pusher_trims_the_outbox_with_its_retention(db: str, tmp_path: Path) -> None:
+    from sorcery_backend.pusher import Pusher, PusherSettings
+
+    apply(db, tmp_path, CONFIG)  # no node: nothing pending, every row is history at once
+    assert fetch(db, "SELECT count(*) FROM pbx.outbox")[0][0] > 0
+
+    async def run() -> int:
+        stop = asyncio.Event()
+        task = asyncio.create_task(Pusher(db, PusherSettings(outbox_keep_s=0)).run(stop))
+        conn = await asyncpg.connect(db)
+        try:
+            async with asyncio.timeout(20):
+                while (left := await conn.fetchval("SELECT count(*) FROM pbx.outbox")) > 0:
+                    await asyncio.sleep(0.05)  # polling the table the pusher empties, with a deadline
+            return int(left)
+        finally:
+            stop.set()
+            await asyncio.wait_for(task, 10)
+            await conn.close()
+
+    assert asyncio.run(run()) == 0

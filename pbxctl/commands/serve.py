@@ -31,15 +31,24 @@ def register(subparsers: Any) -> None:
     )
     p.add_argument("--no-push", action="store_true", help="do not run the change pusher (AMI)")
     p.add_argument(
+        "--outbox-keep",
+        type=float,
+        default=86400.0,
+        metavar="SECONDS",
+        help="keep delivered rows of pbx.outbox this long as history (default 86400)",
+    )
+    p.add_argument(
         "--no-controller", action="store_true", help="do not run the ARI controller (it runs when PBX_ARI_URL is set)"
     )
     p.set_defaults(func=_serve)
 
 
-async def _run(dsn: str, host: str, port: int, push: bool = True, controller: bool = True) -> None:
+async def _run(
+    dsn: str, host: str, port: int, push: bool = True, controller: bool = True, outbox_keep_s: float = 86400.0
+) -> None:
     from ari_app.controller import AriSettings, ControllerRef, add_routes, run_controller
     from ari_app.route_api import make_app
-    from sorcery_backend.pusher import run_pusher
+    from sorcery_backend.pusher import PusherSettings, run_pusher
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -68,7 +77,8 @@ async def _run(dsn: str, host: str, port: int, push: bool = True, controller: bo
     print(f"serving the routing API on http://{host}:{port}/route", file=sys.stderr, flush=True)
     services: list[asyncio.Task[None]] = []
     if push:
-        services.append(asyncio.create_task(run_pusher(dsn, stop), name="pusher"))
+        pusher = run_pusher(dsn, stop, PusherSettings(outbox_keep_s=outbox_keep_s))
+        services.append(asyncio.create_task(pusher, name="pusher"))
         print("change pusher running", file=sys.stderr, flush=True)
     if ari is not None:
         services.append(asyncio.create_task(run_controller(ari, pool, stop, ref, routing), name="controller"))
@@ -92,7 +102,16 @@ def _serve(args: argparse.Namespace) -> int:
     host, _, port = args.http.rpartition(":")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s", stream=sys.stderr)
     try:
-        asyncio.run(_run(dsn, host or "127.0.0.1", int(port), push=not args.no_push, controller=not args.no_controller))
+        asyncio.run(
+            _run(
+                dsn,
+                host or "127.0.0.1",
+                int(port),
+                push=not args.no_push,
+                controller=not args.no_controller,
+                outbox_keep_s=args.outbox_keep,
+            )
+        )
     except KeyboardInterrupt:
         pass
     return 0
