@@ -231,7 +231,10 @@ class LiveCall:
             while isinstance(batch[0], RingDevice) and self._io and isinstance(self._io[0], RingDevice):
                 batch.append(self._io.popleft())
             try:
-                await asyncio.gather(*(self._execute(cmd) for cmd in batch))
+                if len(batch) == 1:  # gather would wrap it in a task: one more loop turn before it is sent
+                    await self._execute(batch[0])
+                else:
+                    await asyncio.gather(*(self._execute(cmd) for cmd in batch))
             except Exception:  # one failed request must not strand the call
                 self.metrics.inc("pbx_failures_total", kind="command")
                 self.log.exception("executing %s failed", batch)

@@ -15,7 +15,7 @@ from aiohttp import web
 
 from pbxctl.commands._db import add_dsn_argument
 from pbxctl.errors import EXIT_USAGE, CliError, Unreachable
-from sorcery_backend.db import MissingDsn, dsn_from
+from sorcery_backend.db import MissingDsn, dsn_from, service_pool
 
 __all__ = ["register"]
 
@@ -56,7 +56,7 @@ async def _run(
         loop.add_signal_handler(sig, stop.set)
 
     try:
-        pool = await asyncpg.create_pool(dsn, min_size=1, max_size=4)
+        pool = await service_pool(dsn)
     except (OSError, asyncpg.PostgresError) as exc:
         raise Unreachable(f"cannot reach the database: {exc}") from None
     from sorcery_backend.routing_cache import RoutingData
