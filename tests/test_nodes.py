@@ -183,3 +183,30 @@ def test_the_pusher_trims_the_outbox_with_its_retention(db: str, tmp_path: Path)
             await conn.close()
 
     assert asyncio.run(run()) == 0
+
+
+def test_a_pusher_that_may_not_trim_the_outbox_keeps_running(db: str, caplog: Any) -> None:
+    from sorcery_backend.pusher import Pusher, PusherSettings
+
+    role = "no_trim_" + db.rsplit("/", 1)[1]  # roles are per cluster, databases per test
+    execute(
+        db,
+        f"CREATE ROLE {role} LOGIN; GRANT USAGE ON SCHEMA pbx TO {role}; GRANT SELECT ON pbx.nodes TO {role}; "
+        "REVOKE EXECUTE ON FUNCTION pbx.trim_outbox FROM PUBLIC",
+    )
+    limited = f"postgresql://{role}@" + db.split("@", 1)[1]
+
+    async def run() -> None:
+        stop = asyncio.Event()
+        task = asyncio.create_task(Pusher(limited, PusherSettings(outbox_keep_s=0, idle_check_s=0.05)).run(stop))
+        async with asyncio.timeout(20):
+            while not any("not trimmed" in r.getMessage() for r in caplog.records):
+                await asyncio.sleep(0.05)  # polling the log for the pusher's warning, with a deadline
+        stop.set()
+        await asyncio.wait_for(task, 10)
+
+    with caplog.at_level("WARNING", logger="pbx.pusher"):
+        asyncio.run(run())
+    messages = [r.getMessage() for r in caplog.records]
+    assert any("permission denied for function trim_outbox" in m for m in messages), messages
+    assert not any("retrying" in m for m in messages), messages  # the listener never started over
