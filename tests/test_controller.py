@@ -131,6 +131,11 @@ async def rig() -> AsyncIterator[Rig]:
 async def test_a_call_rings_the_first_rank_then_adds_the_next_on_its_timer(rig: Rig) -> None:
     rig.fake.push(stasis_start("A", "2000"))
     first = await rig.until("the first ring", rig.originates)
+    assert not rig.fake.calls("POST", "/channels/A/ring")  # nothing rings yet
+    leg_id = first[0].params["channelId"]
+    ringing = {"type": "ChannelStateChange", "application": "pbx", "channel": channel(leg_id) | {"state": "Ringing"}}
+    for _ in range(2):  # the app's copy and the endpoint subscription's: one 180
+        rig.fake.push(ringing)
     await rig.until("a 180 to the caller", lambda: rig.fake.calls("POST", "/channels/A/ring"))
     p = first[0].params
     assert p["endpoint"] == "PJSIP/1002@t.example/sip:1002@127.0.0.1:5062;transport=UDP"
@@ -141,6 +146,7 @@ async def test_a_call_rings_the_first_rank_then_adds_the_next_on_its_timer(rig: 
     )  # fmt: skip
     both = await rig.until("the NEXT rank after 50 ms", lambda: len(rig.originates()) == 2 and rig.originates())
     assert both[1].params["endpoint"].startswith("PJSIP/1003@t.example/sip:1003@")
+    assert len(rig.fake.calls("POST", "/channels/A/ring")) == 1
 
 
 async def test_an_answer_bridges_the_caller_in_a_mixing_bridge_and_stops_the_other_legs(rig: Rig) -> None:
@@ -159,6 +165,20 @@ async def test_an_answer_bridges_the_caller_in_a_mixing_bridge_and_stops_the_oth
     await rig.until("the bridge destroyed", lambda: rig.fake.calls("DELETE", "/bridges/conf-A"))
     assert rig.hangups(ids[1])
     assert rig.controller.conferences == {}
+
+
+async def test_a_leg_that_reaches_stasis_after_its_up_event_is_still_bridged(rig: Rig) -> None:
+    rig.fake.push(stasis_start("A", "1002"))
+    [leg] = await rig.until("the ring", rig.originates)
+    leg_id = leg.params["channelId"]
+    up = {"type": "ChannelStateChange", "application": "pbx", "channel": channel(leg_id) | {"state": "Up"}}
+    rig.fake.push(up)
+    await rig.until("the caller answered", lambda: rig.fake.calls("POST", "/channels/A/answer"))
+    # The engine has decided (answered) by now; the leg's StasisStart must still find its call.
+    rig.fake.push(stasis_start(leg_id, "leg", "A", leg_id.rsplit("l", 1)[1], endpoint="1002@t.example"))
+    added = await rig.until("the bridge", lambda: rig.fake.calls("POST", "/bridges/conf-A/addChannel"))
+    assert added[0].params["channel"] == f"A,{leg_id}"
+    assert not rig.hangups(leg_id)
 
 
 async def test_busy_legs_end_the_call_busy(rig: Rig) -> None:

@@ -129,6 +129,8 @@ class LiveCall:
         self._io: deque[Command] = deque()
         self._runner: asyncio.Task[None] | None = None
         self._first_ring_at: float | None = None
+        self._caller_ringing = False  # the 180 went to the caller
+        self._bridging = False
         # perf_counter marks of the call's setup, logged as one line when it is bridged.
         self.marks: dict[str, float] = {"stasis": started if started is not None else time.perf_counter()}
         self._side_tasks: set[asyncio.Task[None]] = set()
@@ -149,6 +151,10 @@ class LiveCall:
                     handle.cancel()
             elif isinstance(cmd, Refused):
                 self.log.info("extension %s refused: %s", cmd.number, cmd.error)
+            elif isinstance(cmd, Bridge):
+                # At once, not behind the other legs' hangups in the queue: this answers the caller.
+                self._bridging = True
+                self._spawn(self._run_bridge(self.legs[cmd.leg_id]))
             else:
                 if isinstance(cmd, RingDevice):
                     self._register_leg(cmd)
@@ -157,8 +163,8 @@ class LiveCall:
                 self._io.append(cmd)
         if self._io and (self._runner is None or self._runner.done()):
             self._runner = asyncio.create_task(self._run_io(), name=f"call-{self.call_id}")
-        if self.fork.ended and not self._io and (self._runner is None or self._runner.done()):
-            self._finish()
+        if self._runner is None or self._runner.done():
+            self._finish_if_over()
 
     def _register_leg(self, cmd: RingDevice) -> None:
         leg = Leg(cmd.leg_id, leg_channel_id(self.call_id, cmd.leg_id), f"{cmd.endpoint}@{self.domain}", cmd.device)
@@ -182,6 +188,22 @@ class LiveCall:
             self._spawn(self._hangup(leg.channel_id, "answered_elsewhere"))
             return
         self.feed(LegAnswered(leg.leg_id))
+
+    def leg_ringing(self) -> None:
+        """A device rings: the caller gets its 180 (its own phone plays the ringback), once, as
+        Dial() forwards it. Sent together with the originate instead, it held the INVITE to the
+        device back by ~0.8 ms (bench/RESULTS.md); nor should a caller hear ringing before
+        anything rings (a busy first rank). A ringback tone (183) replaces it."""
+        if self._caller_ringing or self.ringback is not None or self.fork.ended or self.caller_gone:
+            return
+        self._caller_ringing = True
+        self._spawn(self._ring_caller())
+
+    async def _ring_caller(self) -> None:
+        try:
+            await self.ari.channels.ring(self.caller.id)
+        except AriNotFound:
+            pass  # hung up already
 
     def leg_in_stasis(self, channel_id: str) -> None:
         """The leg's StasisStart: it can be bridged now (and it is certainly answered)."""
@@ -238,8 +260,7 @@ class LiveCall:
             except Exception:  # one failed request must not strand the call
                 self.metrics.inc("pbx_failures_total", kind="command")
                 self.log.exception("executing %s failed", batch)
-        if self.fork.ended:
-            self._finish()
+        self._finish_if_over()
 
     async def _execute(self, cmd: Command) -> None:
         if isinstance(cmd, RingDevice):
@@ -250,8 +271,6 @@ class LiveCall:
                 reason = "answered_elsewhere" if cmd.why == "answered_elsewhere" else "normal"
                 leg.stopped = True
                 await self._hangup(leg.channel_id, reason)
-        elif isinstance(cmd, Bridge):
-            await self._bridge(self, self.legs[cmd.leg_id])
         elif isinstance(cmd, EndCall):
             self.metrics.inc("pbx_calls_total", result=cmd.result)
             self.log.info("call ended: %s", cmd.result)
@@ -289,6 +308,24 @@ class LiveCall:
             self.presence.gone(leg.channel_id)
             leg.ended = True
             self.feed(LegFailed(cmd.leg_id, "failed"))
+
+    async def _run_bridge(self, leg: Leg) -> None:
+        self._bridging = True
+        try:
+            await self._bridge(self, leg)
+        except Exception:  # the conference's own requests log theirs; this is anything else
+            self.metrics.inc("pbx_failures_total", kind="command")
+            self.log.exception("bridging %s failed", leg.channel_id)
+        finally:
+            self._bridging = False
+            if self._runner is None or self._runner.done():
+                self._finish_if_over()
+
+    def _finish_if_over(self) -> None:
+        """The call is over for the controller once the engine has ended it, its commands are
+        out, and the answered leg (whose StasisStart finds its call here) is in the bridge."""
+        if self.fork.ended and not self._io and not self._bridging:
+            self._finish()
 
     async def _hangup(self, channel_id: str, reason: str) -> None:
         try:

@@ -54,17 +54,14 @@ class Conference:
         answered_ready: Awaitable[object] | None = None,
         marks: dict[str, float] | None = None,
     ) -> None:
-        """Answer the caller and make the bridge at once; add both when the answered leg is in
-        Stasis (``answered_ready``): it goes Up a moment before, and only a Stasis channel joins."""
+        """Answer the caller first (its 200 OK is what the caller waits for: Asterisk gets the
+        request alone), then make the bridge and add both once the answered leg is in Stasis
+        (``answered_ready``): it goes Up a moment before, and only a Stasis channel joins."""
         self.members |= {caller_id, answered_id}
         marks = marks if marks is not None else {}
-
-        async def answer() -> None:
-            await self.ari.channels.answer(caller_id)
-            marks["answered"] = time.perf_counter()
-
+        await self.ari.channels.answer(caller_id)
+        marks["answered"] = time.perf_counter()
         await asyncio.gather(
-            answer(),
             self.ari.bridges.create("mixing", bridge_id=self.bridge_id, name=self.call_id),
             asyncio.wait_for(answered_ready, 10) if answered_ready is not None else asyncio.sleep(0),
         )

@@ -137,10 +137,12 @@ class Controller:
         elif isinstance(item, ChannelDestroyed):
             self._channel_gone(item.channel.id, item.cause)
         elif isinstance(item, ChannelStateChange):
-            if item.channel.state == "Up":
+            if item.channel.state in ("Up", "Ringing"):
                 call = self._call_of_leg(item.channel.id)
-                if call is not None:
+                if call is not None and item.channel.state == "Up":
                     call.leg_up(item.channel.id)
+                elif call is not None:
+                    call.leg_ringing()
         elif isinstance(item, ChannelHangupRequest | StasisEnd):
             self._hangup_request(item.channel.id)
         elif isinstance(item, EndpointStateChange):
@@ -225,16 +227,6 @@ class Controller:
             call.ringback = await self._start_ringback(ch.id, dialed.ringback, log)
         call.marks["routed"] = routed_at
         call.feed(Start())
-        # 180 to the caller (its own phone plays the ringback), sent once the first legs are on
-        # their way: it is not on the path to the answer, and Asterisk works on one at a time.
-        if call.ringback is None and not call.fork.ended:
-            self._spawn(self._ring(ch.id))
-
-    async def _ring(self, channel_id: str) -> None:
-        try:
-            await self.ari.channels.ring(channel_id)
-        except AriNotFound:
-            pass  # hung up already
 
     async def _start_ringback(self, channel_id: str, ringback: str, log: CallLog) -> str | None:
         """``tone-<zone>`` (e.g. tone-de): the country's ring tone as early media (183) instead of the
