@@ -310,7 +310,6 @@ class LiveCall:
             self.feed(LegFailed(cmd.leg_id, "failed"))
 
     async def _run_bridge(self, leg: Leg) -> None:
-        self._bridging = True
         try:
             await self._bridge(self, leg)
         except Exception:  # the conference's own requests log theirs; this is anything else
