@@ -137,12 +137,11 @@ class Controller:
         elif isinstance(item, ChannelDestroyed):
             self._channel_gone(item.channel.id, item.cause)
         elif isinstance(item, ChannelStateChange):
-            if item.channel.state in ("Up", "Ringing"):
-                call = self._call_of_leg(item.channel.id)
-                if call is not None and item.channel.state == "Up":
-                    call.leg_up(item.channel.id)
-                elif call is not None:
-                    call.leg_ringing()
+            call = self._call_of_leg(item.channel.id)
+            if call is not None and item.channel.state == "Up":
+                call.leg_up(item.channel.id)
+            elif call is not None and item.channel.state == "Ringing":
+                call.leg_ringing()
         elif isinstance(item, ChannelHangupRequest | StasisEnd):
             self._hangup_request(item.channel.id)
         elif isinstance(item, EndpointStateChange):
