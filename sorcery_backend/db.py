@@ -32,11 +32,21 @@ async def _keep_session(conn: asyncpg.Connection) -> None:
     an open transaction and drops Python-side listeners before calling this."""
 
 
+# Every statement on the service pool is a short lookup by key, prepared once per connection by
+# asyncpg. Left to `auto`, Postgres kept planning the per-call routing statement afresh on every
+# call (its generic plan estimates ten rows for the unnested endpoint array, so it never looks
+# cheaper than a custom one): ~40% of the statement's time on an idle node (bench/RESULTS.md).
+_SERVICE_SETTINGS = {"plan_cache_mode": "force_generic_plan"}
+
+
 async def service_pool(dsn: str, *, max_size: int = 4) -> asyncpg.Pool:
     """The pool of `pbxctl serve` (routing API, call lookups). asyncpg's default release sends
     ``SELECT pg_advisory_unlock_all(); CLOSE ALL; UNLISTEN *; RESET ALL`` every time, a second
-    round trip per call lookup (0.3-0.6 ms of its ~1 ms on a busy node) that undoes nothing here."""
-    pool: asyncpg.Pool = await asyncpg.create_pool(dsn, min_size=1, max_size=max_size, reset=_keep_session)
+    round trip per call lookup (0.3-0.6 ms of its ~1 ms on a busy node) that undoes nothing here.
+    Its prepared statements run on generic plans (see ``_SERVICE_SETTINGS``)."""
+    pool: asyncpg.Pool = await asyncpg.create_pool(
+        dsn, min_size=1, max_size=max_size, reset=_keep_session, server_settings=_SERVICE_SETTINGS
+    )
     return pool
 
 
