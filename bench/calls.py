@@ -3,19 +3,22 @@
 (a) Setup time at the caller (authenticated INVITE sent -> 200 OK received), 1001 -> 1002 on the
 same stack in the same run, interleaved in rounds: once through Stasis and the controller (routing
 tree, originate per contact, mixing bridge), once through the `pbx-dial-test` context (a plain
-Dial() of the same endpoint). The phone answers at once; the ratio is ours / Dial at p50.
+Dial() of the same endpoint), and once through the least an ARI app can do (bench/_ari_floor.py:
+originate, answer, bridge; no routing). The phone answers at once; the ratios are at p50.
 (b) sipp calls at rising cps into group 2000 (one rank of 3 phones that answer at once; the two
 that lose are cancelled or hung up), each call talking 1 s; each level runs for a while and the
 highest cps where every call succeeded is reported.
 
     python bench/calls.py [--quick]
 
-Last line: JSON with setup_vs_dial_ratio and max_cps_zero_fail (and the figures behind them).
+Last line: JSON with setup_vs_dial_ratio and max_cps_zero_fail (and the figures behind them), and
+floor_vs_dial_ratio: the baseline ARI app over Dial().
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import os
 import subprocess
@@ -27,6 +30,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+import asyncpg
+
+from ari_app.controller.call import dial_string
+from bench import _ari_floor
 from bench._common import percentile
 from devstack import sipp
 from devstack.play import SippProcess, read_trace
@@ -44,12 +51,14 @@ tenants:
       "1002": {templates: [phone], auth: {password: pw-1002}}
       "1003": {templates: [phone], auth: {password: pw-1003}}
       "1004": {templates: [phone], auth: {password: pw-1004}}
+      "1008": {templates: [phone], auth: {password: pw-1008}, endpoint: {context: pbx-ari-floor}}
       "1009": {templates: [phone], auth: {password: pw-1009}, endpoint: {context: pbx-dial-test}}
     extensions:
       "1001": {type: simple, name: Alice, endpoints: ["1001"]}
       "1002": {type: simple, name: Bob, endpoints: ["1002"]}
       "1003": {type: simple, name: Carol, endpoints: ["1003"]}
       "1004": {type: simple, name: Dave, endpoints: ["1004"]}
+      "1008": {type: simple, name: Floor, endpoints: ["1008"]}
       "1009": {type: simple, name: Dialer, endpoints: ["1009"]}
       "2000": {type: group, name: Team, ranks: [{mode: default, members: ["1002", "1003", "1004"]}]}
 """
@@ -95,6 +104,17 @@ def caller_run(
     return p.returncode, d
 
 
+def contact_uri(stack: Stack, endpoint_id: str) -> str:
+    async def fetch() -> str:
+        conn = await asyncpg.connect(stack.settings.database_url())
+        try:
+            return str(await conn.fetchval("SELECT uri FROM ps_contacts WHERE endpoint = $1", endpoint_id))
+        finally:
+            await conn.close()
+
+    return asyncio.run(fetch())
+
+
 def setup_times(d: Path) -> list[float]:
     sent: dict[str, float] = {}
     out: list[float] = []
@@ -133,20 +153,23 @@ def main() -> int:
             cfg.write_text(TENANT)
             pbxctl(stack, "apply", str(cfg))
             phones = [phone(stack, tmp, u, 10**6) for u in ("1002", "1003", "1004")]
-            ours: list[float] = []
-            dial: list[float] = []
-            for i in range(rounds):
-                for caller, samples in (
-                    (("1001", ours), ("1009", dial)) if i % 2 == 0 else (("1009", dial), ("1001", ours))
-                ):
-                    rc, d = caller_run(stack, tmp, caller, "1002", per_round)
-                    if rc != 0:
-                        raise SystemExit(f"setup round {i} ({caller}): sipp exit {rc}; see {d}")
-                    samples.extend(setup_times(d))
-            o50, d50 = percentile(ours, 50), percentile(dial, 50)
+            _ari_floor.install_context(stack)
+            floor_dial = dial_string("1002@bench.example", contact_uri(stack, "1002@bench.example"), None)
+            samples: dict[str, list[float]] = {"1001": [], "1008": [], "1009": []}  # ours, floor, Dial()
+            orders = [("1001", "1008", "1009"), ("1009", "1008", "1001"), ("1008", "1001", "1009")]
+            with _ari_floor.FloorApp(stack, floor_dial):
+                for i in range(rounds):
+                    for caller in orders[i % len(orders)]:
+                        rc, d = caller_run(stack, tmp, caller, "1002", per_round)
+                        if rc != 0:
+                            raise SystemExit(f"setup round {i} ({caller}): sipp exit {rc}; see {d}")
+                        samples[caller].extend(setup_times(d))
+            ours, floor, dial = samples["1001"], samples["1008"], samples["1009"]
+            o50, d50, f50 = percentile(ours, 50), percentile(dial, 50), percentile(floor, 50)
             o95, d95 = percentile(ours, 95), percentile(dial, 95)
             log(f"setup INVITE->200: controller p50 {o50 * 1e3:.1f} ms p95 {o95 * 1e3:.1f} ms; "
-                f"Dial() p50 {d50 * 1e3:.1f} ms p95 {d95 * 1e3:.1f} ms; ratio {o50 / d50:.2f}")  # fmt: skip
+                f"Dial() p50 {d50 * 1e3:.1f} ms p95 {d95 * 1e3:.1f} ms; ratio {o50 / d50:.2f}; "
+                f"baseline ARI app p50 {f50 * 1e3:.1f} ms, {f50 / d50:.2f}x Dial()")  # fmt: skip
 
             best = 0
             for cps in [] if args.no_load else levels:
@@ -169,6 +192,8 @@ def main() -> int:
                 "dial_p50_ms": round(d50 * 1000, 2),
                 "setup_p95_ms": round(percentile(ours, 95) * 1000, 2),
                 "dial_p95_ms": round(percentile(dial, 95) * 1000, 2),
+                "floor_p50_ms": round(f50 * 1000, 2),
+                "floor_vs_dial_ratio": round(f50 / d50, 3),
                 "max_cps_zero_fail": best,
                 "calls_per_mode": len(ours),
             }
