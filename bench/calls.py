@@ -18,7 +18,6 @@ floor_vs_dial_ratio: the baseline ARI app over Dial().
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import os
 import subprocess
@@ -30,15 +29,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import asyncpg
-
 from ari_app.controller.call import dial_string
 from bench import _ari_floor
 from bench._common import percentile
 from devstack import sipp
 from devstack.play import SippProcess, read_trace
 from devstack.play_sipp import caller_xml, device_xml
-from devstack.stack import Stack
+from devstack.stack import Stack, run_sql
 
 TENANT = """
 tenants:
@@ -104,17 +101,6 @@ def caller_run(
     return p.returncode, d
 
 
-def contact_uri(stack: Stack, endpoint_id: str) -> str:
-    async def fetch() -> str:
-        conn = await asyncpg.connect(stack.settings.database_url())
-        try:
-            return str(await conn.fetchval("SELECT uri FROM ps_contacts WHERE endpoint = $1", endpoint_id))
-        finally:
-            await conn.close()
-
-    return asyncio.run(fetch())
-
-
 def setup_times(d: Path) -> list[float]:
     sent: dict[str, float] = {}
     out: list[float] = []
@@ -154,7 +140,11 @@ def main() -> int:
             pbxctl(stack, "apply", str(cfg))
             phones = [phone(stack, tmp, u, 10**6) for u in ("1002", "1003", "1004")]
             _ari_floor.install_context(stack)
-            floor_dial = dial_string("1002@bench.example", contact_uri(stack, "1002@bench.example"), None)
+            floor_dial = dial_string(
+                "1002@bench.example",
+                run_sql(stack, "SELECT uri FROM ps_contacts WHERE endpoint = $1", "1002@bench.example")[0]["uri"],
+                None,
+            )
             samples: dict[str, list[float]] = {"1001": [], "1008": [], "1009": []}  # ours, floor, Dial()
             orders = [("1001", "1008", "1009"), ("1009", "1008", "1001"), ("1008", "1001", "1009")]
             with _ari_floor.FloorApp(stack, floor_dial):

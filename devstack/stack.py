@@ -19,7 +19,7 @@ from devstack.services import ServeProcess, register_node
 from devstack.settings import StackSettings, cache_dir, stacks_dir
 from sorcery_backend.schema import migrate
 
-__all__ = ["Stack", "chroot_path"]
+__all__ = ["Stack", "chroot_path", "run_sql", "sql"]
 
 
 def chroot_path() -> Path:
@@ -119,3 +119,16 @@ def any_stack_running(chroot: Path) -> bool:
             if node.running():
                 return True
     return False
+
+
+async def sql(st: Stack, query: str, *args: object) -> list[asyncpg.Record]:
+    """One query on the stack's database, on a connection of its own."""
+    conn = await asyncpg.connect(st.settings.database_url())
+    try:
+        return list(await conn.fetch(query, *args))
+    finally:
+        await conn.close()
+
+
+def run_sql(st: Stack, query: str, *args: object) -> list[asyncpg.Record]:
+    return asyncio.run(sql(st, query, *args))

@@ -5,7 +5,6 @@ Its name carries the pid, so a test run never touches the developer's `dev` stac
 
 from __future__ import annotations
 
-import asyncio
 import os
 import subprocess
 import sys
@@ -13,7 +12,6 @@ import textwrap
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-import asyncpg
 import pytest
 
 from devstack.chroot import asterisk_version
@@ -29,19 +27,6 @@ def stack() -> Iterator[Stack]:
         yield st
     finally:
         st.destroy()
-
-
-async def sql(st: Stack, query: str, *args: object) -> list[asyncpg.Record]:
-    """One query on the stack's database, on a connection of its own."""
-    conn = await asyncpg.connect(st.settings.database_url())
-    try:
-        return list(await conn.fetch(query, *args))
-    finally:
-        await conn.close()
-
-
-def run_sql(st: Stack, query: str, *args: object) -> list[asyncpg.Record]:
-    return asyncio.run(sql(st, query, *args))
 
 
 def pbxctl(st: Stack, *args: str, input_text: str | None = None) -> subprocess.CompletedProcess[str]:

@@ -12,11 +12,11 @@ from pathlib import Path
 
 import asyncpg
 import pytest
-from stack import apply_yaml, no_controller, run_sql
+from stack import apply_yaml, no_controller
 
 from devstack import sipp
 from devstack.services import wait_pushed
-from devstack.stack import Stack
+from devstack.stack import Stack, run_sql
 
 pytestmark = pytest.mark.stack
 

@@ -14,10 +14,10 @@ from pathlib import Path
 
 import asyncpg
 import pytest
-from stack import apply_yaml, run_sql
+from stack import apply_yaml
 
 from devstack import sipp
-from devstack.stack import Stack
+from devstack.stack import Stack, run_sql
 from sorcery_backend.ami import AmiSession
 
 pytestmark = pytest.mark.stack
