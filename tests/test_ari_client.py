@@ -17,6 +17,7 @@ from ari_app.ari import (
     AriConflict,
     AriError,
     AriNotFound,
+    AriStatusError,
     AriUnavailable,
     Backoff,
     Connected,
@@ -381,9 +382,9 @@ async def test_run_events_stops_on_a_handler_error_and_closes_the_session() -> N
 async def test_refused_handshake_for_good_raises(status: int) -> None:
     fake = FakeAriTransport()
     sleeps = Sleeps()
-    fake.refuse(AriError(status, "Authentication required"))
+    fake.refuse(AriStatusError(status, "Authentication required"))
     stream = client_for(fake, sleep=sleeps).events()
-    with pytest.raises(AriError) as info:
+    with pytest.raises(AriStatusError) as info:
         async with asyncio.timeout(5):
             await anext(stream)
     assert info.value.status == status and sleeps.delays == []
@@ -392,7 +393,7 @@ async def test_refused_handshake_for_good_raises(status: int) -> None:
 async def test_handshake_404_or_503_is_retried() -> None:
     # While Asterisk starts, its HTTP server answers before res_ari is loaded.
     fake = FakeAriTransport()
-    fake.refuse(AriNotFound(404, "Not Found"), AriError(503, "Service Unavailable"))
+    fake.refuse(AriNotFound(404, "Not Found"), AriStatusError(503, "Service Unavailable"))
     async with contextlib.aclosing(client_for(fake).events()) as stream:
         items = await take(stream, 2)
     assert kinds(items) == ["Disconnected", "Connected"]
