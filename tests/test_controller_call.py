@@ -1,4 +1,5 @@
-from ari_app.controller.call import dial_string, leg_channel_id
+from ari_app.controller.call import dial_string
+from ari_app.controller.ids import leg_channel_id
 
 
 def test_dial_string_targets_one_contact_and_unescapes_realtime_semicolons() -> None:

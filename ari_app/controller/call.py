@@ -15,8 +15,9 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 
-from ari_app.ari import AriClient, AriError, AriNotFound, Channel
+from ari_app.ari import AriClient, AriError, AriNotFound, AriUnavailable, Channel
 from ari_app.controller.causes import caller_cause, leg_failure
+from ari_app.controller.ids import OurChannel
 from ari_app.controller.metrics import Metrics
 from ari_app.controller.presence import Presence
 from routing.fork import (
@@ -36,7 +37,7 @@ from routing.fork import (
     TimerFired,
 )
 
-__all__ = ["Leg", "LiveCall", "dial_string", "leg_channel_id", "setup_summary"]
+__all__ = ["Leg", "LiveCall", "dial_string", "setup_summary"]
 
 
 @dataclass
@@ -49,11 +50,6 @@ class Leg:
     ended: bool = False
     stopped: bool = False  # hung up by us on the engine's StopLeg
     in_stasis: asyncio.Event = field(default_factory=asyncio.Event)
-
-
-def leg_channel_id(call_id: str, leg_id: int) -> str:
-    # Chosen by us (ARI channelId), so events that race the originate's reply are still ours.
-    return f"{call_id}-l{leg_id}"
 
 
 def dial_string(endpoint_id: str, contact_uri: str, dialed: str | None) -> str:
@@ -167,7 +163,8 @@ class LiveCall:
             self._finish_if_over()
 
     def _register_leg(self, cmd: RingDevice) -> None:
-        leg = Leg(cmd.leg_id, leg_channel_id(self.call_id, cmd.leg_id), f"{cmd.endpoint}@{self.domain}", cmd.device)
+        channel_id = OurChannel(self.call_id, "leg", cmd.leg_id).channel_id
+        leg = Leg(cmd.leg_id, channel_id, f"{cmd.endpoint}@{self.domain}", cmd.device)
         self.legs[leg.leg_id] = leg
         self.by_channel[leg.channel_id] = leg
         self.presence.add_own(leg.endpoint_id, leg.channel_id)
@@ -290,7 +287,7 @@ class LiveCall:
         try:
             await self.ari.channels.originate(
                 dial_string(leg.endpoint_id, uri, cmd.dialed),
-                app_args=["leg", self.call_id, str(cmd.leg_id)],
+                app_args=OurChannel(self.call_id, "leg", leg.leg_id).stasis_args,
                 caller_id=_caller_id(cmd.callername, cmd.caller),
                 timeout=-1,  # the engine's timers decide how long a device rings
                 channel_id=leg.channel_id,
@@ -302,12 +299,38 @@ class LiveCall:
                 },
             )
             self.marks.setdefault("originated", time.perf_counter())
+        except AriUnavailable as exc:
+            # A request that timed out may still have been applied. The channel id is ours, so
+            # Asterisk can say: a channel that exists is followed by its events like any leg.
+            self.log.warning("originate to %s: %s; is %s there?", cmd.device, exc, leg.channel_id)
+            if not await self._exists(leg.channel_id):
+                self._not_started(leg)
         except AriError as exc:
             self.log.warning("originate to %s failed: %s", cmd.device, exc)
-            self.by_channel.pop(leg.channel_id, None)
-            self.presence.gone(leg.channel_id)
-            leg.ended = True
-            self.feed(LegFailed(cmd.leg_id, "failed"))
+            self._not_started(leg)
+
+    async def _exists(self, channel_id: str) -> bool:
+        try:
+            await self.ari.channels.get(channel_id)
+        except AriNotFound:
+            return False
+        except AriError as exc:
+            # Unknowable: the engine must move on all the same, and a channel that does turn up
+            # later would ring with nobody following it, so it is hung up (if it ever exists).
+            self.log.warning("cannot tell whether %s exists (%s): counted as failed", channel_id, exc)
+            self._spawn(self._hangup(channel_id, "normal"))
+            return False
+        return True
+
+    def _not_started(self, leg: Leg) -> None:
+        """The leg's originate failed: the engine hears of it as a failed leg."""
+        if leg.ended:  # its ChannelDestroyed came while we asked
+            return
+        self.by_channel.pop(leg.channel_id, None)
+        self.presence.gone(leg.channel_id)
+        leg.ended = True
+        self.metrics.inc("pbx_legs_total", outcome="failed")
+        self.feed(LegFailed(leg.leg_id, "failed"))
 
     async def _run_bridge(self, leg: Leg) -> None:
         try:
