@@ -21,6 +21,7 @@ from ari_app.ari import (
     AriUnavailable,
     Backoff,
     Connected,
+    DialplanTarget,
     Disconnected,
     FakeAriTransport,
     FakeRequest,
@@ -148,6 +149,44 @@ async def test_create_and_originate_default_to_our_app_and_send_variables_in_the
         "timeout": "20",
     }
     assert originate.json is None
+
+
+async def test_originate_into_the_dialplan_instead_of_an_app() -> None:
+    fake = FakeAriTransport()
+    fake.route("POST", "/channels", load("rest/channel_created.json"))
+    client = client_for(fake)
+    await client.channels.originate(
+        "PJSIP/1002@acme.example/sip:hold@127.0.0.1:5070",
+        dialplan=DialplanTarget("pbx-hold", "hold", 1),
+        channel_id="hold-1",
+        timeout=10,
+    )
+    assert fake.requests[0].params == {
+        "endpoint": "PJSIP/1002@acme.example/sip:hold@127.0.0.1:5070",
+        "context": "pbx-hold",
+        "extension": "hold",
+        "priority": "1",
+        "timeout": "10",
+        "channelId": "hold-1",
+    }
+    with pytest.raises(ValueError, match="not both"):
+        await client.channels.originate("PJSIP/x", app_args=["a"], dialplan=DialplanTarget("c", "e"))
+    assert len(fake.requests) == 1
+
+
+async def test_playback_calls_on_the_wire() -> None:
+    fake = FakeAriTransport(default=None)
+    fake.route("GET", "/playbacks/{playback_id}", load("rest/playback.json"))
+    client = client_for(fake)
+    assert (await client.playbacks.get("pb-6f1c2d")).id == "pb-6f1c2d"
+    await client.playbacks.control("pb-6f1c2d", "pause")
+    await client.playbacks.stop("pb-6f1c2d")
+    wire = [(r.method, r.path, dict(r.params)) for r in fake.requests]
+    assert wire == [
+        ("GET", "/playbacks/pb-6f1c2d", {}),
+        ("POST", "/playbacks/pb-6f1c2d/control", {"operation": "pause"}),
+        ("DELETE", "/playbacks/pb-6f1c2d", {}),
+    ]
 
 
 async def test_bridge_calls_on_the_wire() -> None:

@@ -284,6 +284,39 @@ async def test_an_originate_that_timed_out_but_was_applied_keeps_its_leg(rig: Ri
     assert not rig.hangups(leg_id)
 
 
+async def test_an_originate_that_cannot_be_checked_fails_its_leg_and_hangs_the_channel_up(rig: Rig) -> None:
+    _first_originate_times_out(rig)
+
+    def down(r: FakeRequest) -> None:
+        raise AriUnavailable("GET: no answer in 10 s")
+
+    rig.fake.route("GET", "/channels/{channel_id}", down)
+    rig.fake.push(stasis_start("A", "2003"))
+    legs = await rig.until("the next rank now", lambda: len(rig.originates()) == 2 and rig.originates())
+    first = legs[0].params["channelId"]
+    # Should the request have been applied after all, the channel must not ring unfollowed; and
+    # when it reaches Stasis anyway, nobody would bridge it.
+    await rig.until("the unknown leg hung up", lambda: rig.hangups(first))
+    rig.fake.push(stasis_start(first, "leg", "A", first.rsplit("l", 1)[1], endpoint="1002@t.example"))
+    await rig.until("hung up again on its StasisStart", lambda: len(rig.hangups(first)) == 2)
+    assert not rig.fake.calls("POST", "/bridges")
+
+
+async def test_the_app_gets_only_the_event_types_the_controller_handles(rig: Rig) -> None:
+    [request] = rig.fake.calls("PUT", "/applications/pbx/eventFilter")
+    allowed = {entry["type"] for entry in request.json["allowed"]}
+    assert allowed == {
+        "StasisStart",
+        "StasisEnd",
+        "ChannelStateChange",
+        "ChannelHangupRequest",
+        "ChannelDestroyed",
+        "EndpointStateChange",
+        "ApplicationReplaced",
+    }
+    assert request.json["disallowed"] == []
+
+
 async def test_channels_left_by_an_earlier_controller_are_reaped(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(controller_module, "ORPHAN_GRACE_S", 0.01)
     r = Rig()

@@ -202,13 +202,15 @@ class LiveCall:
         except AriNotFound:
             pass  # hung up already
 
-    def leg_in_stasis(self, channel_id: str) -> None:
-        """The leg's StasisStart: it can be bridged now (and it is certainly answered)."""
+    def leg_in_stasis(self, channel_id: str) -> bool:
+        """The leg's StasisStart: it can be bridged now (and it is certainly answered). False for a
+        channel this call does not follow (any more)."""
         leg = self.by_channel.get(channel_id)
         if leg is None:
-            return
+            return False
         leg.in_stasis.set()
         self.leg_up(channel_id)
+        return True
 
     def leg_ended(self, channel_id: str, cause: int) -> None:
         leg = self.by_channel.pop(channel_id, None)

@@ -13,16 +13,9 @@ import time
 from collections.abc import Awaitable, Callable
 
 from ari_app.ari import AriClient, AriNotFound
+from ari_app.controller.ids import OurChannel, bridge_id_for
 
-__all__ = ["Conference", "bridge_id_for", "party_channel_id"]
-
-
-def bridge_id_for(call_id: str) -> str:
-    return f"conf-{call_id}"
-
-
-def party_channel_id(call_id: str, n: int) -> str:
-    return f"{call_id}-p{n}"
+__all__ = ["Conference"]
 
 
 class Conference:
@@ -70,12 +63,13 @@ class Conference:
         self.log.info("bridged %s and %s in %s", caller_id, answered_id, self.bridge_id)
 
     async def dial_party(self, dial_string: str, caller_id: str | None = None) -> str:
-        channel_id = party_channel_id(self.call_id, next(self._party_numbers))
+        party = OurChannel(self.call_id, "party", next(self._party_numbers))
+        channel_id = party.channel_id
         self.pending.add(channel_id)
         try:
             await self.ari.channels.originate(
                 dial_string,
-                app_args=["party", self.call_id],
+                app_args=party.stasis_args,
                 channel_id=channel_id,
                 caller_id=caller_id,
                 timeout=60,

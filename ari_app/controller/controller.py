@@ -1,8 +1,8 @@
 """The Stasis controller: ARI events in, live calls and conferences out.
 
 Handlers are small and keyed by event type (the wazo-calld layout): a channel entering Stasis is a
-new call, a leg answering, or a party joining a conference, told apart by the Stasis arguments
-the controller gave it. Every other channel event is routed by the channel id to the call or
+new call, a leg answering, or a party joining a conference, told apart by the channel id the
+controller gave it (ids.py). Every other channel event is routed by the channel id to the call or
 conference that owns the channel. Events arrive twice for some channels (once for the app, once
 for the endpoint subscription), so every handler is idempotent.
 """
@@ -11,9 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from ari_app.ari import (
@@ -27,13 +26,15 @@ from ari_app.ari import (
     Connected,
     Disconnected,
     EndpointStateChange,
+    Event,
     StasisEnd,
     StasisStart,
     StreamItem,
 )
-from ari_app.controller.call import LiveCall, setup_summary
+from ari_app.controller.call import Leg, LiveCall, setup_summary
 from ari_app.controller.causes import TEMPORARY_FAILURE, caller_cause
 from ari_app.controller.conference import Conference
+from ari_app.controller.ids import call_of_bridge, parse_channel_id, ringback_playback_id
 from ari_app.controller.lookup import CallLookup, split_endpoint_id
 from ari_app.controller.metrics import Metrics
 from ari_app.controller.presence import Presence
@@ -46,16 +47,6 @@ logger = logging.getLogger("ari_app.controller")
 # A channel found in our app at (re)connect that no event claims within this time was left behind
 # by an earlier controller process (its call state is lost): it is hung up.
 ORPHAN_GRACE_S = 2.0
-_OUR_CHANNEL = re.compile(r"-[lp]\d+$")
-_EVENTS_USED = (
-    "StasisStart",
-    "StasisEnd",
-    "ChannelStateChange",
-    "ChannelHangupRequest",
-    "ChannelDestroyed",
-    "EndpointStateChange",
-    "ApplicationReplaced",
-)
 
 
 class CallLog(logging.LoggerAdapter[logging.Logger]):
@@ -76,21 +67,20 @@ def endpoint_of(channel: Channel) -> str | None:
 class _Devices:
     """Stage-2 view of one call: contacts from the lookup, in-use state from live channels. The
     call's own channels (its caller and every leg it has rung so far) never make it busy: the
-    engine already knows which devices it rang."""
+    engine already knows which devices it rang. Their ids name the call, so this view needs
+    nothing from the call itself."""
 
-    def __init__(self, contacts: dict[str, list[str]], domain: str, presence: Presence, caller_id: str) -> None:
+    def __init__(self, contacts: dict[str, list[str]], domain: str, presence: Presence, call_id: str) -> None:
         self._contacts = contacts
         self._domain = domain
         self._presence = presence
-        self._caller_id = caller_id
-        self.call: LiveCall | None = None  # set once the call exists (it needs the fork first)
+        self._call_id = call_id
 
     def contacts(self, endpoint: str) -> Sequence[str]:
         return self._contacts.get(endpoint, [])
 
     def in_use(self, endpoint: str) -> bool:
-        mine = {self._caller_id, *(self.call.by_channel if self.call is not None else ())}
-        return self._presence.in_use(f"{endpoint}@{self._domain}", besides=mine)
+        return self._presence.in_use(f"{endpoint}@{self._domain}", call_id=self._call_id)
 
 
 class Controller:
@@ -106,6 +96,18 @@ class Controller:
         self._tasks: set[asyncio.Task[None]] = set()
         self._orphan_candidates: set[str] = set()
         self._subscribed = False
+        # One handler per stream item type. Event types without one are not even sent: the app's
+        # event filter is made from this table (see _connected).
+        self._handlers: dict[type[StreamItem], Callable[[Any], Awaitable[None]]] = {
+            Connected: self._on_connected,
+            Disconnected: self._on_disconnected,
+            StasisStart: self._on_stasis_start,
+            StasisEnd: self._on_hangup_request,
+            ChannelHangupRequest: self._on_hangup_request,
+            ChannelStateChange: self._on_state_change,
+            ChannelDestroyed: self._on_destroyed,
+            EndpointStateChange: self._on_endpoint_state,
+        }
 
     # -- running ------------------------------------------------------------------------------
     async def run(self) -> None:
@@ -119,58 +121,72 @@ class Controller:
                 task.cancel()
 
     async def handle(self, item: StreamItem) -> None:
+        handler = self._handlers.get(type(item))
+        if handler is None:
+            return  # ApplicationReplaced ends the stream in the client; the rest is not ours
         try:
-            await self._dispatch(item)
+            await handler(item)
         except Exception:  # one bad event must not stop every other call
             self.metrics.inc("pbx_failures_total", kind="event")
             logger.exception("handling %s failed", type(item).__name__)
 
-    async def _dispatch(self, item: StreamItem) -> None:
-        if isinstance(item, Connected):
-            self.metrics.set("pbx_ari_connected", 1)
-            await self._connected(item.reconnected)
-        elif isinstance(item, Disconnected):
-            self.metrics.set("pbx_ari_connected", 0)
-            logger.warning("ARI down: %s (retry in %.1f s)", item.error, item.retry_in)
-        elif isinstance(item, StasisStart):
-            self._stasis_start(item)
-        elif isinstance(item, ChannelDestroyed):
-            self._channel_gone(item.channel.id, item.cause)
-        elif isinstance(item, ChannelStateChange):
-            call = self._call_of_leg(item.channel.id)
-            if call is not None and item.channel.state == "Up":
-                call.leg_up(item.channel.id)
-            elif call is not None and item.channel.state == "Ringing":
-                call.leg_ringing()
-        elif isinstance(item, ChannelHangupRequest | StasisEnd):
-            self._hangup_request(item.channel.id)
-        elif isinstance(item, EndpointStateChange):
-            ep = item.endpoint
-            if ep.technology == "PJSIP":
-                self.presence.report(ep.resource, ep.channel_ids)
+    def _events_used(self) -> list[str]:
+        # ARI's event type names are the class names (events.py); ApplicationReplaced is the
+        # client's, which stops the stream on it.
+        names = [t.__name__ for t in self._handlers if issubclass(t, Event)]
+        return [*names, "ApplicationReplaced"]
+
+    async def _on_connected(self, item: Connected) -> None:
+        self.metrics.set("pbx_ari_connected", 1)
+        await self._connected(item.reconnected)
+
+    async def _on_disconnected(self, item: Disconnected) -> None:
+        self.metrics.set("pbx_ari_connected", 0)
+        logger.warning("ARI down: %s (retry in %.1f s)", item.error, item.retry_in)
+
+    async def _on_state_change(self, item: ChannelStateChange) -> None:
+        call = self._call_of_leg(item.channel.id)
+        if call is None:
+            return
+        if item.channel.state == "Up":
+            call.leg_up(item.channel.id)
+        elif item.channel.state == "Ringing":
+            call.leg_ringing()
+
+    async def _on_hangup_request(self, item: ChannelHangupRequest | StasisEnd) -> None:
+        self._hangup_request(item.channel.id)
+
+    async def _on_destroyed(self, item: ChannelDestroyed) -> None:
+        self._channel_gone(item.channel.id, item.cause)
+
+    async def _on_endpoint_state(self, item: EndpointStateChange) -> None:
+        ep = item.endpoint
+        if ep.technology == "PJSIP":
+            self.presence.report(ep.resource, ep.channel_ids)
 
     # -- new calls, legs and parties ---------------------------------------------------------
-    def _stasis_start(self, event: StasisStart) -> None:
+    async def _on_stasis_start(self, event: StasisStart) -> None:
         ch = event.channel
-        args = event.args
         self._orphan_candidates.discard(ch.id)
-        if args and args[0] == "leg":
-            call = self.calls.get(args[1]) if len(args) > 1 else None
-            if call is None:
-                self._spawn(self._hangup(ch.id, reason="normal"))  # a leg of a call already decided
-            else:
-                call.leg_in_stasis(ch.id)
-        elif args and args[0] == "party":
-            conf = self.conferences.get(args[1]) if len(args) > 1 else None
+        ours = parse_channel_id(ch.id)
+        if ours is None:
+            if ch.id not in self._arriving and ch.id not in self._owner:
+                called = event.args[0] if event.args else (ch.dialplan.exten if ch.dialplan else "")
+                self._arriving[ch.id] = False
+                self._spawn(self._new_call(ch, called))
+        elif ours.kind == "leg":
+            call = self.calls.get(ours.call_id)
+            # A leg of a call already decided, or one its call stopped following (an originate
+            # that timed out and could not be checked): nobody would bridge it.
+            if call is None or not call.leg_in_stasis(ch.id):
+                self._spawn(self._hangup(ch.id, reason="normal"))
+        else:
+            conf = self.conferences.get(ours.call_id)
             if conf is None:
                 self._spawn(self._hangup(ch.id, reason="normal"))
             else:
                 self._owner[ch.id] = conf
                 self._spawn(conf.party_answered(ch.id))
-        elif ch.id not in self._arriving and ch.id not in self._owner:
-            called = args[0] if args else (ch.dialplan.exten if ch.dialplan else "")
-            self._arriving[ch.id] = False
-            self._spawn(self._new_call(ch, called))
 
     async def _new_call(self, ch: Channel, called: str) -> None:
         started = time.perf_counter()
@@ -201,12 +217,11 @@ class Controller:
             return
         assert routed.request is not None
         devices = _Devices(routed.data.contacts, routed.domain, self.presence, ch.id)
-        fork = Fork(routed.tree, routed.request.called, devices)
         call = LiveCall(
             call_id=ch.id,
             ari=self.ari,
             caller=ch,
-            fork=fork,
+            fork=Fork(routed.tree, routed.request.called, devices),
             domain=routed.domain,
             contact_uris=routed.contact_uris,
             presence=self.presence,
@@ -216,7 +231,6 @@ class Controller:
             log=log,
             started=started,
         )
-        devices.call = call
         self.calls[call.call_id] = call
         self._owner[ch.id] = call
         self.metrics.set("pbx_calls_active", len(self.calls) + len(self.conferences))
@@ -233,7 +247,7 @@ class Controller:
         if not ringback.startswith("tone-"):
             log.warning("ringback %r not understood (tone-<country>); the caller's phone rings", ringback)
             return None
-        playback_id = f"{channel_id}-ringback"
+        playback_id = ringback_playback_id(channel_id)
         try:
             await self.ari.channels.progress(channel_id)
             await self.ari.channels.play(channel_id, f"tone:ring;tonezone={ringback[5:]}", playback_id=playback_id)
@@ -242,7 +256,7 @@ class Controller:
             return None
         return playback_id
 
-    async def _bridge(self, call: LiveCall, leg: Any) -> None:
+    async def _bridge(self, call: LiveCall, leg: Leg) -> None:
         if call.ringback is not None:
             await self._stop_playback(call.ringback)
         conf = Conference(self.ari, call.call_id, call.log, self._conference_closed, tenant_domain=call.domain)
@@ -297,7 +311,8 @@ class Controller:
         self._hangup_request(channel_id)
 
     def _call_of_leg(self, channel_id: str) -> LiveCall | None:
-        call = self.calls.get(channel_id.rsplit("-l", 1)[0]) if "-l" in channel_id else None
+        ours = parse_channel_id(channel_id)
+        call = self.calls.get(ours.call_id) if ours is not None and ours.kind == "leg" else None
         return call if call is not None and channel_id in call.by_channel else None
 
     # -- (re)connecting ----------------------------------------------------------------------
@@ -306,7 +321,7 @@ class Controller:
         self._subscribed = False
         # Every channel event of every endpoint would reach us (twice for our own channels):
         # only what the handlers use is sent, which saves Asterisk and us most of the work.
-        await self.ari.applications.filter(allowed=_EVENTS_USED)
+        await self.ari.applications.filter(allowed=self._events_used())
         await self._watch_endpoints()
         channels = {c.id: c for c in await self.ari.channels.list()}
         bridges = await self.ari.bridges.list()
@@ -320,9 +335,9 @@ class Controller:
             if call.caller.id not in channels:
                 call.caller_hung_up()
         for b in bridges:
-            if not b.id.startswith("conf-"):
+            call_id = call_of_bridge(b.id)
+            if call_id is None:
                 continue
-            call_id = b.id.removeprefix("conf-")
             conf = self.conferences.get(call_id)
             if conf is None:
                 log = CallLog(logger, {"call_id": call_id})
@@ -359,7 +374,7 @@ class Controller:
                 and ch.dialplan.app_name == "Stasis"
                 and (ch.dialplan.app_data.split(",")[0] == self.ari.app)
             )
-            if in_app or _OUR_CHANNEL.search(ch.id):
+            if in_app or parse_channel_id(ch.id) is not None:
                 self._orphan_candidates.add(ch.id)
         if self._orphan_candidates:
             asyncio.get_running_loop().call_later(ORPHAN_GRACE_S, lambda: self._spawn(self._reap_orphans()))
@@ -386,7 +401,7 @@ class Controller:
         self._orphan_candidates.clear()
         for channel_id in orphans:
             logger.warning("hanging up %s: left behind by an earlier controller", channel_id)
-            code = None if _OUR_CHANNEL.search(channel_id) else TEMPORARY_FAILURE
+            code = None if parse_channel_id(channel_id) is not None else TEMPORARY_FAILURE
             await self._hangup(channel_id, code=code, reason="normal" if code is None else None)
             self.metrics.inc("pbx_failures_total", kind="orphan")
 
@@ -415,7 +430,7 @@ class Controller:
     # -- helpers -----------------------------------------------------------------------------
     async def _stop_playback(self, playback_id: str) -> None:
         try:
-            await self.ari.transport.request("DELETE", f"/playbacks/{playback_id}", params=None, json=None, timeout=5)
+            await self.ari.playbacks.stop(playback_id)
         except AriError:
             pass  # already over
 
