@@ -317,6 +317,21 @@ async def test_the_app_gets_only_the_event_types_the_controller_handles(rig: Rig
     assert request.json["disallowed"] == []
 
 
+async def test_a_reconnect_reaps_orphans_but_not_the_legs_of_a_ringing_call(
+    rig: Rig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(controller_module, "ORPHAN_GRACE_S", 0.01)
+    rig.fake.push(stasis_start("A", "1002"))
+    [leg] = await rig.until("the ring", rig.originates)
+    leg_id = leg.params["channelId"]
+    rig.channels = [channel("A"), {**channel(leg_id, endpoint="1002@t.example"), "dialplan": None}, channel("OLD")]
+    rig.fake.drop()
+    await rig.until("the orphan reaped after the reconnect", lambda: rig.hangups("OLD"))
+    # The call's own channels are known by their ids: the caller and its ringing leg stay.
+    assert not rig.hangups(leg_id) and not rig.hangups("A")
+    assert set(rig.controller.calls) == {"A"}
+
+
 async def test_channels_left_by_an_earlier_controller_are_reaped(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(controller_module, "ORPHAN_GRACE_S", 0.01)
     r = Rig()
