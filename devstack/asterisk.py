@@ -15,13 +15,14 @@ from pathlib import Path
 
 from devstack.postgres import tcp_port_free
 from devstack.settings import StackSettings
+from pbx_base.errors import StackError
 
 __all__ = ["AsteriskError", "AsteriskNode"]
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "asterisk_conf"
 
 
-class AsteriskError(RuntimeError):
+class AsteriskError(StackError, RuntimeError):
     """Asterisk did not start or answer; the message says what, with the log tail."""
 
 

@@ -15,13 +15,15 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from pbx_base.errors import StackError
+
 __all__ = ["ChrootError", "asterisk_version", "ensure_chroot", "mount", "mounted", "umount"]
 
 MIRROR = "http://deb.debian.org/debian"
 PACKAGES = ["asterisk", "asterisk-modules", "asterisk-config"]
 
 
-class ChrootError(RuntimeError):
+class ChrootError(StackError, RuntimeError):
     """The chroot cannot be built or used; one line naming the cause."""
 
 

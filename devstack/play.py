@@ -24,9 +24,10 @@ from typing import Any
 
 import asyncpg
 
-from ari_app.ari import AriClient, AriNotFound, HttpAriTransport
+from ari_app.ari import AriClient, AriNotFound, DialplanTarget, HttpAriTransport
 from devstack import sipp
 from devstack.play_sipp import caller_xml, device_xml
+from pbx_base.errors import InvalidInput
 from sorcery_backend.apply import apply_config
 from sorcery_backend.declarative import Config, parse_config
 
@@ -36,7 +37,7 @@ _START_MARGIN_S = 0.4  # time for the device processes to bind their ports befor
 _HEADER = re.compile(r"^-{5,} (\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d+)\n\w+ message (sent|received)[^\n]*\n\n", re.M)
 
 
-class PlayError(Exception):
+class PlayError(InvalidInput):
     """The scenario cannot be played live (one line, names the part of the scenario)."""
 
 
@@ -287,18 +288,10 @@ async def _hold_a_call(
     holder = SippProcess(f"hold-{endpoint}", sipp.free_udp_port(), d)
     holder.start(target.sip_addr, device_xml({"answer_at": 0}, 0), ["-"], 600)
     channel_id = f"pbx-play-hold-{endpoint}-{n}-{os.getpid()}"
-    await ari.transport.request(
-        "POST",
-        "/channels",
-        params={
-            "endpoint": f"PJSIP/{endpoint}@{plan.domain}/sip:hold@127.0.0.1:{holder.port}",
-            "context": "pbx-hold",
-            "extension": "hold",
-            "priority": "1",
-            "channelId": channel_id,
-            "timeout": "10",
-        },
-        json=None,
+    await ari.channels.originate(
+        f"PJSIP/{endpoint}@{plan.domain}/sip:hold@127.0.0.1:{holder.port}",
+        dialplan=DialplanTarget("pbx-hold", "hold", 1),
+        channel_id=channel_id,
         timeout=10,
     )
     deadline = time.monotonic() + 10

@@ -15,10 +15,12 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from pbx_base.errors import StackError
+
 __all__ = ["PostgresCluster", "PostgresError", "find_bindir", "free_port", "tcp_port_free"]
 
 
-class PostgresError(RuntimeError):
+class PostgresError(StackError, RuntimeError):
     """The cluster could not be created or started; the message says why in one line."""
 
 

@@ -21,6 +21,7 @@ import asyncpg
 
 from devstack.postgres import free_port, tcp_port_free
 from devstack.settings import StackSettings
+from pbx_base.errors import StackError
 
 __all__ = ["ServeProcess", "ServicesError", "register_node", "wait_pushed"]
 
@@ -29,7 +30,7 @@ __all__ = ["ServeProcess", "ServicesError", "register_node", "wait_pushed"]
 _children: dict[int, subprocess.Popen[bytes]] = {}
 
 
-class ServicesError(RuntimeError):
+class ServicesError(StackError, RuntimeError):
     """`pbxctl serve` did not start or become healthy; the message carries the log tail."""
 
 

@@ -12,7 +12,8 @@ import os
 import sys
 from collections.abc import Sequence
 
-from pbxctl.errors import EXIT_USAGE, CliError
+from pbx_base.errors import PbxError
+from pbxctl.errors import EXIT_USAGE, exit_code_for
 
 __all__ = ["build_parser", "main"]
 
@@ -42,9 +43,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     try:
         return int(func(args))
-    except CliError as exc:
+    except PbxError as exc:
+        # Commands translate what they expect into a CliError with its message; any other error of
+        # ours still ends as one line, with its group's code.
         print(f"pbxctl: {exc}", file=sys.stderr)
-        return exc.exit_code
+        return exit_code_for(exc)
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:

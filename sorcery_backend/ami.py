@@ -17,18 +17,20 @@ from panoramisk.actions import Action
 from panoramisk.ami_protocol import AMIProtocol
 from panoramisk.message import Message
 
+from pbx_base.errors import DependencyError, Unavailable
+
 __all__ = ["AmiDisconnected", "AmiError", "AmiSession", "AmiUnreachable"]
 
 
-class AmiUnreachable(ConnectionError):
+class AmiUnreachable(Unavailable, ConnectionError):
     """Could not connect or log in."""
 
 
-class AmiDisconnected(ConnectionError):
+class AmiDisconnected(Unavailable, ConnectionError):
     """The session ended while an action was in flight (or before it was sent)."""
 
 
-class AmiError(RuntimeError):
+class AmiError(DependencyError, RuntimeError):
     """Asterisk answered the action with an error; ``message`` is Asterisk's text."""
 
     def __init__(self, action: str, message: str) -> None:

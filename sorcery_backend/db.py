@@ -8,14 +8,16 @@ from contextlib import asynccontextmanager
 
 import asyncpg
 
+from pbx_base.errors import NotConfigured, Unavailable
+
 __all__ = ["DatabaseUnavailable", "MissingDsn", "connect", "dsn_from", "refusal_message", "service_pool"]
 
 
-class DatabaseUnavailable(ConnectionError):
+class DatabaseUnavailable(Unavailable, ConnectionError):
     """The database cannot be reached (exit 3)."""
 
 
-class MissingDsn(ValueError):
+class MissingDsn(NotConfigured, ValueError):
     """Neither --dsn nor PBX_DATABASE_URL was given (exit 2)."""
 
 

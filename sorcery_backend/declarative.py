@@ -13,6 +13,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from pbx_base.errors import InvalidInput
+
 __all__ = [
     "OPTION_SECTIONS",
     "Config",
@@ -35,7 +37,7 @@ OBJECT_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.+-]{0,62}$")
 EXTENSION_NUMBER = re.compile(r"^[0-9A-Za-z*#+]{1,40}$")
 
 
-class ConfigError(ValueError):
+class ConfigError(InvalidInput, ValueError):
     """A refused declarative file; the message is one line naming the object and the rule."""
 
 

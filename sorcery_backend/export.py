@@ -6,13 +6,10 @@ from typing import Any
 
 import asyncpg
 
+from pbx_base.errors import UnknownTenant
 from sorcery_backend.changes import REALTIME_VIEWS
 
 __all__ = ["UnknownTenant", "export"]
-
-
-class UnknownTenant(LookupError):
-    pass
 
 
 async def export(conn: asyncpg.Connection, tenant: str | None = None) -> dict[str, Any]:

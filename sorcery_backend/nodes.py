@@ -9,6 +9,8 @@ from typing import Any
 
 import asyncpg
 
+from pbx_base.errors import InvalidInput
+
 __all__ = [
     "Node",
     "NodeRefused",
@@ -23,7 +25,7 @@ __all__ = [
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 
 
-class NodeRefused(ValueError):
+class NodeRefused(InvalidInput, ValueError):
     """Refused input; the message names the node and the rule."""
 
 

@@ -14,14 +14,11 @@ from typing import Any
 
 import asyncpg
 
+from pbx_base.errors import UnknownTenant
 from routing.model import Directory, directory_from_config
 from routing.stage1 import MAX_DEPTH
 
 __all__ = ["CallData", "UnknownTenant", "load_directory", "load_for_call"]
-
-
-class UnknownTenant(LookupError):
-    pass
 
 
 @dataclass(frozen=True)

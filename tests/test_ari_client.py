@@ -17,9 +17,11 @@ from ari_app.ari import (
     AriConflict,
     AriError,
     AriNotFound,
+    AriStatusError,
     AriUnavailable,
     Backoff,
     Connected,
+    DialplanTarget,
     Disconnected,
     FakeAriTransport,
     FakeRequest,
@@ -147,6 +149,44 @@ async def test_create_and_originate_default_to_our_app_and_send_variables_in_the
         "timeout": "20",
     }
     assert originate.json is None
+
+
+async def test_originate_into_the_dialplan_instead_of_an_app() -> None:
+    fake = FakeAriTransport()
+    fake.route("POST", "/channels", load("rest/channel_created.json"))
+    client = client_for(fake)
+    await client.channels.originate(
+        "PJSIP/1002@acme.example/sip:hold@127.0.0.1:5070",
+        dialplan=DialplanTarget("pbx-hold", "hold", 1),
+        channel_id="hold-1",
+        timeout=10,
+    )
+    assert fake.requests[0].params == {
+        "endpoint": "PJSIP/1002@acme.example/sip:hold@127.0.0.1:5070",
+        "context": "pbx-hold",
+        "extension": "hold",
+        "priority": "1",
+        "timeout": "10",
+        "channelId": "hold-1",
+    }
+    with pytest.raises(ValueError, match="not both"):
+        await client.channels.originate("PJSIP/x", app_args=["a"], dialplan=DialplanTarget("c", "e"))
+    assert len(fake.requests) == 1
+
+
+async def test_playback_calls_on_the_wire() -> None:
+    fake = FakeAriTransport(default=None)
+    fake.route("GET", "/playbacks/{playback_id}", load("rest/playback.json"))
+    client = client_for(fake)
+    assert (await client.playbacks.get("pb-6f1c2d")).id == "pb-6f1c2d"
+    await client.playbacks.control("pb-6f1c2d", "pause")
+    await client.playbacks.stop("pb-6f1c2d")
+    wire = [(r.method, r.path, dict(r.params)) for r in fake.requests]
+    assert wire == [
+        ("GET", "/playbacks/pb-6f1c2d", {}),
+        ("POST", "/playbacks/pb-6f1c2d/control", {"operation": "pause"}),
+        ("DELETE", "/playbacks/pb-6f1c2d", {}),
+    ]
 
 
 async def test_bridge_calls_on_the_wire() -> None:
@@ -381,9 +421,9 @@ async def test_run_events_stops_on_a_handler_error_and_closes_the_session() -> N
 async def test_refused_handshake_for_good_raises(status: int) -> None:
     fake = FakeAriTransport()
     sleeps = Sleeps()
-    fake.refuse(AriError(status, "Authentication required"))
+    fake.refuse(AriStatusError(status, "Authentication required"))
     stream = client_for(fake, sleep=sleeps).events()
-    with pytest.raises(AriError) as info:
+    with pytest.raises(AriStatusError) as info:
         async with asyncio.timeout(5):
             await anext(stream)
     assert info.value.status == status and sleeps.delays == []
@@ -392,7 +432,7 @@ async def test_refused_handshake_for_good_raises(status: int) -> None:
 async def test_handshake_404_or_503_is_retried() -> None:
     # While Asterisk starts, its HTTP server answers before res_ari is loaded.
     fake = FakeAriTransport()
-    fake.refuse(AriNotFound(404, "Not Found"), AriError(503, "Service Unavailable"))
+    fake.refuse(AriNotFound(404, "Not Found"), AriStatusError(503, "Service Unavailable"))
     async with contextlib.aclosing(client_for(fake).events()) as stream:
         items = await take(stream, 2)
     assert kinds(items) == ["Disconnected", "Connected"]

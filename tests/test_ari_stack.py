@@ -15,8 +15,8 @@ import pytest
 from ari_app.ari import (
     ApplicationReplaced,
     AriClient,
-    AriError,
     AriNotFound,
+    AriStatusError,
     ChannelDestroyed,
     ChannelEnteredBridge,
     Connected,
@@ -50,7 +50,7 @@ async def test_rest_info_and_errors(stack: Stack) -> None:
         assert (bridge.id, bridge.bridge_type, bridge.channels) == ("ari-test-bridge", "mixing", ())
         await client.bridges.destroy(bridge.id)
     async with transport(stack, password="wrong") as t:
-        with pytest.raises(AriError) as refused:
+        with pytest.raises(AriStatusError) as refused:
             await AriClient(t, "pbx-ari-test").channels.list()
         assert refused.value.status == 401
 

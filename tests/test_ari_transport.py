@@ -24,6 +24,7 @@ from ari_app.ari import (
     AriConflict,
     AriError,
     AriNotFound,
+    AriStatusError,
     AriUnavailable,
     Backoff,
     Connected,
@@ -33,6 +34,7 @@ from ari_app.ari import (
     StasisStart,
     StreamItem,
 )
+from pbx_base.errors import DependencyError, Unavailable
 
 FIXTURES = Path(__file__).parent / "fixtures" / "ari"
 USER, PASSWORD = "pbx", "s3cr:et"
@@ -164,7 +166,7 @@ async def test_base_url_may_end_in_ari(asterisk: tuple[TestServer, FakeAsterisk]
 async def test_bad_password_is_an_ari_error_401(asterisk: tuple[TestServer, FakeAsterisk]) -> None:
     server, _ = asterisk
     async with transport_for(server, password="wrong") as t:
-        with pytest.raises(AriError) as info:
+        with pytest.raises(AriStatusError) as info:
             await t.request("GET", "/channels/x")
     assert (info.value.status, info.value.message) == (401, "Authentication required")
 
@@ -176,11 +178,11 @@ async def test_error_mapping(asterisk: tuple[TestServer, FakeAsterisk]) -> None:
             await t.request("GET", "/channels/missing")
         with pytest.raises(AriConflict) as conflict:
             await t.request("POST", "/bridges/b/addChannel", params={"channel": "x"})
-        with pytest.raises(AriError) as boom:
+        with pytest.raises(AriStatusError) as boom:
             await t.request("GET", "/boom")
     assert (not_found.value.status, not_found.value.message) == (404, "Channel not found")
     assert conflict.value.message == "Channel not in Stasis application"
-    assert (type(boom.value), boom.value.status, boom.value.message) == (AriError, 500, "Internal Server Error")
+    assert (type(boom.value), boom.value.status, boom.value.message) == (AriStatusError, 500, "Internal Server Error")
 
 
 async def test_no_content_is_none_and_params_and_body_are_sent(asterisk: tuple[TestServer, FakeAsterisk]) -> None:
@@ -254,7 +256,7 @@ async def test_events_session(asterisk: tuple[TestServer, FakeAsterisk]) -> None
 async def test_events_handshake_refused(asterisk: tuple[TestServer, FakeAsterisk]) -> None:
     server, _ = asterisk
     async with transport_for(server, password="wrong") as t:
-        with pytest.raises(AriError) as info:
+        with pytest.raises(AriStatusError) as info:
             await anext(t.events("pbx"))
     assert info.value.status == 401
 
@@ -337,3 +339,10 @@ async def test_fake_events_script() -> None:
     got = [e async for e in fake.events("pbx")]
     assert got == [{"type": "A"}]
     assert fake.sessions == [["pbx"]] and fake.open_sessions == 0
+
+
+def test_ari_errors_share_the_projects_groups() -> None:
+    # An originate that times out must be caught where an ARI refusal is: both are AriErrors.
+    assert issubclass(AriUnavailable, AriError) and issubclass(AriNotFound, AriError)
+    assert issubclass(AriUnavailable, Unavailable) and issubclass(AriStatusError, DependencyError)
+    assert not issubclass(AriStatusError, Unavailable)

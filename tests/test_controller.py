@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from ari_app.ari import AriClient, Channel, FakeAriTransport, FakeRequest
+from ari_app.ari import AriClient, AriNotFound, AriUnavailable, Channel, FakeAriTransport, FakeRequest
 from ari_app.controller import controller as controller_module
 from ari_app.controller.controller import Controller, endpoint_of
 from ari_app.controller.lookup import Routed
@@ -37,6 +37,14 @@ TENANT = {
         "2001": {"type": "group", "name": "Pair", "ranks": [{"mode": "default", "members": ["1002", "1003"]}]},
         "1005": {"type": "simple", "name": "Eve", "endpoints": ["1005"]},
         "1006": {"type": "simple", "name": "Desk", "endpoints": ["1005", "1006"], "call_waiting": False},
+        "2003": {
+            "type": "group",
+            "name": "Slow",
+            "ranks": [
+                {"mode": "default", "members": ["1002"]},
+                {"mode": "next", "delay_ms": 60_000, "members": ["1003"]},
+            ],
+        },
         "2002": {
             "type": "group",
             "name": "Chain",
@@ -235,6 +243,95 @@ async def test_an_answer_for_a_call_already_decided_is_hung_up(rig: Rig) -> None
     await rig.until("hung up", lambda: rig.hangups("Z-l9"))
 
 
+def _first_originate_times_out(rig: Rig) -> None:
+    def originate(r: FakeRequest) -> dict[str, Any]:
+        if len(rig.originates()) == 1:
+            raise AriUnavailable("POST /channels: no answer in 10 s")
+        return Rig._originate(r)
+
+    rig.fake.route("POST", "/channels", originate)
+
+
+async def test_an_originate_that_timed_out_without_a_channel_fails_its_leg_at_once(rig: Rig) -> None:
+    # A timed-out POST may or may not have been applied: the controller asks for the channel id it
+    # chose, and a 404 means the leg never existed.
+    _first_originate_times_out(rig)
+
+    def no_channel(r: FakeRequest) -> None:
+        raise AriNotFound(404, "Channel not found")
+
+    rig.fake.route("GET", "/channels/{channel_id}", no_channel)
+    rig.fake.push(stasis_start("A", "2003"))
+    legs = await rig.until(
+        "the next rank at once, not in 60 s", lambda: len(rig.originates()) == 2 and rig.originates()
+    )
+    first = legs[0].params["channelId"]
+    assert rig.fake.calls("GET", f"/channels/{first}")
+    assert legs[1].params["endpoint"].startswith("PJSIP/1003@t.example/")
+    assert rig.controller.metrics.value("pbx_legs_total", outcome="failed") == 1
+
+
+async def test_an_originate_that_timed_out_but_was_applied_keeps_its_leg(rig: Rig) -> None:
+    _first_originate_times_out(rig)
+    rig.fake.route("GET", "/channels/{channel_id}", lambda r: channel(r.path_params["channel_id"]))
+    rig.fake.push(stasis_start("A", "2003"))
+    [leg] = await rig.until("the ring", rig.originates)
+    leg_id = leg.params["channelId"]
+    await rig.until("the check", lambda: rig.fake.calls("GET", f"/channels/{leg_id}"))
+    # The leg rings on: its own end (busy here) is what moves the call on.
+    rig.fake.push(destroyed(leg_id, 17))
+    await rig.until("the next rank after the leg's end", lambda: len(rig.originates()) == 2)
+    assert not rig.hangups(leg_id)
+
+
+async def test_an_originate_that_cannot_be_checked_fails_its_leg_and_hangs_the_channel_up(rig: Rig) -> None:
+    _first_originate_times_out(rig)
+
+    def down(r: FakeRequest) -> None:
+        raise AriUnavailable("GET: no answer in 10 s")
+
+    rig.fake.route("GET", "/channels/{channel_id}", down)
+    rig.fake.push(stasis_start("A", "2003"))
+    legs = await rig.until("the next rank now", lambda: len(rig.originates()) == 2 and rig.originates())
+    first = legs[0].params["channelId"]
+    # Should the request have been applied after all, the channel must not ring unfollowed; and
+    # when it reaches Stasis anyway, nobody would bridge it.
+    await rig.until("the unknown leg hung up", lambda: rig.hangups(first))
+    rig.fake.push(stasis_start(first, "leg", "A", first.rsplit("l", 1)[1], endpoint="1002@t.example"))
+    await rig.until("hung up again on its StasisStart", lambda: len(rig.hangups(first)) == 2)
+    assert not rig.fake.calls("POST", "/bridges")
+
+
+async def test_the_app_gets_only_the_event_types_the_controller_handles(rig: Rig) -> None:
+    [request] = rig.fake.calls("PUT", "/applications/pbx/eventFilter")
+    allowed = {entry["type"] for entry in request.json["allowed"]}
+    assert allowed == {
+        "StasisStart",
+        "StasisEnd",
+        "ChannelStateChange",
+        "ChannelHangupRequest",
+        "ChannelDestroyed",
+        "EndpointStateChange",
+        "ApplicationReplaced",
+    }
+    assert request.json["disallowed"] == []
+
+
+async def test_a_reconnect_reaps_orphans_but_not_the_legs_of_a_ringing_call(
+    rig: Rig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(controller_module, "ORPHAN_GRACE_S", 0.01)
+    rig.fake.push(stasis_start("A", "1002"))
+    [leg] = await rig.until("the ring", rig.originates)
+    leg_id = leg.params["channelId"]
+    rig.channels = [channel("A"), {**channel(leg_id, endpoint="1002@t.example"), "dialplan": None}, channel("OLD")]
+    rig.fake.drop()
+    await rig.until("the orphan reaped after the reconnect", lambda: rig.hangups("OLD"))
+    # The call's own channels are known by their ids: the caller and its ringing leg stay.
+    assert not rig.hangups(leg_id) and not rig.hangups("A")
+    assert set(rig.controller.calls) == {"A"}
+
+
 async def test_channels_left_by_an_earlier_controller_are_reaped(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(controller_module, "ORPHAN_GRACE_S", 0.01)
     r = Rig()
@@ -260,10 +357,10 @@ def test_endpoint_of_a_pjsip_channel() -> None:
 
 
 async def test_endpoint_watch_refused_on_a_fresh_node_is_retried_by_the_first_call() -> None:
-    from ari_app.ari import AriError
+    from ari_app.ari import AriStatusError
 
     r = Rig()
-    answers = iter([AriError(422, "Event source does not exist"), None])
+    answers = iter([AriStatusError(422, "Event source does not exist"), None])
 
     def subscribe(req: FakeRequest) -> None:
         answer = next(answers)

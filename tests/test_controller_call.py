@@ -1,4 +1,4 @@
-from ari_app.controller.call import dial_string, leg_channel_id
+from ari_app.controller.call import dial_string
 
 
 def test_dial_string_targets_one_contact_and_unescapes_realtime_semicolons() -> None:
@@ -13,7 +13,3 @@ def test_a_trunk_leg_carries_the_dialed_number() -> None:
         dial_string("gw@t.example", "sip:gw@10.0.0.1:5060", "0049301234")
         == "PJSIP/gw@t.example/sip:0049301234@10.0.0.1:5060"
     )
-
-
-def test_leg_channel_ids_name_their_call() -> None:
-    assert leg_channel_id("1700.12", 3) == "1700.12-l3"

@@ -6,7 +6,10 @@ def test_reported_and_own_channels_make_an_endpoint_in_use() -> None:
     assert not p.in_use("1002@t")
     p.report("1002@t", ["X"])
     assert p.in_use("1002@t") and not p.in_use("1003@t")
-    assert not p.in_use("1002@t", besides=["X"])  # the asking call's own channel does not count
+    assert not p.in_use("1002@t", call_id="X")  # the asking call's own channel does not count
+    p.report("1002@t", ["A-l3"])
+    assert not p.in_use("1002@t", call_id="A")  # nor a leg it rang
+    assert p.in_use("1002@t", call_id="B")
     p.report("1002@t", [])
     p.add_own("1003@t", "A-l2")  # a leg we just originated, before Asterisk reports it
     assert p.in_use("1003@t")

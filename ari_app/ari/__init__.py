@@ -25,11 +25,20 @@ from ari_app.ari.events import (
 )
 from ari_app.ari.fake import FakeAriTransport, FakeRequest
 from ari_app.ari.models import AsteriskInfo, Bridge, CallerId, Channel, DialplanLocation, Endpoint, Playback
-from ari_app.ari.resources import Applications, AsteriskApi, Bridges, Channels, Endpoints
+from ari_app.ari.resources import (
+    Applications,
+    AsteriskApi,
+    Bridges,
+    Channels,
+    DialplanTarget,
+    Endpoints,
+    Playbacks,
+)
 from ari_app.ari.transport import (
     AriConflict,
     AriError,
     AriNotFound,
+    AriStatusError,
     AriTransport,
     AriUnavailable,
     HttpAriTransport,
@@ -42,6 +51,7 @@ __all__ = [
     "AriConflict",
     "AriError",
     "AriNotFound",
+    "AriStatusError",
     "AriTransport",
     "AriUnavailable",
     "AsteriskApi",
@@ -64,6 +74,7 @@ __all__ = [
     "Connected",
     "Dial",
     "DialplanLocation",
+    "DialplanTarget",
     "Disconnected",
     "Endpoint",
     "EndpointStateChange",
@@ -75,6 +86,7 @@ __all__ = [
     "Playback",
     "PlaybackFinished",
     "PlaybackStarted",
+    "Playbacks",
     "StasisEnd",
     "StasisStart",
     "StreamItem",

@@ -22,8 +22,8 @@ import pydantic
 
 from ari_app.ari.events import ApplicationReplaced, Event, parse_event
 from ari_app.ari.models import AsteriskInfo
-from ari_app.ari.resources import Applications, AsteriskApi, Bridges, Channels, Endpoints
-from ari_app.ari.transport import AriError, AriTransport, AriUnavailable
+from ari_app.ari.resources import Applications, AsteriskApi, Bridges, Channels, Endpoints, Playbacks
+from ari_app.ari.transport import AriStatusError, AriTransport, AriUnavailable
 
 __all__ = ["AriClient", "Backoff", "Connected", "Disconnected", "StreamItem"]
 
@@ -78,8 +78,9 @@ class _Stop:
 
 
 class AriClient:
-    """``AriClient(transport, app)``: ``client.channels``, ``client.bridges``, ``client.asterisk``
-    for REST, :meth:`events` / :meth:`run_events` for the event stream of ``app``."""
+    """``AriClient(transport, app)``: ``client.channels``, ``client.bridges``, ``client.playbacks``,
+    ``client.endpoints``, ``client.applications``, ``client.asterisk`` for REST, :meth:`events` /
+    :meth:`run_events` for the event stream of ``app``."""
 
     def __init__(
         self,
@@ -99,6 +100,7 @@ class AriClient:
         self.asterisk = AsteriskApi(transport, app, request_timeout)
         self.endpoints = Endpoints(transport, app, request_timeout)
         self.applications = Applications(transport, app, request_timeout)
+        self.playbacks = Playbacks(transport, app, request_timeout)
         self.connected = False
         self._backoff = backoff
         self._sleep = sleep
@@ -110,7 +112,7 @@ class AriClient:
 
     async def events(self) -> AsyncGenerator[StreamItem, None]:
         """Events of our app with :class:`Connected`/:class:`Disconnected` in between, forever,
-        until :class:`ApplicationReplaced` (yielded, then the stream ends). Raises :class:`AriError`
+        until :class:`ApplicationReplaced` (yielded, then the stream ends). Raises :class:`AriStatusError`
         when Asterisk refuses the handshake for good (401, 403, 400). Run one stream per app name
         at a time: a second one, here or in another process, replaces the first. Close it with
         ``contextlib.aclosing`` (or cancel its task) so the WebSocket closes at once."""
@@ -175,7 +177,7 @@ class AriClient:
                             put(_Stop())
                             return
                 error = "events WebSocket closed by Asterisk"
-            except AriError as e:
+            except AriStatusError as e:
                 if e.status in _FATAL_STATUSES:
                     self.connected = False
                     put(_Stop(e))

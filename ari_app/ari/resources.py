@@ -7,6 +7,7 @@ hung up meanwhile, :class:`AriConflict` when it left Stasis).
 from __future__ import annotations
 
 import builtins
+import dataclasses
 from collections.abc import Mapping, Sequence
 from typing import Any
 from urllib.parse import quote
@@ -14,7 +15,16 @@ from urllib.parse import quote
 from ari_app.ari.models import AsteriskInfo, Bridge, Channel, Endpoint, Playback
 from ari_app.ari.transport import AriTransport
 
-__all__ = ["Applications", "AsteriskApi", "Bridges", "Channels", "Endpoints", "encode_params"]
+__all__ = [
+    "Applications",
+    "AsteriskApi",
+    "Bridges",
+    "Channels",
+    "DialplanTarget",
+    "Endpoints",
+    "Playbacks",
+    "encode_params",
+]
 
 ParamValue = str | int | bool | Sequence[str] | None
 
@@ -33,6 +43,16 @@ def encode_params(**params: ParamValue) -> dict[str, str]:
         else:
             out[key] = ",".join(value)
     return out
+
+
+@dataclasses.dataclass(frozen=True)
+class DialplanTarget:
+    """Where an originated channel goes once answered, instead of a Stasis app."""
+
+    context: str
+    extension: str
+    priority: int | None = None
+    label: str | None = None
 
 
 def _seg(value: str) -> str:
@@ -119,6 +139,7 @@ class Channels(_Resource):
         *,
         app: str | None = None,
         app_args: str | Sequence[str] | None = None,
+        dialplan: DialplanTarget | None = None,
         caller_id: str | None = None,
         timeout: int | None = None,
         variables: Mapping[str, str] | None = None,
@@ -127,11 +148,22 @@ class Channels(_Resource):
         originator: str | None = None,
         formats: Sequence[str] | None = None,
     ) -> Channel:
-        """Create and dial in one call, into Stasis (``app``, default ours) once answered."""
-        params = encode_params(
-            endpoint=endpoint,
-            app=app or self._app,
-            appArgs=app_args,
+        """Create and dial in one call. Once answered the channel enters Stasis (``app``, default
+        ours, with ``app_args``) or, given ``dialplan``, runs that dialplan location instead.
+        ``timeout``: seconds to wait for an answer, -1 for no limit (ARI's default is 30).
+        ``channel_id``: our id for it, so events that race this request's answer are known, and
+        so a timed-out request can be checked with :meth:`get`."""
+        if dialplan is not None and (app is not None or app_args is not None):
+            raise ValueError("originate goes to a Stasis app or to a dialplan location, not both")
+        target = (
+            encode_params(app=app or self._app, appArgs=app_args)
+            if dialplan is None
+            else encode_params(
+                context=dialplan.context, extension=dialplan.extension, priority=dialplan.priority, label=dialplan.label
+            )
+        )
+        params = encode_params(endpoint=endpoint) | target
+        params |= encode_params(
             callerId=caller_id,
             timeout=timeout,
             channelId=channel_id,
@@ -236,6 +268,19 @@ class Bridges(_Resource):
     ) -> Playback:
         params = encode_params(media=media, lang=lang, playbackId=playback_id)
         return Playback.model_validate(await self._call("POST", f"/bridges/{_seg(bridge_id)}/play", params))
+
+
+class Playbacks(_Resource):
+    async def get(self, playback_id: str) -> Playback:
+        return Playback.model_validate(await self._call("GET", f"/playbacks/{_seg(playback_id)}"))
+
+    async def stop(self, playback_id: str) -> None:
+        """Stop and forget the playback; :class:`AriNotFound` once it is over."""
+        await self._call("DELETE", f"/playbacks/{_seg(playback_id)}")
+
+    async def control(self, playback_id: str, operation: str) -> None:
+        """``operation``: restart, pause, unpause, reverse, forward."""
+        await self._call("POST", f"/playbacks/{_seg(playback_id)}/control", encode_params(operation=operation))
 
 
 class AsteriskApi(_Resource):

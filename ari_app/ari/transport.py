@@ -15,10 +15,13 @@ from typing import Any, Protocol
 
 import aiohttp
 
+from pbx_base.errors import DependencyError, Unavailable
+
 __all__ = [
     "AriConflict",
     "AriError",
     "AriNotFound",
+    "AriStatusError",
     "AriTransport",
     "AriUnavailable",
     "HttpAriTransport",
@@ -28,7 +31,11 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 
-class AriError(Exception):
+class AriError(DependencyError):
+    """Any failure of an ARI request or of the events stream: catch this for "ARI did not do it"."""
+
+
+class AriStatusError(AriError):
     """Asterisk answered with an HTTP error. ``message`` is ARI's own ``{"message": ...}`` text."""
 
     def __init__(self, status: int, message: str) -> None:
@@ -37,25 +44,25 @@ class AriError(Exception):
         self.message = message
 
 
-class AriNotFound(AriError):
+class AriNotFound(AriStatusError):
     """404: the channel, bridge or variable is gone (often just a hangup racing our request)."""
 
 
-class AriConflict(AriError):
+class AriConflict(AriStatusError):
     """409: the object exists but is not in our Stasis app (left it, or an id already taken)."""
 
 
-class AriUnavailable(Exception):
+class AriUnavailable(AriError, Unavailable):
     """Asterisk could not be reached or did not answer in time. The request may or may not have
     been applied: a timed-out POST is not known to have failed."""
 
 
-def error_for_status(status: int, message: str) -> AriError:
+def error_for_status(status: int, message: str) -> AriStatusError:
     if status == 404:
         return AriNotFound(status, message)
     if status == 409:
         return AriConflict(status, message)
-    return AriError(status, message)
+    return AriStatusError(status, message)
 
 
 class AriTransport(Protocol):
@@ -164,7 +171,7 @@ class HttpAriTransport:
         try:
             return jsonlib.loads(body)
         except ValueError as e:
-            raise AriError(status, f"{where}: response is not JSON") from e
+            raise AriStatusError(status, f"{where}: response is not JSON") from e
 
     async def events(
         self, app: str | Sequence[str], *, on_open: Callable[[], None] | None = None

@@ -1,9 +1,11 @@
 """One live call: the routing engine's fork driven by real channels.
 
-The fork decides; this class only translates. Engine commands become ARI requests (originate a
-leg per device, hang up a stopped leg, bridge the answer); channel events and asyncio timers
-become engine events. Commands that touch Asterisk run in order on one task per call, so a leg
-is never hung up before its originate returned; timers and bookkeeping happen at once.
+The fork decides; this class only translates. Engine commands become ARI requests (originate a leg
+per device, hang up a stopped leg, bridge the answer into the call's :class:`Conference`); channel
+events and asyncio timers become engine events. The controller feeds it and waits for it to finish
+(:meth:`LiveCall.wait_finished`); it never calls the controller back. Commands that touch Asterisk
+run in order on one task per call, so a leg is never hung up before its originate returned; timers
+and bookkeeping happen at once.
 """
 
 from __future__ import annotations
@@ -12,11 +14,13 @@ import asyncio
 import logging
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Mapping
 from dataclasses import dataclass, field
 
-from ari_app.ari import AriClient, AriError, AriNotFound, Channel
+from ari_app.ari import AriClient, AriError, AriNotFound, AriUnavailable, Channel
 from ari_app.controller.causes import caller_cause, leg_failure
+from ari_app.controller.conference import Conference
+from ari_app.controller.ids import OurChannel, ringback_playback_id
 from ari_app.controller.metrics import Metrics
 from ari_app.controller.presence import Presence
 from routing.fork import (
@@ -31,12 +35,13 @@ from routing.fork import (
     LegFailed,
     Refused,
     RingDevice,
+    Start,
     StartTimer,
     StopLeg,
     TimerFired,
 )
 
-__all__ = ["Leg", "LiveCall", "dial_string", "leg_channel_id", "setup_summary"]
+__all__ = ["Leg", "LiveCall", "dial_string", "setup_summary"]
 
 
 @dataclass
@@ -49,11 +54,6 @@ class Leg:
     ended: bool = False
     stopped: bool = False  # hung up by us on the engine's StopLeg
     in_stasis: asyncio.Event = field(default_factory=asyncio.Event)
-
-
-def leg_channel_id(call_id: str, leg_id: int) -> str:
-    # Chosen by us (ARI channelId), so events that race the originate's reply are still ours.
-    return f"{call_id}-l{leg_id}"
 
 
 def dial_string(endpoint_id: str, contact_uri: str, dialed: str | None) -> str:
@@ -87,9 +87,6 @@ def setup_summary(marks: dict[str, float]) -> str:
     return ", ".join(parts)
 
 
-BridgeFn = Callable[["LiveCall", Leg], Awaitable[None]]
-
-
 class LiveCall:
     def __init__(
         self,
@@ -102,8 +99,6 @@ class LiveCall:
         contact_uris: Mapping[str, str],
         presence: Presence,
         metrics: Metrics,
-        bridge: BridgeFn,
-        on_finished: Callable[[LiveCall], None],
         log: logging.LoggerAdapter[logging.Logger],
         started: float | None = None,
     ) -> None:
@@ -121,8 +116,9 @@ class LiveCall:
         self.result: str | None = None
         self.ringback: str | None = None  # the playback id of a ringback tone, stopped on answer
         self.caller_gone = False
-        self._bridge = bridge
-        self._on_finished = on_finished
+        # Made when a leg answers; the controller takes it over once the call is finished.
+        self.conference: Conference | None = None
+        self._finished = asyncio.Event()
         self._loop = asyncio.get_running_loop()
         self._t0 = self._loop.time()
         self._timers: dict[int, asyncio.TimerHandle] = {}
@@ -135,6 +131,17 @@ class LiveCall:
         self.marks: dict[str, float] = {"stasis": started if started is not None else time.perf_counter()}
         self._side_tasks: set[asyncio.Task[None]] = set()
         self._started = self.marks["stasis"]
+
+    async def start(self, ringback: str | None = None) -> None:
+        """Play the ringback tone (the tenant's setting for the number called), then ring."""
+        if ringback:
+            self.ringback = await self._start_ringback(ringback)
+        self.feed(Start())
+
+    async def wait_finished(self) -> None:
+        """Until the call is over for the controller: ended, its commands sent, and an answered
+        call's conference opened (or given up)."""
+        await self._finished.wait()
 
     # -- engine side --------------------------------------------------------------------------
     def now_ms(self) -> int:
@@ -167,7 +174,8 @@ class LiveCall:
             self._finish_if_over()
 
     def _register_leg(self, cmd: RingDevice) -> None:
-        leg = Leg(cmd.leg_id, leg_channel_id(self.call_id, cmd.leg_id), f"{cmd.endpoint}@{self.domain}", cmd.device)
+        channel_id = OurChannel(self.call_id, "leg", cmd.leg_id).channel_id
+        leg = Leg(cmd.leg_id, channel_id, f"{cmd.endpoint}@{self.domain}", cmd.device)
         self.legs[leg.leg_id] = leg
         self.by_channel[leg.channel_id] = leg
         self.presence.add_own(leg.endpoint_id, leg.channel_id)
@@ -205,13 +213,15 @@ class LiveCall:
         except AriNotFound:
             pass  # hung up already
 
-    def leg_in_stasis(self, channel_id: str) -> None:
-        """The leg's StasisStart: it can be bridged now (and it is certainly answered)."""
+    def leg_in_stasis(self, channel_id: str) -> bool:
+        """The leg's StasisStart: it can be bridged now (and it is certainly answered). False for a
+        channel this call does not follow (any more)."""
         leg = self.by_channel.get(channel_id)
         if leg is None:
-            return
+            return False
         leg.in_stasis.set()
         self.leg_up(channel_id)
+        return True
 
     def leg_ended(self, channel_id: str, cause: int) -> None:
         leg = self.by_channel.pop(channel_id, None)
@@ -290,7 +300,7 @@ class LiveCall:
         try:
             await self.ari.channels.originate(
                 dial_string(leg.endpoint_id, uri, cmd.dialed),
-                app_args=["leg", self.call_id, str(cmd.leg_id)],
+                app_args=OurChannel(self.call_id, "leg", leg.leg_id).stasis_args,
                 caller_id=_caller_id(cmd.callername, cmd.caller),
                 timeout=-1,  # the engine's timers decide how long a device rings
                 channel_id=leg.channel_id,
@@ -302,16 +312,50 @@ class LiveCall:
                 },
             )
             self.marks.setdefault("originated", time.perf_counter())
+        except AriUnavailable as exc:
+            # A request that timed out may still have been applied. The channel id is ours, so
+            # Asterisk can say: a channel that exists is followed by its events like any leg.
+            self.log.warning("originate to %s: %s; is %s there?", cmd.device, exc, leg.channel_id)
+            if not await self._exists(leg.channel_id):
+                self._not_started(leg)
         except AriError as exc:
             self.log.warning("originate to %s failed: %s", cmd.device, exc)
-            self.by_channel.pop(leg.channel_id, None)
-            self.presence.gone(leg.channel_id)
-            leg.ended = True
-            self.feed(LegFailed(cmd.leg_id, "failed"))
+            self._not_started(leg)
+
+    async def _exists(self, channel_id: str) -> bool:
+        try:
+            await self.ari.channels.get(channel_id)
+        except AriNotFound:
+            return False
+        except AriError as exc:
+            # Unknowable: the engine must move on all the same, and a channel that does turn up
+            # later would ring with nobody following it, so it is hung up (if it ever exists).
+            self.log.warning("cannot tell whether %s exists (%s): counted as failed", channel_id, exc)
+            self._spawn(self._hangup(channel_id, "normal"))
+            return False
+        return True
+
+    def _not_started(self, leg: Leg) -> None:
+        """The leg's originate failed: the engine hears of it as a failed leg."""
+        if leg.ended:  # its ChannelDestroyed came while we asked
+            return
+        self.by_channel.pop(leg.channel_id, None)
+        self.presence.gone(leg.channel_id)
+        leg.ended = True
+        self.metrics.inc("pbx_legs_total", outcome="failed")
+        self.feed(LegFailed(leg.leg_id, "failed"))
 
     async def _run_bridge(self, leg: Leg) -> None:
         try:
-            await self._bridge(self, leg)
+            if self.ringback is not None:
+                await self._stop_ringback(self.ringback)
+            self.conference = Conference(self.ari, self.call_id, self.log, tenant_domain=self.domain)
+            try:
+                await self.conference.open(self.caller.id, leg.channel_id, leg.in_stasis.wait(), self.marks)
+                self.log.info("setup: %s", setup_summary(self.marks))
+            except AriError as exc:
+                self.log.warning("bridging failed: %s", exc)
+                await self.conference.close()
         except Exception:  # the conference's own requests log theirs; this is anything else
             self.metrics.inc("pbx_failures_total", kind="command")
             self.log.exception("bridging %s failed", leg.channel_id)
@@ -319,6 +363,27 @@ class LiveCall:
             self._bridging = False
             if self._runner is None or self._runner.done():
                 self._finish_if_over()
+
+    async def _start_ringback(self, ringback: str) -> str | None:
+        """``tone-<zone>`` (e.g. tone-de): the country's ring tone as early media (183) instead of the
+        caller's own phone ringing. Other values are not known and leave the 180."""
+        if not ringback.startswith("tone-"):
+            self.log.warning("ringback %r not understood (tone-<country>); the caller's phone rings", ringback)
+            return None
+        playback_id = ringback_playback_id(self.call_id)
+        try:
+            await self.ari.channels.progress(self.caller.id)
+            await self.ari.channels.play(self.caller.id, f"tone:ring;tonezone={ringback[5:]}", playback_id=playback_id)
+        except AriError as exc:
+            self.log.warning("ringback %s: %s", ringback, exc)
+            return None
+        return playback_id
+
+    async def _stop_ringback(self, playback_id: str) -> None:
+        try:
+            await self.ari.playbacks.stop(playback_id)
+        except AriError:
+            pass  # over already
 
     def _finish_if_over(self) -> None:
         """The call is over for the controller once the engine has ended it, its commands are
@@ -353,4 +418,4 @@ class LiveCall:
         for handle in self._timers.values():
             handle.cancel()
         self._timers.clear()
-        self._on_finished(self)
+        self._finished.set()

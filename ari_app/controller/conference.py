@@ -10,19 +10,12 @@ import asyncio
 import itertools
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable
 
 from ari_app.ari import AriClient, AriNotFound
+from ari_app.controller.ids import OurChannel, bridge_id_for
 
-__all__ = ["Conference", "bridge_id_for", "party_channel_id"]
-
-
-def bridge_id_for(call_id: str) -> str:
-    return f"conf-{call_id}"
-
-
-def party_channel_id(call_id: str, n: int) -> str:
-    return f"{call_id}-p{n}"
+__all__ = ["Conference"]
 
 
 class Conference:
@@ -31,7 +24,6 @@ class Conference:
         ari: AriClient,
         call_id: str,
         log: logging.LoggerAdapter[logging.Logger],
-        on_closed: Callable[[Conference], None],
         *,
         members: set[str] | None = None,
         tenant_domain: str = "",
@@ -44,7 +36,7 @@ class Conference:
         self.domain = tenant_domain
         self.closed = False
         self.log = log
-        self._on_closed = on_closed
+        self._closed = asyncio.Event()
         self._party_numbers = itertools.count(1)
 
     async def open(
@@ -70,12 +62,13 @@ class Conference:
         self.log.info("bridged %s and %s in %s", caller_id, answered_id, self.bridge_id)
 
     async def dial_party(self, dial_string: str, caller_id: str | None = None) -> str:
-        channel_id = party_channel_id(self.call_id, next(self._party_numbers))
+        party = OurChannel(self.call_id, "party", next(self._party_numbers))
+        channel_id = party.channel_id
         self.pending.add(channel_id)
         try:
             await self.ari.channels.originate(
                 dial_string,
-                app_args=["party", self.call_id],
+                app_args=party.stasis_args,
                 channel_id=channel_id,
                 caller_id=caller_id,
                 timeout=60,
@@ -108,14 +101,24 @@ class Conference:
         if self.closed:
             return
         self.closed = True
-        for channel_id in list(self.members | self.pending):
-            await self._hangup(channel_id)
         try:
-            await self.ari.bridges.destroy(self.bridge_id)
-        except AriNotFound:
-            pass
-        self.log.info("conference %s closed", self.bridge_id)
-        self._on_closed(self)
+            for channel_id in list(self.members | self.pending):
+                await self._hangup(channel_id)
+            try:
+                await self.ari.bridges.destroy(self.bridge_id)
+            except AriNotFound:
+                pass
+            self.log.info("conference %s closed", self.bridge_id)
+        finally:
+            # Closed for the controller even when a request failed: it must not wait forever.
+            self._closed.set()
+
+    async def wait_closed(self) -> None:
+        await self._closed.wait()
+
+    def follows(self, channel_id: str) -> bool:
+        """A party of the conference, in the bridge or dialed."""
+        return channel_id in self.members or channel_id in self.pending
 
     async def _hangup(self, channel_id: str) -> None:
         try:

@@ -1,19 +1,20 @@
 """The Stasis controller: ARI events in, live calls and conferences out.
 
 Handlers are small and keyed by event type (the wazo-calld layout): a channel entering Stasis is a
-new call, a leg answering, or a party joining a conference, told apart by the Stasis arguments
-the controller gave it. Every other channel event is routed by the channel id to the call or
-conference that owns the channel. Events arrive twice for some channels (once for the app, once
-for the endpoint subscription), so every handler is idempotent.
+new call, a leg answering, or a party joining a conference, told apart by the channel id the
+controller gave it (ids.py). Every other channel event is routed by the call id in the channel's id
+to the live call or the conference of that call. The flow goes one way: the controller feeds calls
+and conferences and awaits their end; they never call it back. An answered call's conference becomes
+the controller's once the call is finished. Events arrive twice for some channels (once for the app,
+once for the endpoint subscription), so every handler is idempotent.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import re
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from ari_app.ari import (
@@ -27,35 +28,32 @@ from ari_app.ari import (
     Connected,
     Disconnected,
     EndpointStateChange,
+    Event,
     StasisEnd,
     StasisStart,
     StreamItem,
 )
-from ari_app.controller.call import LiveCall, setup_summary
+from ari_app.controller.call import LiveCall
 from ari_app.controller.causes import TEMPORARY_FAILURE, caller_cause
 from ari_app.controller.conference import Conference
+from ari_app.controller.ids import call_of_bridge, call_of_channel, parse_channel_id
 from ari_app.controller.lookup import CallLookup, split_endpoint_id
 from ari_app.controller.metrics import Metrics
 from ari_app.controller.presence import Presence
-from routing.fork import Fork, Start
+from pbx_base.errors import NotFound
+from routing.fork import Fork
 
-__all__ = ["ORPHAN_GRACE_S", "CallLog", "Controller", "endpoint_of"]
+__all__ = ["ORPHAN_GRACE_S", "CallLog", "Controller", "NoConference", "endpoint_of"]
 
 logger = logging.getLogger("ari_app.controller")
 
 # A channel found in our app at (re)connect that no event claims within this time was left behind
 # by an earlier controller process (its call state is lost): it is hung up.
 ORPHAN_GRACE_S = 2.0
-_OUR_CHANNEL = re.compile(r"-[lp]\d+$")
-_EVENTS_USED = (
-    "StasisStart",
-    "StasisEnd",
-    "ChannelStateChange",
-    "ChannelHangupRequest",
-    "ChannelDestroyed",
-    "EndpointStateChange",
-    "ApplicationReplaced",
-)
+
+
+class NoConference(NotFound):
+    """The call named has no conference to add a party to: not answered yet, or over."""
 
 
 class CallLog(logging.LoggerAdapter[logging.Logger]):
@@ -76,21 +74,20 @@ def endpoint_of(channel: Channel) -> str | None:
 class _Devices:
     """Stage-2 view of one call: contacts from the lookup, in-use state from live channels. The
     call's own channels (its caller and every leg it has rung so far) never make it busy: the
-    engine already knows which devices it rang."""
+    engine already knows which devices it rang. Their ids name the call, so this view needs
+    nothing from the call itself."""
 
-    def __init__(self, contacts: dict[str, list[str]], domain: str, presence: Presence, caller_id: str) -> None:
+    def __init__(self, contacts: dict[str, list[str]], domain: str, presence: Presence, call_id: str) -> None:
         self._contacts = contacts
         self._domain = domain
         self._presence = presence
-        self._caller_id = caller_id
-        self.call: LiveCall | None = None  # set once the call exists (it needs the fork first)
+        self._call_id = call_id
 
     def contacts(self, endpoint: str) -> Sequence[str]:
         return self._contacts.get(endpoint, [])
 
     def in_use(self, endpoint: str) -> bool:
-        mine = {self._caller_id, *(self.call.by_channel if self.call is not None else ())}
-        return self._presence.in_use(f"{endpoint}@{self._domain}", besides=mine)
+        return self._presence.in_use(f"{endpoint}@{self._domain}", call_id=self._call_id)
 
 
 class Controller:
@@ -101,11 +98,22 @@ class Controller:
         self.presence = Presence()
         self.calls: dict[str, LiveCall] = {}
         self.conferences: dict[str, Conference] = {}
-        self._owner: dict[str, LiveCall | Conference] = {}
         self._arriving: dict[str, bool] = {}  # caller channel id -> hung up during lookup
         self._tasks: set[asyncio.Task[None]] = set()
         self._orphan_candidates: set[str] = set()
         self._subscribed = False
+        # One handler per stream item type. Event types without one are not even sent: the app's
+        # event filter is made from this table (see _connected).
+        self._handlers: dict[type[StreamItem], Callable[[Any], Awaitable[None]]] = {
+            Connected: self._on_connected,
+            Disconnected: self._on_disconnected,
+            StasisStart: self._on_stasis_start,
+            StasisEnd: self._on_hangup_request,
+            ChannelHangupRequest: self._on_hangup_request,
+            ChannelStateChange: self._on_state_change,
+            ChannelDestroyed: self._on_destroyed,
+            EndpointStateChange: self._on_endpoint_state,
+        }
 
     # -- running ------------------------------------------------------------------------------
     async def run(self) -> None:
@@ -119,58 +127,71 @@ class Controller:
                 task.cancel()
 
     async def handle(self, item: StreamItem) -> None:
+        handler = self._handlers.get(type(item))
+        if handler is None:
+            return  # ApplicationReplaced ends the stream in the client; the rest is not ours
         try:
-            await self._dispatch(item)
+            await handler(item)
         except Exception:  # one bad event must not stop every other call
             self.metrics.inc("pbx_failures_total", kind="event")
             logger.exception("handling %s failed", type(item).__name__)
 
-    async def _dispatch(self, item: StreamItem) -> None:
-        if isinstance(item, Connected):
-            self.metrics.set("pbx_ari_connected", 1)
-            await self._connected(item.reconnected)
-        elif isinstance(item, Disconnected):
-            self.metrics.set("pbx_ari_connected", 0)
-            logger.warning("ARI down: %s (retry in %.1f s)", item.error, item.retry_in)
-        elif isinstance(item, StasisStart):
-            self._stasis_start(item)
-        elif isinstance(item, ChannelDestroyed):
-            self._channel_gone(item.channel.id, item.cause)
-        elif isinstance(item, ChannelStateChange):
-            call = self._call_of_leg(item.channel.id)
-            if call is not None and item.channel.state == "Up":
-                call.leg_up(item.channel.id)
-            elif call is not None and item.channel.state == "Ringing":
-                call.leg_ringing()
-        elif isinstance(item, ChannelHangupRequest | StasisEnd):
-            self._hangup_request(item.channel.id)
-        elif isinstance(item, EndpointStateChange):
-            ep = item.endpoint
-            if ep.technology == "PJSIP":
-                self.presence.report(ep.resource, ep.channel_ids)
+    def _events_used(self) -> list[str]:
+        # ARI's event type names are the class names (events.py); ApplicationReplaced is the
+        # client's, which stops the stream on it.
+        names = [t.__name__ for t in self._handlers if issubclass(t, Event)]
+        return [*names, "ApplicationReplaced"]
+
+    async def _on_connected(self, item: Connected) -> None:
+        self.metrics.set("pbx_ari_connected", 1)
+        await self._connected(item.reconnected)
+
+    async def _on_disconnected(self, item: Disconnected) -> None:
+        self.metrics.set("pbx_ari_connected", 0)
+        logger.warning("ARI down: %s (retry in %.1f s)", item.error, item.retry_in)
+
+    async def _on_state_change(self, item: ChannelStateChange) -> None:
+        call = self._call_of_leg(item.channel.id)
+        if call is None:
+            return
+        if item.channel.state == "Up":
+            call.leg_up(item.channel.id)
+        elif item.channel.state == "Ringing":
+            call.leg_ringing()
+
+    async def _on_hangup_request(self, item: ChannelHangupRequest | StasisEnd) -> None:
+        self._hangup_request(item.channel.id)
+
+    async def _on_destroyed(self, item: ChannelDestroyed) -> None:
+        self._channel_gone(item.channel.id, item.cause)
+
+    async def _on_endpoint_state(self, item: EndpointStateChange) -> None:
+        ep = item.endpoint
+        if ep.technology == "PJSIP":
+            self.presence.report(ep.resource, ep.channel_ids)
 
     # -- new calls, legs and parties ---------------------------------------------------------
-    def _stasis_start(self, event: StasisStart) -> None:
+    async def _on_stasis_start(self, event: StasisStart) -> None:
         ch = event.channel
-        args = event.args
         self._orphan_candidates.discard(ch.id)
-        if args and args[0] == "leg":
-            call = self.calls.get(args[1]) if len(args) > 1 else None
-            if call is None:
-                self._spawn(self._hangup(ch.id, reason="normal"))  # a leg of a call already decided
-            else:
-                call.leg_in_stasis(ch.id)
-        elif args and args[0] == "party":
-            conf = self.conferences.get(args[1]) if len(args) > 1 else None
+        ours = parse_channel_id(ch.id)
+        if ours is None:
+            if ch.id not in self._arriving and ch.id not in self.calls and self._conference(ch.id) is None:
+                called = event.args[0] if event.args else (ch.dialplan.exten if ch.dialplan else "")
+                self._arriving[ch.id] = False
+                self._spawn(self._new_call(ch, called))
+        elif ours.kind == "leg":
+            call = self.calls.get(ours.call_id)
+            # A leg of a call already decided, or one its call stopped following (an originate
+            # that timed out and could not be checked): nobody would bridge it.
+            if call is None or not call.leg_in_stasis(ch.id):
+                self._spawn(self._hangup(ch.id, reason="normal"))
+        else:
+            conf = self._conference(ours.call_id)
             if conf is None:
                 self._spawn(self._hangup(ch.id, reason="normal"))
             else:
-                self._owner[ch.id] = conf
                 self._spawn(conf.party_answered(ch.id))
-        elif ch.id not in self._arriving and ch.id not in self._owner:
-            called = args[0] if args else (ch.dialplan.exten if ch.dialplan else "")
-            self._arriving[ch.id] = False
-            self._spawn(self._new_call(ch, called))
 
     async def _new_call(self, ch: Channel, called: str) -> None:
         started = time.perf_counter()
@@ -201,88 +222,78 @@ class Controller:
             return
         assert routed.request is not None
         devices = _Devices(routed.data.contacts, routed.domain, self.presence, ch.id)
-        fork = Fork(routed.tree, routed.request.called, devices)
         call = LiveCall(
             call_id=ch.id,
             ari=self.ari,
             caller=ch,
-            fork=fork,
+            fork=Fork(routed.tree, routed.request.called, devices),
             domain=routed.domain,
             contact_uris=routed.contact_uris,
             presence=self.presence,
             metrics=self.metrics,
-            bridge=self._bridge,
-            on_finished=self._call_finished,
             log=log,
             started=started,
         )
-        devices.call = call
         self.calls[call.call_id] = call
-        self._owner[ch.id] = call
-        self.metrics.set("pbx_calls_active", len(self.calls) + len(self.conferences))
+        self._spawn(self._follow_call(call))
+        self._count_active()
         log.info("routed in %.1f ms", (time.perf_counter() - started) * 1000)
-        dialed = routed.data.directory.extensions.get(called)
-        if dialed is not None and dialed.ringback:
-            call.ringback = await self._start_ringback(ch.id, dialed.ringback, log)
         call.marks["routed"] = routed_at
-        call.feed(Start())
+        dialed = routed.data.directory.extensions.get(called)
+        await call.start(dialed.ringback if dialed is not None else None)
 
-    async def _start_ringback(self, channel_id: str, ringback: str, log: CallLog) -> str | None:
-        """``tone-<zone>`` (e.g. tone-de): the country's ring tone as early media (183) instead of the
-        caller's own phone ringing. Other values are not known and leave the 180."""
-        if not ringback.startswith("tone-"):
-            log.warning("ringback %r not understood (tone-<country>); the caller's phone rings", ringback)
-            return None
-        playback_id = f"{channel_id}-ringback"
-        try:
-            await self.ari.channels.progress(channel_id)
-            await self.ari.channels.play(channel_id, f"tone:ring;tonezone={ringback[5:]}", playback_id=playback_id)
-        except AriError as exc:
-            log.warning("ringback %s: %s", ringback, exc)
-            return None
-        return playback_id
-
-    async def _bridge(self, call: LiveCall, leg: Any) -> None:
-        if call.ringback is not None:
-            await self._stop_playback(call.ringback)
-        conf = Conference(self.ari, call.call_id, call.log, self._conference_closed, tenant_domain=call.domain)
-        self.conferences[call.call_id] = conf
-        self._owner[call.caller.id] = conf
-        self._owner[leg.channel_id] = conf
-        try:
-            await conf.open(call.caller.id, leg.channel_id, leg.in_stasis.wait(), call.marks)
-            call.log.info("setup: %s", setup_summary(call.marks))
-        except AriError as exc:
-            call.log.warning("bridging failed: %s", exc)
-            await conf.close()
-
-    def _call_finished(self, call: LiveCall) -> None:
-        if self.calls.pop(call.call_id, None) is None:
-            return
-        for channel_id in [call.caller.id, *call.by_channel]:
-            if self._owner.get(channel_id) is call:
-                del self._owner[channel_id]
+    async def _follow_call(self, call: LiveCall) -> None:
+        await call.wait_finished()
+        if self.calls.get(call.call_id) is call:
+            del self.calls[call.call_id]
         # Legs still ringing when the call ended are hung up by the engine's stop commands; their
-        # late events find no owner and only update presence.
+        # late events find no call and only update presence.
+        if call.conference is not None and not call.conference.closed:
+            self._adopt(call.conference)
+        self._count_active()
+
+    def _adopt(self, conf: Conference) -> None:
+        self.conferences[conf.call_id] = conf
+        self._spawn(self._follow_conference(conf))
+
+    async def _follow_conference(self, conf: Conference) -> None:
+        await conf.wait_closed()
+        if self.conferences.get(conf.call_id) is conf:
+            del self.conferences[conf.call_id]
+        self._count_active()
+
+    def _count_active(self) -> None:
         self.metrics.set("pbx_calls_active", len(self.calls) + len(self.conferences))
 
-    def _conference_closed(self, conf: Conference) -> None:
-        self.conferences.pop(conf.call_id, None)
-        for channel_id, owner in list(self._owner.items()):
-            if owner is conf:
-                del self._owner[channel_id]
-        self.metrics.set("pbx_calls_active", len(self.calls) + len(self.conferences))
+    def _conference(self, call_id: str) -> Conference | None:
+        """The call's conference: the controller's, or the one a call is opening right now."""
+        conf = self.conferences.get(call_id)
+        if conf is None and (call := self.calls.get(call_id)) is not None:
+            conf = call.conference
+        return conf
+
+    def _follows(self, channel_id: str) -> bool:
+        """A channel of a call or conference of ours (an orphan is one that is not)."""
+        call_id = call_of_channel(channel_id)
+        conf = self._conference(call_id)
+        if conf is not None and conf.follows(channel_id):
+            return True
+        call = self.calls.get(call_id)
+        return call is not None and (channel_id == call.caller.id or channel_id in call.by_channel)
 
     # -- channels going away -----------------------------------------------------------------
     def _hangup_request(self, channel_id: str) -> None:
         if channel_id in self._arriving:
             self._arriving[channel_id] = True
             return
-        owner = self._owner.get(channel_id)
-        if isinstance(owner, LiveCall) and channel_id == owner.caller.id:
-            owner.caller_hung_up()
-        elif isinstance(owner, Conference):
-            self._spawn(owner.left(channel_id))
+        call_id = call_of_channel(channel_id)
+        conf = self._conference(call_id)
+        if conf is not None:
+            self._spawn(conf.left(channel_id))
+            return
+        call = self.calls.get(call_id)
+        if call is not None and channel_id == call.caller.id:
+            call.caller_hung_up()
 
     def _channel_gone(self, channel_id: str, cause: int) -> None:
         self.presence.gone(channel_id)
@@ -297,7 +308,8 @@ class Controller:
         self._hangup_request(channel_id)
 
     def _call_of_leg(self, channel_id: str) -> LiveCall | None:
-        call = self.calls.get(channel_id.rsplit("-l", 1)[0]) if "-l" in channel_id else None
+        ours = parse_channel_id(channel_id)
+        call = self.calls.get(ours.call_id) if ours is not None and ours.kind == "leg" else None
         return call if call is not None and channel_id in call.by_channel else None
 
     # -- (re)connecting ----------------------------------------------------------------------
@@ -306,7 +318,7 @@ class Controller:
         self._subscribed = False
         # Every channel event of every endpoint would reach us (twice for our own channels):
         # only what the handlers use is sent, which saves Asterisk and us most of the work.
-        await self.ari.applications.filter(allowed=_EVENTS_USED)
+        await self.ari.applications.filter(allowed=self._events_used())
         await self._watch_endpoints()
         channels = {c.id: c for c in await self.ari.channels.list()}
         bridges = await self.ari.bridges.list()
@@ -320,9 +332,9 @@ class Controller:
             if call.caller.id not in channels:
                 call.caller_hung_up()
         for b in bridges:
-            if not b.id.startswith("conf-"):
-                continue
-            call_id = b.id.removeprefix("conf-")
+            call_id = call_of_bridge(b.id)
+            if call_id is None or call_id in self.calls:
+                continue  # not ours, or its call is opening it right now
             conf = self.conferences.get(call_id)
             if conf is None:
                 log = CallLog(logger, {"call_id": call_id})
@@ -333,16 +345,13 @@ class Controller:
                     self.ari,
                     call_id,
                     log,
-                    self._conference_closed,
                     members=set(b.channels),
                     tenant_domain=domains[0] if domains else "",
                 )
-                self.conferences[call_id] = conf
+                self._adopt(conf)
                 log.info("adopted conference %s with %d parties", b.id, len(b.channels))
             else:
                 conf.members &= set(b.channels)
-            for channel_id in conf.members:
-                self._owner[channel_id] = conf
             if len(conf.members) < 2:
                 await conf.close()
         for conf in list(self.conferences.values()):
@@ -352,18 +361,18 @@ class Controller:
         # Channels of ours that nothing owns: callers left in Stasis and legs dialed by an earlier
         # process. Wait a moment for events already on their way before deciding.
         for ch in channels.values():
-            if ch.id in self._owner or ch.id in self._arriving:
+            if self._follows(ch.id) or ch.id in self._arriving:
                 continue
             in_app = (
                 ch.dialplan is not None
                 and ch.dialplan.app_name == "Stasis"
                 and (ch.dialplan.app_data.split(",")[0] == self.ari.app)
             )
-            if in_app or _OUR_CHANNEL.search(ch.id):
+            if in_app or parse_channel_id(ch.id) is not None:
                 self._orphan_candidates.add(ch.id)
         if self._orphan_candidates:
             asyncio.get_running_loop().call_later(ORPHAN_GRACE_S, lambda: self._spawn(self._reap_orphans()))
-        self.metrics.set("pbx_calls_active", len(self.calls) + len(self.conferences))
+        self._count_active()
 
     async def _watch_endpoints(self) -> bool:
         """Subscribe to every PJSIP endpoint's channels and seed presence. Asterisk refuses (422)
@@ -382,25 +391,24 @@ class Controller:
         return True
 
     async def _reap_orphans(self) -> None:
-        orphans = [c for c in self._orphan_candidates if c not in self._owner and c not in self._arriving]
+        orphans = [c for c in self._orphan_candidates if not self._follows(c) and c not in self._arriving]
         self._orphan_candidates.clear()
         for channel_id in orphans:
             logger.warning("hanging up %s: left behind by an earlier controller", channel_id)
-            code = None if _OUR_CHANNEL.search(channel_id) else TEMPORARY_FAILURE
+            code = None if parse_channel_id(channel_id) is not None else TEMPORARY_FAILURE
             await self._hangup(channel_id, code=code, reason="normal" if code is None else None)
             self.metrics.inc("pbx_failures_total", kind="orphan")
 
     # -- third parties -----------------------------------------------------------------------
     async def add_party(self, call_id: str, endpoint_name: str) -> str:
-        conf = self.conferences.get(call_id)
+        conf = self._conference(call_id)
         if conf is None or conf.closed:
-            raise LookupError(f"call {call_id}: no conference (not answered, or over)")
+            raise NoConference(f"call {call_id}: no conference (not answered, or over)")
         # user@endpoint: PJSIP splits a dial string at the first '@', and our endpoint ids have one.
-        channel_id = await conf.dial_party(f"PJSIP/{endpoint_name}@{endpoint_name}@{conf.domain}")
-        self._owner[channel_id] = conf
-        return channel_id
+        return await conf.dial_party(f"PJSIP/{endpoint_name}@{endpoint_name}@{conf.domain}")
 
     def snapshot(self) -> dict[str, Any]:
+        opening = [c.conference for c in self.calls.values() if c.conference is not None]
         return {
             "ringing": [
                 {"call_id": c.call_id, "caller": c.caller.caller.number, "legs": len(c.by_channel)}
@@ -408,17 +416,12 @@ class Controller:
             ],
             "conferences": [
                 {"call_id": c.call_id, "bridge_id": c.bridge_id, "parties": sorted(c.members)}
-                for c in self.conferences.values()
+                for c in [*self.conferences.values(), *opening]
+                if not c.closed
             ],
         }
 
     # -- helpers -----------------------------------------------------------------------------
-    async def _stop_playback(self, playback_id: str) -> None:
-        try:
-            await self.ari.transport.request("DELETE", f"/playbacks/{playback_id}", params=None, json=None, timeout=5)
-        except AriError:
-            pass  # already over
-
     async def _hangup(self, channel_id: str, *, code: int | None = None, reason: str | None = None) -> None:
         try:
             await self.ari.channels.hangup(channel_id, reason=reason, reason_code=code)

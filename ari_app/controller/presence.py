@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+from ari_app.controller.ids import call_of_channel
+
 __all__ = ["Presence"]
 
 
@@ -40,6 +42,7 @@ class Presence:
         own = {c for c, e in self._own.items() if e == endpoint_id}
         return own | set(self._reported.get(endpoint_id, ()))
 
-    def in_use(self, endpoint_id: str, *, besides: Iterable[str] = ()) -> bool:
-        """Any channel on the endpoint other than ``besides`` (the asking call's own channels)."""
-        return bool(self.channels(endpoint_id) - set(besides))
+    def in_use(self, endpoint_id: str, *, call_id: str | None = None) -> bool:
+        """Any channel on the endpoint that is not ``call_id``'s own: its caller's channel and the
+        legs it rang, which carry the call's id (ids.py)."""
+        return any(call_of_channel(c) != call_id for c in self.channels(endpoint_id))
