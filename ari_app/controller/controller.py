@@ -34,10 +34,10 @@ from ari_app.ari import (
 from ari_app.controller.call import LiveCall, setup_summary
 from ari_app.controller.causes import TEMPORARY_FAILURE, caller_cause
 from ari_app.controller.conference import Conference
-from ari_app.controller.lookup import CallLookup, split_endpoint_id
 from ari_app.controller.metrics import Metrics
 from ari_app.controller.presence import Presence
 from routing.fork import Fork, Start
+from routing.lookup import CallLookup, split_endpoint_id
 
 __all__ = ["ORPHAN_GRACE_S", "CallLog", "Controller", "endpoint_of"]
 
