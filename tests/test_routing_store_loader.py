@@ -1,7 +1,9 @@
-"""The routing loader reads from Postgres exactly the model the declarative file describes."""
+"""The routing loader reads from Postgres exactly the model the declarative file describes, and for
+one call exactly the extensions it can reach."""
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
 import asyncpg
@@ -9,8 +11,9 @@ import pytest
 import yaml
 
 from pbx_base.errors import UnknownTenant
-from routing.model import directory_from_config
+from routing.model import Directory, directory_from_config
 from routing.simulate import simulate
+from routing.stage1 import reachable
 from routing_store.loader import load_for_call, load_tenant, tenant_of_domain
 from sorcery_backend.apply import apply_config
 from sorcery_backend.declarative import parse_config
@@ -26,9 +29,20 @@ async def test_loaded_directory_equals_the_file_for_every_public_scenario(db: st
             loaded = (await load_tenant(conn, tenant)).directory
             expected = directory_from_config(tenant, doc["config"]["tenants"][tenant])
             assert dict(loaded.extensions) == dict(expected.extensions), path.name
+            await _per_call_reads_what_stage1_can_reach(conn, tenant, loaded)
             await apply_config(conn, parse_config({"tenants": {tenant: None}}))
     finally:
         await conn.close()
+
+
+async def _per_call_reads_what_stage1_can_reach(conn: asyncpg.Connection, tenant: str, whole: Directory) -> None:
+    """The per-call statement's recursion in SQL and routing.stage1.reachable follow one rule."""
+    for caller, called in itertools.product(whole.extensions, repeat=2):
+        ext = whole.extensions[caller]
+        endpoint = ext.endpoints[0] if ext.endpoints else None
+        owners = [n for n, e in whole.extensions.items() if endpoint in e.endpoints]
+        data = await load_for_call(conn, tenant, caller, called, endpoint)
+        assert set(data.directory.extensions) == reachable(whole, caller, called, owners), (caller, called)
 
 
 async def test_call_load_reads_the_reachable_part_and_contacts(db: str) -> None:
