@@ -41,10 +41,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench._common import percentile
 from devstack.postgres import PostgresCluster, free_port
 from routing.stage1 import CallRequest
+from routing_store.cache import RoutingData
+from routing_store.loader import load_for_call
 from sorcery_backend.apply import apply_config
 from sorcery_backend.declarative import parse_config
-from sorcery_backend.routing_cache import RoutingData
-from sorcery_backend.routing_loader import load_for_call
 from sorcery_backend.schema import migrate
 
 YWSD_VENV = Path(os.environ.get("PBX_CACHE_DIR") or Path.home() / ".cache" / "pbx") / "ywsd-venv"
@@ -157,8 +157,9 @@ async def measure_inproc(dsn: str, rounds: int) -> dict[str, Any]:
     """The routing decision in process: uncached (`load_for_call`, one statement) against the
     routing cache (`RoutingData.for_call`: the version check + the contacts), interleaved; and where
     the cached path spends its time."""
-    from ari_app.route_api import _Contacts, decide
+    from http_api.route import decide
     from routing.fork import Fork, Start
+    from routing.simulate import ScenarioDevices
     from routing.stage1 import build_tree
 
     out: dict[str, Any] = {}
@@ -186,7 +187,7 @@ async def measure_inproc(dsn: str, rounds: int) -> dict[str, Any]:
                     t1 = time.perf_counter()
                     tree = build_tree(data.directory, call)
                     t2 = time.perf_counter()
-                    fork = Fork(tree, called, _Contacts(data.contacts))
+                    fork = Fork(tree, called, ScenarioDevices(data.contacts, {}))
                     commands = [{"command": type(c).__name__, **vars(c)} for c in fork.handle(Start(), 0)]
                     t3 = time.perf_counter()
                     json.dumps({"status": tree.status, "commands": commands})

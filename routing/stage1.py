@@ -8,12 +8,13 @@ for `route explain`.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Literal
 
 from routing.model import Directory, Extension, RankMode
 
-__all__ = ["MAX_DEPTH", "CallRequest", "Caller", "Node", "Pruned", "RankNode", "Tree", "build_tree"]
+__all__ = ["MAX_DEPTH", "CallRequest", "Caller", "Node", "Pruned", "RankNode", "Tree", "build_tree", "reachable"]
 
 MAX_DEPTH = 10
 NodeKind = Literal["user", "multiring", "group", "trunk"]
@@ -230,3 +231,34 @@ def build_tree(d: Directory, call: CallRequest) -> Tree:
         return tree
     tree.root = root
     return tree
+
+
+def reachable(d: Directory, caller: str, called: str, endpoint_owners: Iterable[str] = ()) -> set[str]:
+    """Every extension `build_tree` may read for this call, and the trunks: a store that loads only
+    these for a call routes it as on the whole directory.
+
+    Seeds: the caller, the called number, every trunk (prefix routing), and `endpoint_owners`, the
+    extensions listing the endpoint the call arrived on (so that its owner is the same as in the
+    whole directory). From them, rank members and forward targets, one step past MAX_DEPTH (the
+    tree prunes there by number alone). routing_store.loader's per-call statement recurses by the
+    same rule in SQL (one round trip); its tests check both load the same extensions.
+    """
+    exts = d.extensions
+    seen = {n for n in (caller, called, *endpoint_owners) if n in exts}
+    seen.update(d.trunks)
+    frontier = list(seen)
+    for _ in range(MAX_DEPTH + 1):
+        nxt = []
+        for number in frontier:
+            ext = exts[number]
+            targets = [m.number for r in ext.ranks for m in r.members]
+            if ext.forward is not None:
+                targets.append(ext.forward.to)
+            for t in targets:
+                if t not in seen and t in exts:
+                    seen.add(t)
+                    nxt.append(t)
+        if not nxt:
+            break
+        frontier = nxt
+    return seen

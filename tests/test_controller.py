@@ -15,10 +15,9 @@ import pytest
 from ari_app.ari import AriClient, AriNotFound, AriUnavailable, Channel, FakeAriTransport, FakeRequest
 from ari_app.controller import controller as controller_module
 from ari_app.controller.controller import Controller, endpoint_of
-from ari_app.controller.lookup import Routed
+from routing.lookup import CallData, Routed
 from routing.model import directory_from_config
 from routing.stage1 import CallRequest, build_tree
-from sorcery_backend.routing_loader import CallData
 
 TENANT = {
     "extensions": {
@@ -71,7 +70,7 @@ class FakeLookup:
         directory = directory_from_config("t", TENANT)
         request = CallRequest("t", caller_number, called, endpoint=name, callername=caller_name)
         tree = build_tree(directory, request)
-        return Routed(tree.status, domain, request, CallData(directory, CONTACTS, domain), tree, URIS)
+        return Routed(tree.status, domain, request, CallData(directory, CONTACTS, domain, contact_uris=URIS), tree)
 
 
 def channel(cid: str, endpoint: str = "1001@t.example", number: str = "1001", name: str = "Alice") -> dict[str, Any]:

@@ -8,10 +8,10 @@ import asyncio
 
 import asyncpg
 
+from routing_store.cache import RoutingData
 from sorcery_backend.apply import apply_config
 from sorcery_backend.db import service_pool
 from sorcery_backend.declarative import parse_config
-from sorcery_backend.routing_cache import RoutingData
 
 TENANT = {
     "tenants": {

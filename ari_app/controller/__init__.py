@@ -4,23 +4,17 @@ their channels; answered calls become mixing-bridge conferences."""
 from ari_app.controller.call import LiveCall
 from ari_app.controller.conference import Conference
 from ari_app.controller.controller import Controller
-from ari_app.controller.http_api import add_routes
-from ari_app.controller.lookup import CallLookup, DbLookup, Routed
 from ari_app.controller.metrics import Metrics
 from ari_app.controller.presence import Presence
 from ari_app.controller.service import AriSettings, ControllerRef, run_controller
 
 __all__ = [
     "AriSettings",
-    "CallLookup",
     "Conference",
     "Controller",
     "ControllerRef",
-    "DbLookup",
     "LiveCall",
     "Metrics",
     "Presence",
-    "Routed",
-    "add_routes",
     "run_controller",
 ]

@@ -37,11 +37,11 @@ from ari_app.controller.call import LiveCall
 from ari_app.controller.causes import TEMPORARY_FAILURE, caller_cause
 from ari_app.controller.conference import Conference
 from ari_app.controller.ids import call_of_bridge, call_of_channel, parse_channel_id
-from ari_app.controller.lookup import CallLookup, split_endpoint_id
 from ari_app.controller.metrics import Metrics
 from ari_app.controller.presence import Presence
 from pbx_base.errors import NotFound
 from routing.fork import Fork
+from routing.lookup import CallLookup, split_endpoint_id
 
 __all__ = ["ORPHAN_GRACE_S", "CallLog", "Controller", "NoConference", "endpoint_of"]
 

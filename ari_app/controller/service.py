@@ -1,4 +1,4 @@
-"""Running the controller inside `pbxctl serve`: settings from the environment, ARI transport, lookup."""
+"""Running the controller inside `pbxctl serve`: settings from the environment, ARI transport."""
 
 from __future__ import annotations
 
@@ -8,12 +8,9 @@ import logging
 import os
 from dataclasses import dataclass
 
-import asyncpg
-
 from ari_app.ari import AriClient, HttpAriTransport
 from ari_app.controller.controller import Controller
-from ari_app.controller.lookup import DbLookup
-from sorcery_backend.routing_cache import RoutingData
+from routing.lookup import CallLookup
 
 __all__ = ["AriSettings", "ControllerRef", "run_controller"]
 
@@ -50,15 +47,14 @@ class AriSettings:
 
 async def run_controller(
     settings: AriSettings,
-    pool: asyncpg.Pool,
+    lookup: CallLookup,
     stop: asyncio.Event,
     ref: ControllerRef,
-    routing: RoutingData | None = None,
 ) -> None:
     """Until ``stop`` is set. Calls in progress stay in Asterisk when it stops; the next controller
     adopts their conferences and ends the calls it cannot know."""
     async with HttpAriTransport(settings.url, settings.user, settings.password) as transport:
-        controller = Controller(AriClient(transport, settings.app), DbLookup(pool, routing))
+        controller = Controller(AriClient(transport, settings.app), lookup)
         ref.current = controller
         task = asyncio.create_task(controller.run(), name="ari-controller")
         stopper = asyncio.create_task(stop.wait())

@@ -66,9 +66,10 @@ def print_outcome(out: dict[str, Any], as_json: bool) -> None:
 
 
 def _explain(args: argparse.Namespace) -> int:
-    from routing.explain import explain, render_svg, render_text
+    from routing.explain import explain
     from routing.model import Directory, directory_from_config
     from routing.stage1 import CallRequest
+    from routing_store.render import render_svg, render_text
 
     directory: Directory
     if args.config is not None:
@@ -83,12 +84,13 @@ def _explain(args: argparse.Namespace) -> int:
             raise Invalid(f"tenant {args.tenant}: not in {args.config}")
         directory = directory_from_config(args.tenant, tenants[args.tenant] or {})
     else:
+        from pbx_base.errors import UnknownTenant
         from pbxctl.commands._db import run_with_connection
-        from sorcery_backend.routing_loader import UnknownTenant, load_directory
+        from routing_store.loader import load_tenant
 
         async def body(conn: Any) -> Directory:
             try:
-                return await load_directory(conn, args.tenant)
+                return (await load_tenant(conn, args.tenant)).directory
             except UnknownTenant:
                 raise Invalid(f"tenant {args.tenant}: unknown tenant") from None
 

@@ -46,8 +46,11 @@ def register(subparsers: Any) -> None:
 async def _run(
     dsn: str, host: str, port: int, push: bool = True, controller: bool = True, outbox_keep_s: float = 86400.0
 ) -> None:
-    from ari_app.controller import AriSettings, ControllerRef, add_routes, run_controller
-    from ari_app.route_api import make_app
+    from ari_app.controller import AriSettings, ControllerRef, run_controller
+    from http_api.controller import add_routes
+    from http_api.route import make_app
+    from routing_store.cache import RoutingData
+    from routing_store.lookup import DbLookup
     from sorcery_backend.pusher import PusherSettings, run_pusher
 
     stop = asyncio.Event()
@@ -59,8 +62,6 @@ async def _run(
         pool = await service_pool(dsn)
     except (OSError, asyncpg.PostgresError) as exc:
         raise Unreachable(f"cannot reach the database: {exc}") from None
-    from sorcery_backend.routing_cache import RoutingData
-
     # One routing cache for the routing API and the controller: the API's app keeps it fresh.
     routing = RoutingData(pool)
     app = make_app(pool, routing)
@@ -81,7 +82,7 @@ async def _run(
         services.append(asyncio.create_task(pusher, name="pusher"))
         print("change pusher running", file=sys.stderr, flush=True)
     if ari is not None:
-        services.append(asyncio.create_task(run_controller(ari, pool, stop, ref, routing), name="controller"))
+        services.append(asyncio.create_task(run_controller(ari, DbLookup(pool, routing), stop, ref), name="controller"))
         print(f"ARI controller running for app {ari.app} at {ari.url}", file=sys.stderr, flush=True)
     try:
         await stop.wait()

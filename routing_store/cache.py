@@ -18,42 +18,23 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
 
 import asyncpg
 
-from routing.model import Directory, Extension, Forward, Member, Rank
-from routing.stage1 import MAX_DEPTH
-from sorcery_backend.routing_loader import CallData, UnknownTenant, load_for_call
+from pbx_base.errors import UnknownTenant
+from routing.lookup import CallData
+from routing.model import Directory
+from routing.stage1 import reachable
+from routing_store.decode import decode_contacts
+from routing_store.loader import load_for_call, load_tenant
 
 __all__ = ["NOTIFY_CHANNEL", "CacheStats", "RoutingData", "TenantSnapshot", "load_snapshot"]
 
 NOTIFY_CHANNEL = "pbx_routing"
 _log = logging.getLogger(__name__)
 
-_TENANT = """
-SELECT t.id, t.name, t.domain, coalesce(v.version, 0) AS version
-FROM pbx.tenants t LEFT JOIN pbx.routing_versions v ON v.tenant_id = t.id WHERE t.name = $1
-"""
-# Key order as jsonb's (length, then bytes), which is the order the uncached loader builds its
-# directory in: the first extension listing an endpoint owns it (Directory.build), so both paths
-# must agree on "first".
-_EXTENSIONS = """
-SELECT number, type, name, short_name, call_waiting, dialout, outgoing_number, outgoing_name, ringback,
-       language, forward_mode, forward_to, forward_delay_ms
-FROM pbx.extensions WHERE tenant_id = $1 ORDER BY octet_length(number), number COLLATE "C"
-"""
-_ENDPOINTS = """
-SELECT x.number, o.name FROM pbx.extension_endpoints x JOIN pbx.objects o ON o.id = x.endpoint_id
-WHERE x.tenant_id = $1 ORDER BY x.number, x.ordinal
-"""
-_RANKS = "SELECT number, ordinal, mode, delay_ms FROM pbx.ranks WHERE tenant_id = $1 ORDER BY number, ordinal"
-_MEMBERS = """
-SELECT number, rank_ordinal, member, active FROM pbx.rank_members WHERE tenant_id = $1
-ORDER BY number, rank_ordinal, ordinal
-"""
 # The per-call statement: the tenant's current identity and version, and the contacts. Always one
 # row while the tenant exists (the LEFT JOIN keeps it when nobody is registered). One index probe
 # per endpoint (OFFSET 0 keeps the LATERAL a probe): `endpoint = ANY($2)` lets the planner pick a
@@ -86,109 +67,29 @@ class TenantSnapshot:
     _memo: dict[tuple[str, str, str], list[str]] = field(default_factory=dict, repr=False)
 
     def endpoint_ids(self, caller: str, called: str, endpoint: str) -> list[str]:
-        """Asterisk ids (`name@domain`) of the endpoints whose contacts this call may need.
-
-        The same extensions as the uncached loader reads (so both return the same contacts): the
-        caller, the called number, the trunks, the extensions owning the arrival endpoint, and
-        everything reachable from them through rank members and forwards within the depth limit.
-        """
+        """Asterisk ids (`name@domain`) of the endpoints of the extensions this call can reach
+        (routing.stage1.reachable, the rule the uncached loader follows in SQL: both read the same
+        contacts)."""
         key = (caller, called, endpoint)
         ids = self._memo.get(key)
         if ids is None:
             if len(self._memo) >= _MEMO_LIMIT:
                 self._memo.clear()
-            ids = self._memo[key] = self._reach(caller, called, endpoint)
+            exts = self.directory.extensions
+            numbers = reachable(self.directory, caller, called, self.owners.get(endpoint, ()))
+            names = sorted({ep for n in numbers for ep in exts[n].endpoints})
+            ids = self._memo[key] = [f"{ep}@{self.domain}" for ep in names]
         return ids
-
-    def _reach(self, caller: str, called: str, endpoint: str) -> list[str]:
-        exts = self.directory.extensions
-        seen = {n for n in (caller, called) if n in exts}
-        seen.update(self.directory.trunks)
-        seen.update(self.owners.get(endpoint, ()))
-        frontier = list(seen)
-        for _ in range(MAX_DEPTH + 1):
-            nxt = []
-            for number in frontier:
-                ext = exts[number]
-                targets = [m.number for r in ext.ranks for m in r.members]
-                if ext.forward is not None:
-                    targets.append(ext.forward.to)
-                for t in targets:
-                    if t not in seen and t in exts:
-                        seen.add(t)
-                        nxt.append(t)
-            if not nxt:
-                break
-            frontier = nxt
-        names = sorted({ep for n in seen for ep in exts[n].endpoints})
-        return [f"{ep}@{self.domain}" for ep in names]
-
-    def contacts(self, rows: Iterable[Mapping[str, Any]]) -> dict[str, list[str]]:
-        cut = len(self.domain) + 1
-        out: dict[str, list[str]] = {}
-        for r in rows:
-            if r["id"] is not None:
-                out.setdefault(r["endpoint"][:-cut], []).append(r["id"])
-        return out
-
-
-def _build(
-    ext_rows: Sequence[Mapping[str, Any]],
-    ep_rows: Sequence[Mapping[str, Any]],
-    rank_rows: Sequence[Mapping[str, Any]],
-    member_rows: Sequence[Mapping[str, Any]],
-) -> dict[str, Extension]:
-    endpoints: dict[str, list[str]] = {}
-    for r in ep_rows:
-        endpoints.setdefault(r["number"], []).append(r["name"])
-    members: dict[tuple[str, int], list[Member]] = {}
-    for r in member_rows:
-        members.setdefault((r["number"], r["rank_ordinal"]), []).append(Member(r["member"], r["active"]))
-    ranks: dict[str, list[Rank]] = {}
-    for r in rank_rows:
-        ranks.setdefault(r["number"], []).append(
-            Rank(r["mode"], r["delay_ms"], tuple(members.get((r["number"], r["ordinal"]), ())))
-        )
-    out: dict[str, Extension] = {}
-    for r in ext_rows:
-        n = r["number"]
-        fwd = r["forward_mode"]
-        out[n] = Extension(
-            number=n,
-            type=r["type"],
-            name=r["name"] or "",
-            short_name=r["short_name"],
-            endpoints=tuple(endpoints.get(n, ())),
-            call_waiting=r["call_waiting"],
-            dialout=r["dialout"],
-            outgoing_number=r["outgoing_number"],
-            outgoing_name=r["outgoing_name"],
-            ringback=r["ringback"],
-            language=r["language"],
-            forward=Forward(fwd, r["forward_to"], r["forward_delay_ms"] or 0) if fwd is not None else None,
-            ranks=tuple(ranks.get(n, ())),
-        )
-    return out
 
 
 async def load_snapshot(conn: asyncpg.Connection, tenant: str) -> TenantSnapshot:
-    """Every piece of a tenant's routing data, read in one consistent snapshot."""
-    async with conn.transaction(isolation="repeatable_read", readonly=True):
-        t = await conn.fetchrow(_TENANT, tenant)
-        if t is None:
-            raise UnknownTenant(tenant)
-        tid = t["id"]
-        exts = _build(
-            await conn.fetch(_EXTENSIONS, tid),
-            await conn.fetch(_ENDPOINTS, tid),
-            await conn.fetch(_RANKS, tid),
-            await conn.fetch(_MEMBERS, tid),
-        )
+    """Every piece of a tenant's routing data, read in one consistent snapshot. Raises UnknownTenant."""
+    t = await load_tenant(conn, tenant)
     owners: dict[str, tuple[str, ...]] = {}
-    for ext in exts.values():
+    for ext in t.directory.extensions.values():
         for ep in ext.endpoints:
             owners[ep] = (*owners.get(ep, ()), ext.number)
-    return TenantSnapshot(tid, t["name"], t["domain"], t["version"], Directory.build(tenant, exts), owners)
+    return TenantSnapshot(t.id, t.name, t.domain, t.version, t.directory, owners)
 
 
 @dataclass
@@ -244,8 +145,8 @@ class RoutingData:
                 snap.domain,
             ):
                 self.stats.hits += 1
-                uris = {r["id"]: r["uri"] for r in rows if r["id"] is not None}
-                return CallData(snap.directory, snap.contacts(rows), snap.domain, cached=True, contact_uris=uris)
+                contacts, uris = decode_contacts(((r["endpoint"], r["id"], r["uri"]) for r in rows), snap.domain)
+                return CallData(snap.directory, contacts, snap.domain, cached=True, contact_uris=uris)
             if self._snaps.get(tenant) is snap:
                 del self._snaps[tenant]
         self.stats.misses += 1

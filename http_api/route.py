@@ -13,36 +13,25 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 from typing import Any
 
 import asyncpg
 from aiohttp import web
 
+from pbx_base.errors import UnknownTenant
 from routing.explain import explain_tree
 from routing.fork import Fork, Start
+from routing.lookup import CallData
+from routing.simulate import ScenarioDevices
 from routing.stage1 import CallRequest, build_tree
-from sorcery_backend.routing_cache import RoutingData
-from sorcery_backend.routing_loader import CallData, UnknownTenant
+from routing_store.cache import RoutingData
 
 __all__ = ["POOL", "ROUTING", "decide", "make_app"]
 
 POOL: web.AppKey[asyncpg.Pool] = web.AppKey("pool", asyncpg.Pool)
 ROUTING: web.AppKey[RoutingData] = web.AppKey("routing", RoutingData)
 _log = logging.getLogger(__name__)
-
-
-class _Contacts:
-    """Stage-2 input from the loaded contacts; nothing is in use from the API's point of view."""
-
-    def __init__(self, contacts_by_endpoint: dict[str, list[str]]) -> None:
-        self.contacts_by_endpoint = contacts_by_endpoint
-
-    def contacts(self, endpoint: str) -> Sequence[str]:
-        return self.contacts_by_endpoint.get(endpoint, [])
-
-    def in_use(self, endpoint: str) -> bool:
-        return False
 
 
 def decide(data: CallData, call: CallRequest, *, explain: bool = False) -> dict[str, Any]:
@@ -52,7 +41,8 @@ def decide(data: CallData, call: CallRequest, *, explain: bool = False) -> dict[
     if explain:
         out["tree"] = explain_tree(tree, call)
     if tree.status == "ok":
-        fork = Fork(tree, call.called, _Contacts(data.contacts))
+        # Nothing is in use from the API's point of view.
+        fork = Fork(tree, call.called, ScenarioDevices(data.contacts, {}))
         # Commands are flat frozen dataclasses: their __dict__ is what dataclasses.asdict would
         # build, without its recursive deep copy.
         out["commands"] = [{"command": type(c).__name__, **vars(c)} for c in fork.handle(Start(), 0)]

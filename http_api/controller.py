@@ -1,4 +1,4 @@
-"""The controller's loopback HTTP routes: live calls, adding a party to a conference, metrics."""
+"""The ARI controller's HTTP routes: live calls, adding a party to a conference, metrics."""
 
 from __future__ import annotations
 

@@ -1,17 +1,11 @@
-"""The routing HTTP API and `route explain` against a real database."""
+"""The routing HTTP API (`GET /route`) against a real database."""
 
 from __future__ import annotations
-
-import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import asyncpg
 from aiohttp.test_utils import TestClient, TestServer
 
-from ari_app.route_api import ROUTING, make_app
+from http_api.route import ROUTING, make_app
 from sorcery_backend.apply import apply_config
 from sorcery_backend.declarative import parse_config
 
@@ -97,36 +91,3 @@ async def test_route_api_serves_from_the_cache_and_sees_an_sql_edit_at_once(db: 
             await pool.close()
     finally:
         await conn.close()
-
-
-async def test_explain_from_the_database_with_svg(db: str, tmp_path: Path) -> None:
-    conn = await asyncpg.connect(db)
-    await apply_config(conn, parse_config(CONFIG))
-    await conn.close()
-    svg = tmp_path / "tree.svg"
-    p = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pbxctl",
-            "route",
-            "explain",
-            "--tenant",
-            "t",
-            "--caller",
-            "1001",
-            "--called",
-            "2000",
-            "--json",
-            "--svg",
-            str(svg),
-        ],
-        capture_output=True,
-        text=True,
-        env=dict(os.environ, PBX_DATABASE_URL=db),
-        timeout=60,
-    )
-    assert p.returncode == 0, p.stderr
-    out = json.loads(p.stdout)
-    assert out["status"] == "ok" and out["callername_prefix"] == "[T]"
-    assert svg.read_text().startswith("<svg") and "2000 Team" in svg.read_text()

@@ -17,14 +17,15 @@ import asyncpg
 import pytest
 import yaml
 
-from ari_app.route_api import decide
+from http_api.route import decide
+from pbx_base.errors import UnknownTenant
 from routing.model import directory_from_config
 from routing.simulate import call_request
 from routing.stage1 import CallRequest
+from routing_store.cache import RoutingData, TenantSnapshot, load_snapshot
+from routing_store.loader import load_for_call, load_tenant
 from sorcery_backend.apply import apply_config
 from sorcery_backend.declarative import parse_config
-from sorcery_backend.routing_cache import RoutingData, TenantSnapshot, load_snapshot
-from sorcery_backend.routing_loader import UnknownTenant, load_directory, load_for_call
 
 WAIT_S = 15.0
 
@@ -97,7 +98,7 @@ async def test_cache_answers_like_the_loader_for_every_public_scenario(db: str, 
                 await apply_config(conn, parse_config(doc["config"]))
                 await register(conn, tcfg["domain"], doc.get("registrations") or {})
                 snap = await routing.preload(tenant)
-                expected_dir = await load_directory(conn, tenant)
+                expected_dir = (await load_tenant(conn, tenant)).directory
                 assert dict(snap.directory.extensions) == dict(expected_dir.extensions), path.name
                 assert dict(snap.directory.endpoint_owner) == dict(expected_dir.endpoint_owner), path.name
                 assert snap.directory.trunks == expected_dir.trunks, path.name
@@ -107,6 +108,7 @@ async def test_cache_answers_like_the_loader_for_every_public_scenario(db: str, 
                     cached = await routing.for_call(conn, tenant, call.caller, call.called, endpoint)
                     assert cached.cached and not plain.cached, (path.name, call)
                     assert cached.contacts == plain.contacts, (path.name, call)
+                    assert cached.contact_uris == plain.contact_uris, (path.name, call)
                     assert decide(cached, call, explain=True) == decide(plain, call, explain=True), (path.name, call)
                 # The next scenario reuses the tenant name: a new tenant, whose cached namesake
                 # must never answer for it.
@@ -116,30 +118,26 @@ async def test_cache_answers_like_the_loader_for_every_public_scenario(db: str, 
             await conn.close()
 
 
-def test_snapshot_reach_matches_the_file_model() -> None:
-    """Pure: depth limit and seeds of the per-call endpoint set, without a database."""
-    chain = {str(100 + i): {"type": "simple", "name": f"C{i}", "endpoints": [f"e{i}"]} for i in range(14)}
-    for i in range(13):
-        chain[str(100 + i)]["forward"] = {"mode": "busy", "to": str(101 + i)}
-    chain["9"] = {"type": "trunk", "name": "GW", "endpoints": ["gw"]}
-    chain["7"] = {"type": "simple", "name": "Side", "endpoints": ["side", "e0"]}
-    d = directory_from_config("t", {"extensions": chain})
-    owners: dict[str, tuple[str, ...]] = {}
-    for ext in d.extensions.values():
-        for ep in ext.endpoints:
-            owners[ep] = (*owners.get(ep, ()), ext.number)
-    snap = TenantSnapshot(1, "t", "t.example", 0, d, owners)
+def test_snapshot_endpoint_ids_are_those_of_the_reachable_extensions() -> None:
+    """Pure: the contacts a cached call reads are those of routing.stage1.reachable's extensions,
+    with the extensions owning the arrival endpoint among the seeds."""
+    d = directory_from_config(
+        "t",
+        {
+            "extensions": {
+                "100": {"type": "simple", "name": "A", "endpoints": ["a"], "forward": {"mode": "busy", "to": "101"}},
+                "101": {"type": "simple", "name": "B", "endpoints": ["b"]},
+                "102": {"type": "simple", "name": "Unrelated", "endpoints": ["c"]},
+                "7": {"type": "simple", "name": "Side", "endpoints": ["side", "b"]},
+                "9": {"type": "trunk", "name": "GW", "endpoints": ["gw"]},
+            }
+        },
+    )
+    snap = TenantSnapshot(1, "t", "t.example", 0, d, {"side": ("7",), "b": ("7", "101")})
     ids = snap.endpoint_ids("x", "100", "side")
-    # The called number at depth 0 reaches depth 11 (the loader's recursion bound), no further.
-    assert sorted(i for i in ids if i.startswith("e")) == sorted(f"e{i}@t.example" for i in range(12))
-    assert "gw@t.example" in ids and "side@t.example" in ids
+    assert ids == ["a@t.example", "b@t.example", "gw@t.example", "side@t.example"]
     assert snap.endpoint_ids("x", "100", "side") is ids  # memoized per (caller, called, endpoint)
-    rows = [
-        {"endpoint": "e1@t.example", "id": "a"},
-        {"endpoint": "e1@t.example", "id": "b"},
-        {"endpoint": None, "id": None},
-    ]
-    assert snap.contacts(rows) == {"e1": ["a", "b"]}
+    assert snap.endpoint_ids("x", "102", "") == ["c@t.example", "gw@t.example"]
 
 
 async def test_edit_by_plain_sql_is_seen_by_the_very_next_call_without_a_listener(db: str) -> None:

@@ -1,17 +1,22 @@
-"""The routing loader reads from Postgres exactly the model the declarative file describes."""
+"""The routing loader reads from Postgres exactly the model the declarative file describes, and for
+one call exactly the extensions it can reach."""
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
 import asyncpg
+import pytest
 import yaml
 
-from routing.model import directory_from_config
+from pbx_base.errors import UnknownTenant
+from routing.model import Directory, directory_from_config
 from routing.simulate import simulate
+from routing.stage1 import reachable
+from routing_store.loader import load_for_call, load_tenant, tenant_of_domain
 from sorcery_backend.apply import apply_config
 from sorcery_backend.declarative import parse_config
-from sorcery_backend.routing_loader import load_directory, load_for_call
 
 
 async def test_loaded_directory_equals_the_file_for_every_public_scenario(db: str, shared_dir: Path) -> None:
@@ -21,12 +26,23 @@ async def test_loaded_directory_equals_the_file_for_every_public_scenario(db: st
             doc = yaml.safe_load(path.read_text())
             tenant = doc["call"]["tenant"]
             await apply_config(conn, parse_config(doc["config"]))
-            loaded = await load_directory(conn, tenant)
+            loaded = (await load_tenant(conn, tenant)).directory
             expected = directory_from_config(tenant, doc["config"]["tenants"][tenant])
             assert dict(loaded.extensions) == dict(expected.extensions), path.name
+            await _per_call_reads_what_stage1_can_reach(conn, tenant, loaded)
             await apply_config(conn, parse_config({"tenants": {tenant: None}}))
     finally:
         await conn.close()
+
+
+async def _per_call_reads_what_stage1_can_reach(conn: asyncpg.Connection, tenant: str, whole: Directory) -> None:
+    """The per-call statement's recursion in SQL and routing.stage1.reachable follow one rule."""
+    for caller, called in itertools.product(whole.extensions, repeat=2):
+        ext = whole.extensions[caller]
+        endpoint = ext.endpoints[0] if ext.endpoints else None
+        owners = [n for n, e in whole.extensions.items() if endpoint in e.endpoints]
+        data = await load_for_call(conn, tenant, caller, called, endpoint)
+        assert set(data.directory.extensions) == reachable(whole, caller, called, owners), (caller, called)
 
 
 async def test_call_load_reads_the_reachable_part_and_contacts(db: str) -> None:
@@ -61,6 +77,8 @@ async def test_call_load_reads_the_reachable_part_and_contacts(db: str) -> None:
         data = await load_for_call(conn, "t", "1001", "1002", "1001")
         assert set(data.directory.extensions) == {"1001", "1002", "2000", "1003", "9"}
         assert data.contacts == {"1003": ["1003@t.example^3B@abc"]}
+        assert data.contact_uris == {"1003@t.example^3B@abc": "sip:1003@127.0.0.1:5999"}
+        assert data.directory.tenant == "t" and data.domain == "t.example" and not data.cached
         out = simulate(
             {
                 "config": cfg,
@@ -71,5 +89,19 @@ async def test_call_load_reads_the_reachable_part_and_contacts(db: str) -> None:
             }
         )
         assert [e.get("ring") for e in out["timeline"] if "ring" in e] == ["1003@t.example^3B@abc"]
+    finally:
+        await conn.close()
+
+
+async def test_unknown_tenant_and_domain(db: str) -> None:
+    conn = await asyncpg.connect(db)
+    try:
+        with pytest.raises(UnknownTenant):
+            await load_tenant(conn, "nope")
+        with pytest.raises(UnknownTenant):
+            await load_for_call(conn, "nope", "1", "2")
+        assert await tenant_of_domain(conn, "nope.example") is None
+        await apply_config(conn, parse_config({"tenants": {"t": {"domain": "t.example"}}}))
+        assert await tenant_of_domain(conn, "t.example") == "t"
     finally:
         await conn.close()
