@@ -24,7 +24,7 @@ from pbx_base.errors import (
 )
 from pbxctl import cli
 from pbxctl.errors import CliError, Invalid, Unreachable, exit_code_for
-from sorcery_backend import export, routing_loader
+from sorcery_backend import export
 from sorcery_backend.ami import AmiDisconnected, AmiError, AmiUnreachable
 from sorcery_backend.db import DatabaseUnavailable, MissingDsn
 from sorcery_backend.declarative import ConfigError
@@ -62,7 +62,7 @@ def test_every_exception_is_in_its_group_and_keeps_its_builtin_base(
 
 
 def test_one_unknown_tenant_and_ari_failures_share_one_base() -> None:
-    assert export.UnknownTenant is routing_loader.UnknownTenant is UnknownTenant
+    assert export.UnknownTenant is UnknownTenant
     # A timed-out request is caught where a refusal is: the controller's leg handling relies on it.
     assert all(issubclass(c, AriError) for c in (AriUnavailable, AriStatusError, AriNotFound, AriConflict))
     assert str(AriUnavailable("POST /channels: no answer in 10 s")) == "POST /channels: no answer in 10 s"
