@@ -27,6 +27,7 @@ import asyncpg
 from ari_app.ari import AriClient, AriNotFound, HttpAriTransport
 from devstack import sipp
 from devstack.play_sipp import caller_xml, device_xml
+from pbx_base.settings import get_settings
 from sorcery_backend.apply import apply_config
 from sorcery_backend.declarative import Config, parse_config
 
@@ -50,16 +51,11 @@ class PlayTarget:
 
     @classmethod
     def from_env(cls) -> PlayTarget:
-        missing = [k for k in ("PBX_DATABASE_URL", "PBX_SIP_ADDR", "PBX_ARI_URL") if not os.environ.get(k)]
-        if missing:
+        s = get_settings()
+        if not s.database_url or not s.sip_addr or not s.ari_url:
+            missing = [f"PBX_{k.upper()}" for k in ("database_url", "sip_addr", "ari_url") if not getattr(s, k)]
             raise PlayError(f"call play needs a running stack: {', '.join(missing)} unset (eval $(pbxctl dev up))")
-        return cls(
-            os.environ["PBX_DATABASE_URL"],
-            os.environ["PBX_SIP_ADDR"],
-            os.environ["PBX_ARI_URL"],
-            os.environ.get("PBX_ARI_USER", "pbx"),
-            os.environ.get("PBX_ARI_PASSWORD", ""),
-        )
+        return cls(s.database_url, s.sip_addr, s.ari_url, s.ari_user, s.ari_password.get_secret_value())
 
 
 @dataclass(frozen=True)

@@ -3,24 +3,24 @@
 from __future__ import annotations
 
 import json
-import os
 import secrets
 from pathlib import Path
 
 from pydantic import BaseModel
 
 from devstack.postgres import free_port
+from pbx_base.settings import DEFAULTS, get_settings
 
 __all__ = ["StackSettings", "cache_dir", "stacks_dir"]
 
 
 def cache_dir() -> Path:
-    return Path(os.environ.get("PBX_CACHE_DIR") or Path.home() / ".cache" / "pbx")
+    return get_settings().cache_dir
 
 
 def stacks_dir() -> Path:
     # Not under the cache dir: ~ is private to root, and the Postgres server runs as `postgres`.
-    return Path(os.environ.get("PBX_STACKS_DIR") or "/var/lib/pbx-dev/stacks")
+    return get_settings().stacks_dir
 
 
 class StackSettings(BaseModel):
@@ -31,14 +31,14 @@ class StackSettings(BaseModel):
     ami_port: int
     rtp_start: int
     rtp_end: int
-    db_name: str = "pbx"
-    db_user: str = "asterisk"
+    db_name: str = DEFAULTS.db_name
+    db_user: str = DEFAULTS.asterisk_db_user
     db_password: str
-    ari_user: str = "pbx"
+    ari_user: str = DEFAULTS.ari_user
     ari_password: str
-    ami_user: str = "pbx"
+    ami_user: str = DEFAULTS.ami_user
     ami_password: str
-    ari_app: str = "pbx"
+    ari_app: str = DEFAULTS.ari_app
 
     @classmethod
     def load_or_create(cls, name: str) -> StackSettings:

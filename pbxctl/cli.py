@@ -12,7 +12,8 @@ import os
 import sys
 from collections.abc import Sequence
 
-from pbxctl.errors import EXIT_USAGE, CliError
+from pbx_base.settings import SettingsError
+from pbxctl.errors import EXIT_INVALID, EXIT_USAGE, CliError
 
 __all__ = ["build_parser", "main"]
 
@@ -45,6 +46,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except CliError as exc:
         print(f"pbxctl: {exc}", file=sys.stderr)
         return exc.exit_code
+    except SettingsError as exc:
+        print(f"pbxctl: {exc}", file=sys.stderr)
+        return EXIT_INVALID
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:

@@ -13,6 +13,7 @@ import time
 from collections.abc import Awaitable, Callable
 
 from ari_app.ari import AriClient, AriNotFound
+from pbx_base.settings import get_settings
 
 __all__ = ["Conference", "bridge_id_for", "party_channel_id"]
 
@@ -46,6 +47,7 @@ class Conference:
         self.log = log
         self._on_closed = on_closed
         self._party_numbers = itertools.count(1)
+        self._settings = get_settings()
 
     async def open(
         self,
@@ -63,7 +65,9 @@ class Conference:
         marks["answered"] = time.perf_counter()
         await asyncio.gather(
             self.ari.bridges.create("mixing", bridge_id=self.bridge_id, name=self.call_id),
-            asyncio.wait_for(answered_ready, 10) if answered_ready is not None else asyncio.sleep(0),
+            asyncio.wait_for(answered_ready, self._settings.answered_leg_wait_s)
+            if answered_ready is not None
+            else asyncio.sleep(0),
         )
         await self.ari.bridges.add_channel(self.bridge_id, [caller_id, answered_id])
         marks["bridged"] = time.perf_counter()
@@ -78,7 +82,7 @@ class Conference:
                 app_args=["party", self.call_id],
                 channel_id=channel_id,
                 caller_id=caller_id,
-                timeout=60,
+                timeout=self._settings.party_ring_s,
             )
         except Exception:
             self.pending.discard(channel_id)
