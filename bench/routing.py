@@ -39,7 +39,8 @@ import asyncpg
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench._common import percentile
-from devstack.postgres import PostgresCluster, free_port
+from devstack.ports import free_port
+from devstack.postgres import PostgresCluster
 from routing.stage1 import CallRequest
 from sorcery_backend.apply import apply_config
 from sorcery_backend.declarative import parse_config

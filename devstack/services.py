@@ -19,7 +19,8 @@ from pathlib import Path
 
 import asyncpg
 
-from devstack.postgres import free_port, tcp_port_free
+from devstack.health import log_tail, wait_healthy
+from devstack.ports import free_port, port_free
 from devstack.settings import StackSettings
 
 __all__ = ["ServeProcess", "ServicesError", "register_node", "wait_pushed"]
@@ -106,7 +107,7 @@ class ServeProcess:
         if self.running():
             return
         port = self.http_port
-        if port is None or not tcp_port_free(port):
+        if port is None or not port_free(port):
             port = free_port()
         self.infofile.write_text(json.dumps({"http_port": port}))
         # A killed process never said it went away: health must be shown by the new one.
@@ -126,16 +127,14 @@ class ServeProcess:
         self.wait_healthy(timeout)
 
     def wait_healthy(self, timeout: float = 60.0) -> None:
-        deadline = time.monotonic() + timeout
-        problem = "no answer yet"
-        while time.monotonic() < deadline:
-            if not self.running():
-                raise ServicesError(f"pbxctl serve exited at start: {self.log_tail()}")
-            problem = self._health_problem() or ""
-            if not problem:
-                return
-            time.sleep(0.1)
-        raise ServicesError(f"pbxctl serve not healthy after {timeout:g}s ({problem}): {self.log_tail()}")
+        wait_healthy(
+            "pbxctl serve",
+            self._health_problem,
+            timeout,
+            log=self.logfile,
+            error=ServicesError,
+            ended=lambda: None if self.running() else "exited",
+        )
 
     def _health_problem(self) -> str | None:
         port = self.http_port
@@ -183,8 +182,7 @@ class ServeProcess:
             return ""
 
     def log_tail(self, lines: int = 6) -> str:
-        tail = self.log_text().strip().splitlines()[-lines:]
-        return " | ".join(x.strip() for x in tail) or "(empty log)"
+        return log_tail(self.logfile, lines)
 
 
 def wait_pushed(settings: StackSettings, timeout: float = 30.0) -> None:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
-from devstack.postgres import free_port
+from devstack.ports import free_port, rtp_range
 from pbx_base.settings import DEFAULTS, get_settings
 
 __all__ = ["StackSettings", "cache_dir", "stacks_dir"]
@@ -45,15 +45,15 @@ class StackSettings(BaseModel):
         path = stacks_dir() / name / "stack.json"
         if path.exists():
             return cls.model_validate_json(path.read_text())
-        rtp = 20000 + (free_port() % 400) * 100  # a private RTP range per stack
+        rtp_start, rtp_end = rtp_range()
         settings = cls(
             name=name,
             pg_port=free_port(),
-            sip_port=_free_udp_and_tcp_port(),
+            sip_port=free_port("both"),
             http_port=free_port(),
             ami_port=free_port(),
-            rtp_start=rtp,
-            rtp_end=rtp + 98,
+            rtp_start=rtp_start,
+            rtp_end=rtp_end,
             db_password=secrets.token_hex(8),
             ari_password=secrets.token_hex(8),
             ami_password=secrets.token_hex(8),
@@ -86,17 +86,3 @@ class StackSettings(BaseModel):
             "PBX_AMI_USER": self.ami_user,
             "PBX_AMI_PASSWORD": self.ami_password,
         }
-
-
-def _free_udp_and_tcp_port() -> int:
-    import socket
-
-    for _ in range(50):
-        port = free_port()
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-        return port
-    raise RuntimeError("no free port for SIP on 127.0.0.1")

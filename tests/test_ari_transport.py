@@ -7,7 +7,6 @@ import asyncio
 import base64
 import contextlib
 import json
-import socket
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -33,6 +32,7 @@ from ari_app.ari import (
     StasisStart,
     StreamItem,
 )
+from devstack.ports import free_port
 
 FIXTURES = Path(__file__).parent / "fixtures" / "ari"
 USER, PASSWORD = "pbx", "s3cr:et"
@@ -209,10 +209,7 @@ async def test_request_timeout(asterisk: tuple[TestServer, FakeAsterisk]) -> Non
 
 
 def closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-    return port
+    return free_port()  # reserved and free: nothing listens there
 
 
 async def test_connection_refused_is_unavailable() -> None:
