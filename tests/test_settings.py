@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import os
 import re
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from devstack.ports import free_port
 from pbx_base.retry import Backoff
 from pbx_base.settings import DEFAULTS, Settings, SettingsError, get_settings, markdown_table
 
@@ -18,8 +22,6 @@ REPO = README.parent
 @pytest.fixture
 def env(monkeypatch: pytest.MonkeyPatch) -> Iterator[pytest.MonkeyPatch]:
     """A clean PBX_* environment; the cached settings are reread before and after."""
-    import os
-
     for name in list(os.environ):
         if name.startswith("PBX_"):
             monkeypatch.delenv(name)
@@ -86,3 +88,27 @@ def test_a_bad_value_is_one_line_naming_the_variable(env: pytest.MonkeyPatch, na
     message = str(exc.value)
     assert name in message and rule in message and "\n" not in message
     assert value not in message.replace(name, "")  # values may be secrets: never echoed
+
+
+def _pbxctl(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("PBX_")}
+    return subprocess.run(
+        [sys.executable, "-m", "pbxctl", *args],
+        env={**clean, "PYTHONPATH": str(REPO), **env},
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+
+
+def test_the_cli_defaults_from_the_settings() -> None:
+    port = free_port()  # nothing listens there
+    r = _pbxctl("call", "list", PBX_HTTP_ADDR=f"127.0.0.1:{port}")
+    assert r.returncode == 3 and f"127.0.0.1:{port}" in r.stderr, r.stderr
+    assert f"127.0.0.1:{port + 1}" in _pbxctl("call", "list", "--http", f"127.0.0.1:{port + 1}").stderr
+
+
+def test_a_bad_variable_stops_the_cli_with_one_line() -> None:
+    r = _pbxctl("call", "list", PBX_HTTP_ADDR="nowhere")
+    assert r.returncode == 1
+    assert r.stderr == "pbxctl: environment variable PBX_HTTP_ADDR: Value error, expected HOST:PORT\n"
