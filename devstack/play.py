@@ -32,7 +32,7 @@ from sorcery_backend.declarative import Config, parse_config
 
 __all__ = ["Message", "PlayError", "PlayTarget", "SippProcess", "play", "read_trace"]
 
-_START_MARGIN_S = 0.4  # time for the device processes to bind their ports before the caller starts
+_START_MARGIN_S = 0.4  # time to start every device (each start returns once it holds its port) before t0
 
 
 class PlayError(Exception):
