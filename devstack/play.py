@@ -25,6 +25,7 @@ import asyncpg
 from ari_app.ari import AriClient, AriNotFound, HttpAriTransport
 from devstack import sipp
 from devstack.play_sipp import caller_xml, device_xml
+from devstack.services import ServicesError, wait_delivered
 from devstack.sipp import Message, SippProcess, read_trace, status_code
 from pbx_base.settings import get_settings
 from sorcery_backend.apply import apply_config
@@ -108,7 +109,12 @@ async def play(scenario: Mapping[str, Any], target: PlayTarget, horizon_s: float
         conn = await asyncpg.connect(target.database_url)
         try:
             await apply_config(conn, config)
-            await _wait_pushed(conn)
+            try:
+                # A call placed before every connected node has the change (cached objects expired,
+                # endpoint contexts created) could meet yesterday's endpoint or a missing context.
+                await wait_delivered(conn)
+            except ServicesError as exc:
+                raise PlayError(f"the config change: {exc} (pbxctl push status)") from None
             await _read_credentials(conn, plan)
             if caller_endpoint not in plan.passwords:
                 raise PlayError(f"call: the caller's endpoint {caller_endpoint} has no auth password to call with")
@@ -144,20 +150,6 @@ def _first_endpoint(config: Config, tenant: str, caller: str) -> str:
     if ext is None or not ext.endpoints:
         raise PlayError(f"call: caller {caller} has no endpoint to call from (set call.endpoint)")
     return ext.endpoints[0]
-
-
-async def _wait_pushed(conn: asyncpg.Connection, timeout: float = 30.0) -> None:
-    """Until every connected node has the applied change (cached objects expired, endpoint contexts
-    created): a call placed before that could meet yesterday's endpoint or a missing context."""
-    deadline = time.monotonic() + timeout
-    query = (
-        "SELECT n.name FROM pbx.push_pending p JOIN pbx.nodes n ON n.id = p.node_id "
-        "JOIN pbx.node_state s ON s.node_id = p.node_id WHERE s.connected LIMIT 1"
-    )
-    while (node := await conn.fetchval(query)) is not None:
-        if time.monotonic() > deadline:
-            raise PlayError(f"the config change did not reach node {node} within {timeout:g}s (pbxctl push status)")
-        await asyncio.sleep(0.02)
 
 
 async def _forget_contacts(conn: asyncpg.Connection, target: PlayTarget, plan: _Plan) -> None:

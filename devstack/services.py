@@ -23,7 +23,7 @@ from devstack.health import log_tail, wait_healthy
 from devstack.ports import free_port, port_free
 from devstack.settings import StackSettings
 
-__all__ = ["ServeProcess", "ServicesError", "register_node", "wait_pushed"]
+__all__ = ["ServeProcess", "ServicesError", "register_node", "wait_delivered", "wait_pushed"]
 
 # Popen objects of the processes this Python process started: reaped on stop, so a killed one is
 # not mistaken for a live zombie.
@@ -186,26 +186,34 @@ class ServeProcess:
 
 
 def wait_pushed(settings: StackSettings, timeout: float = 30.0) -> None:
-    """Block until every committed change has been delivered to the stack's Asterisk: with Sorcery
-    caches on, a change takes effect when the pusher has expired it, a few tens of ms after commit."""
+    """Block until every committed change has been delivered to the stack's Asterisk."""
+
+    async def wait() -> None:
+        conn = await asyncpg.connect(settings.database_url(), timeout=10)
+        try:
+            await wait_delivered(conn, timeout, node=settings.name)
+        finally:
+            await conn.close()
+
+    asyncio.run(wait())
+
+
+# A node with changes not delivered yet: the one named $1, or without a name any connected one.
+_UNDELIVERED = (
+    "SELECT n.name FROM pbx.push_pending p JOIN pbx.nodes n ON n.id = p.node_id "
+    "LEFT JOIN pbx.node_state s ON s.node_id = p.node_id "
+    "WHERE n.name = $1 OR ($1::text IS NULL AND s.connected) LIMIT 1"
+)
+
+
+async def wait_delivered(conn: asyncpg.Connection, timeout: float = 30.0, *, node: str | None = None) -> None:
+    """Until ``node`` (or every connected node) has every committed change: with Sorcery caches
+    on, a change takes effect when the pusher has expired it, a few tens of ms after commit."""
     deadline = time.monotonic() + timeout
-    while asyncio.run(_pending(settings)):
+    while (late := await conn.fetchval(_UNDELIVERED, node)) is not None:
         if time.monotonic() > deadline:
-            raise ServicesError(f"changes not delivered to node {settings.name} within {timeout:g}s")
-        time.sleep(0.01)
-
-
-async def _pending(s: StackSettings) -> int:
-    conn = await asyncpg.connect(s.database_url(), timeout=10)
-    try:
-        return int(
-            await conn.fetchval(
-                "SELECT count(*) FROM pbx.push_pending q JOIN pbx.nodes n ON n.id = q.node_id WHERE n.name = $1",
-                s.name,
-            )
-        )
-    finally:
-        await conn.close()
+            raise ServicesError(f"changes not delivered to node {late} within {timeout:g}s")
+        await asyncio.sleep(0.01)
 
 
 async def _mark_disconnected(s: StackSettings) -> None:
