@@ -6,14 +6,12 @@ import asyncio
 import base64
 import os
 import shutil
-import signal
 import subprocess
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
 
-from devstack.health import log_tail, wait_healthy
+from devstack.health import log_tail, wait_gone, wait_healthy
 from devstack.ports import port_free
 from devstack.settings import StackSettings
 from sorcery_backend.ami import AmiSession, AmiUnreachable
@@ -129,13 +127,7 @@ class AsteriskNode:
             self.rx("core stop now", timeout=10)
         except (AsteriskError, subprocess.TimeoutExpired):
             pass
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and self.pid() is not None:
-            time.sleep(0.1)
-        if self.pid() is not None:
-            os.kill(pid, signal.SIGKILL)
-            while self.pid() is not None:
-                time.sleep(0.05)
+        wait_gone(pid, self.running, timeout)
         self.pidfile.unlink(missing_ok=True)
 
     def log_tail(self, lines: int = 6) -> str:

@@ -1,12 +1,16 @@
-"""Waiting for a process of a stack to become healthy, and the log lines an error shows."""
+"""Waiting for a process of a stack: healthy after its start, gone after its stop; the log lines an
+error shows."""
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
 import time
 from collections.abc import Callable
 from pathlib import Path
 
-__all__ = ["log_tail", "wait_healthy"]
+__all__ = ["log_tail", "wait_gone", "wait_healthy"]
 
 
 def log_tail(path: Path, lines: int = 6) -> str:
@@ -42,3 +46,16 @@ def wait_healthy(
         last = found
         time.sleep(interval)
     raise error(f"{what} not healthy after {timeout:g}s ({last}): {log_tail(log)}")
+
+
+def wait_gone(pid: int, running: Callable[[], bool], timeout: float) -> None:
+    """Until ``running()`` is false for a process asked to stop; after ``timeout`` s it is killed
+    (-9), as a stop must never leave a process behind."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and running():
+        time.sleep(0.05)
+    if running():
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+        while running():
+            time.sleep(0.05)

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import asyncpg
 
-from devstack.health import log_tail, wait_healthy
+from devstack.health import log_tail, wait_gone, wait_healthy
 from devstack.ports import free_port, port_free
 from devstack.settings import StackSettings
 
@@ -163,13 +163,7 @@ class ServeProcess:
             self.pidfile.unlink(missing_ok=True)
             return
         os.kill(pid, sig)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and self.pid() is not None:
-            time.sleep(0.05)
-        if self.pid() is not None:
-            os.kill(pid, signal.SIGKILL)
-            while self.pid() is not None:
-                time.sleep(0.05)
+        wait_gone(pid, self.running, timeout)
         child = _children.pop(pid, None)
         if child is not None:
             child.wait()
