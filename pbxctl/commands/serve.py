@@ -54,7 +54,7 @@ async def _run(dsn: str, host: str, port: int, settings: Settings, push: bool = 
         loop.add_signal_handler(sig, stop.set)
 
     try:
-        pool = await service_pool(dsn)
+        pool = await service_pool(dsn, max_size=settings.pool_size)
     except (OSError, asyncpg.PostgresError) as exc:
         raise Unreachable(f"cannot reach the database: {exc}") from None
     from sorcery_backend.routing_cache import RoutingData
