@@ -10,7 +10,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from devstack.postgres import PostgresCluster, free_port
+from devstack.ports import free_port
+from devstack.postgres import PostgresCluster
 from sorcery_backend.schema import migrate_sync
 
 __all__ = ["percentile", "private_postgres", "timed"]

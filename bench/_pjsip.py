@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from devstack.asterisk import AsteriskNode
-from devstack.postgres import free_port
+from devstack.ports import free_port
 from devstack.settings import StackSettings
 from devstack.stack import Stack
 
@@ -63,7 +63,7 @@ class StaticNode:
         self.settings = StackSettings(
             name=f"{s.name}-static",
             pg_port=s.pg_port,
-            sip_port=free_port(),
+            sip_port=free_port("both"),
             http_port=free_port(),
             ami_port=free_port(),
             rtp_start=s.rtp_start,

@@ -39,7 +39,9 @@ import asyncpg
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench._common import percentile
-from devstack.postgres import PostgresCluster, free_port
+from devstack.ports import free_port
+from devstack.postgres import PostgresCluster
+from pbx_base.settings import get_settings
 from routing.stage1 import CallRequest
 from routing_store.cache import RoutingData
 from routing_store.loader import load_for_call
@@ -47,7 +49,7 @@ from sorcery_backend.apply import apply_config
 from sorcery_backend.declarative import parse_config
 from sorcery_backend.schema import migrate
 
-YWSD_VENV = Path(os.environ.get("PBX_CACHE_DIR") or Path.home() / ".cache" / "pbx") / "ywsd-venv"
+YWSD_VENV = get_settings().cache_dir / "ywsd-venv"
 USERS = [str(10000 + i) for i in range(10000)]
 LEVELS = 6
 CASES = {"simple": ("10000", "10001"), "group_tree": ("10000", "3000"), "forward_chain": ("10000", "4000")}

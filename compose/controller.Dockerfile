@@ -1,6 +1,7 @@
 FROM python:3.11-slim
 WORKDIR /opt/pbx
 COPY pyproject.toml README.md ./
+COPY pbx_base/ pbx_base/
 COPY pbxctl/ pbxctl/
 COPY sorcery_backend/ sorcery_backend/
 COPY ari_app/ ari_app/

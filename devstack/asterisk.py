@@ -2,20 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import os
 import shutil
-import signal
-import socket
 import subprocess
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
 
-from devstack.postgres import tcp_port_free
+from devstack.health import log_tail, wait_gone, wait_healthy
+from devstack.ports import port_free
 from devstack.settings import StackSettings
 from pbx_base.errors import StackError
+from sorcery_backend.ami import AmiSession, AmiUnreachable
 
 __all__ = ["AsteriskError", "AsteriskNode"]
 
@@ -75,7 +75,7 @@ class AsteriskNode:
             return
         self.logfile.parent.mkdir(parents=True, exist_ok=True)
         for port, kind in ((self.settings.http_port, "ARI/HTTP"), (self.settings.ami_port, "AMI")):
-            if not tcp_port_free(port):
+            if not port_free(port):
                 raise AsteriskError(f"port {port} ({kind}) on 127.0.0.1 is taken: cannot start Asterisk")
         with open(self.logfile, "ab") as log:
             proc = subprocess.Popen(
@@ -90,16 +90,12 @@ class AsteriskNode:
         self.wait_healthy(timeout, proc)
 
     def wait_healthy(self, timeout: float, proc: subprocess.Popen[bytes] | None = None) -> None:
-        deadline = time.monotonic() + timeout
-        problem: str | None = "no answer yet"
-        while time.monotonic() < deadline:
-            if proc is not None and proc.poll() is not None:
-                raise AsteriskError(f"Asterisk exited with {proc.returncode} at start: {self.log_tail()}")
-            problem = self._health_problem()
-            if problem is None:
-                return
-            time.sleep(0.2)
-        raise AsteriskError(f"Asterisk not healthy after {timeout:g}s ({problem}): {self.log_tail()}")
+        def ended() -> str | None:
+            return None if proc is None or proc.poll() is None else f"exited with {proc.returncode}"
+
+        wait_healthy(
+            "Asterisk", self._health_problem, timeout, log=self.logfile, error=AsteriskError, ended=ended, interval=0.2
+        )
 
     def _health_problem(self) -> str | None:
         s = self.settings
@@ -110,17 +106,7 @@ class AsteriskNode:
                     return f"ARI answered {resp.status}"
         except (urllib.error.URLError, OSError) as exc:
             return f"ARI: {exc}"
-        try:
-            with socket.create_connection(("127.0.0.1", s.ami_port), timeout=2) as sock:
-                sock.recv(256)
-                sock.sendall(f"Action: Login\r\nUsername: {s.ami_user}\r\nSecret: {s.ami_password}\r\n\r\n".encode())
-                reply = sock.recv(512).decode(errors="replace")
-                if "Success" not in reply:
-                    return f"AMI login: {reply.strip()[:80]}"
-                sock.sendall(b"Action: Logoff\r\n\r\n")
-        except OSError as exc:
-            return f"AMI: {exc}"
-        return None
+        return asyncio.run(_ami_problem(s))
 
     def rx(self, command: str, timeout: float = 30.0) -> str:
         r = subprocess.run(
@@ -142,21 +128,21 @@ class AsteriskNode:
             self.rx("core stop now", timeout=10)
         except (AsteriskError, subprocess.TimeoutExpired):
             pass
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and self.pid() is not None:
-            time.sleep(0.1)
-        if self.pid() is not None:
-            os.kill(pid, signal.SIGKILL)
-            while self.pid() is not None:
-                time.sleep(0.05)
+        wait_gone(pid, self.running, timeout)
         self.pidfile.unlink(missing_ok=True)
 
     def log_tail(self, lines: int = 6) -> str:
-        try:
-            tail = self.logfile.read_text(errors="replace").strip().splitlines()[-lines:]
-        except OSError:
-            return "(no log)"
-        return " | ".join(x.strip() for x in tail) or "(empty log)"
+        return log_tail(self.logfile, lines)
+
+
+async def _ami_problem(s: StackSettings) -> str | None:
+    session = AmiSession("127.0.0.1", s.ami_port, s.ami_user, s.ami_password)
+    try:
+        await session.connect(timeout=2)
+    except AmiUnreachable as exc:
+        return str(exc)
+    session.close("health check done")
+    return None
 
 
 def _basic(s: StackSettings) -> str:

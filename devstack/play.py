@@ -13,12 +13,10 @@ import asyncio
 import os
 import re
 import shutil
-import subprocess
 import tempfile
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -27,14 +25,16 @@ import asyncpg
 from ari_app.ari import AriClient, AriNotFound, DialplanTarget, HttpAriTransport
 from devstack import sipp
 from devstack.play_sipp import caller_xml, device_xml
+from devstack.services import ServicesError, wait_delivered
+from devstack.sipp import Message, SippProcess, read_trace, status_code
 from pbx_base.errors import InvalidInput
+from pbx_base.settings import get_settings
 from sorcery_backend.apply import apply_config
 from sorcery_backend.declarative import Config, parse_config
 
 __all__ = ["Message", "PlayError", "PlayTarget", "SippProcess", "play", "read_trace"]
 
-_START_MARGIN_S = 0.4  # time for the device processes to bind their ports before the caller starts
-_HEADER = re.compile(r"^-{5,} (\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d+)\n\w+ message (sent|received)[^\n]*\n\n", re.M)
+_START_MARGIN_S = 0.4  # time to start every device (each start returns once it holds its port) before t0
 
 
 class PlayError(InvalidInput):
@@ -51,86 +51,11 @@ class PlayTarget:
 
     @classmethod
     def from_env(cls) -> PlayTarget:
-        missing = [k for k in ("PBX_DATABASE_URL", "PBX_SIP_ADDR", "PBX_ARI_URL") if not os.environ.get(k)]
-        if missing:
+        s = get_settings()
+        if not s.database_url or not s.sip_addr or not s.ari_url:
+            missing = [f"PBX_{k.upper()}" for k in ("database_url", "sip_addr", "ari_url") if not getattr(s, k)]
             raise PlayError(f"call play needs a running stack: {', '.join(missing)} unset (eval $(pbxctl dev up))")
-        return cls(
-            os.environ["PBX_DATABASE_URL"],
-            os.environ["PBX_SIP_ADDR"],
-            os.environ["PBX_ARI_URL"],
-            os.environ.get("PBX_ARI_USER", "pbx"),
-            os.environ.get("PBX_ARI_PASSWORD", ""),
-        )
-
-
-@dataclass(frozen=True)
-class Message:
-    at: float  # epoch seconds
-    direction: str  # sent | received
-    first_line: str
-    headers: Mapping[str, str]
-
-
-def read_trace(text: str) -> list[Message]:
-    out = []
-    heads = list(_HEADER.finditer(text))
-    for i, m in enumerate(heads):
-        body = text[m.end() : heads[i + 1].start() if i + 1 < len(heads) else len(text)]
-        lines = body.strip("\n").splitlines()
-        if not lines:
-            continue
-        headers: dict[str, str] = {}
-        for line in lines[1:]:
-            if not line.strip():
-                break
-            name, _, value = line.partition(":")
-            headers.setdefault(name.strip().lower(), value.strip())
-        at = datetime.strptime(m.group(1), "%Y-%m-%d %H:%M:%S.%f").timestamp()
-        out.append(Message(at, m.group(2), lines[0], headers))
-    return out
-
-
-@dataclass
-class SippProcess:
-    """One sipp process (a device or a caller) in its own dir; its message trace is the record."""
-
-    name: str
-    port: int
-    dir: Path
-    proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def trace_path(self) -> Path:
-        return self.dir / "messages.log"
-
-    def start(self, sip_addr: str, xml: str, row: list[str], timeout_s: float, *, calls: int = 1) -> None:
-        """``calls``: how many calls this process serves before it exits (a phone: one per play)."""
-        (self.dir / "scenario.xml").write_text(xml)
-        (self.dir / "rows.csv").write_text("SEQUENTIAL\n" + ";".join(row) + "\n")
-        argv = [
-            "sipp", sip_addr, "-sf", "scenario.xml", "-inf", "rows.csv", "-m", str(calls), "-l", str(min(calls, 2000)),
-            "-i", "127.0.0.1", "-p", str(self.port), "-t", "u1", "-nostdin",
-            "-timeout", f"{int(timeout_s)}s", "-trace_msg", "-message_file", "messages.log",
-            "-trace_err", "-error_file", "errors.log",
-        ]  # fmt: skip
-        self.proc = subprocess.Popen(
-            argv, cwd=self.dir, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-        )
-
-    def messages(self) -> list[Message]:
-        return read_trace(self.trace_path.read_text(errors="replace")) if self.trace_path.exists() else []
-
-    def got(self, method: str) -> bool:
-        return any(m.direction == "received" and m.first_line.startswith(method + " ") for m in self.messages())
-
-    def wait(self, timeout: float) -> int:
-        assert self.proc is not None
-        return self.proc.wait(timeout=timeout)
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
+        return cls(s.database_url, s.sip_addr, s.ari_url, s.ari_user, s.ari_password.get_secret_value())
 
 
 @dataclass
@@ -185,7 +110,12 @@ async def play(scenario: Mapping[str, Any], target: PlayTarget, horizon_s: float
         conn = await asyncpg.connect(target.database_url)
         try:
             await apply_config(conn, config)
-            await _wait_pushed(conn)
+            try:
+                # A call placed before every connected node has the change (cached objects expired,
+                # endpoint contexts created) could meet yesterday's endpoint or a missing context.
+                await wait_delivered(conn)
+            except ServicesError as exc:
+                raise PlayError(f"the config change: {exc} (pbxctl push status)") from None
             await _read_credentials(conn, plan)
             if caller_endpoint not in plan.passwords:
                 raise PlayError(f"call: the caller's endpoint {caller_endpoint} has no auth password to call with")
@@ -221,20 +151,6 @@ def _first_endpoint(config: Config, tenant: str, caller: str) -> str:
     if ext is None or not ext.endpoints:
         raise PlayError(f"call: caller {caller} has no endpoint to call from (set call.endpoint)")
     return ext.endpoints[0]
-
-
-async def _wait_pushed(conn: asyncpg.Connection, timeout: float = 30.0) -> None:
-    """Until every connected node has the applied change (cached objects expired, endpoint contexts
-    created): a call placed before that could meet yesterday's endpoint or a missing context."""
-    deadline = time.monotonic() + timeout
-    query = (
-        "SELECT n.name FROM pbx.push_pending p JOIN pbx.nodes n ON n.id = p.node_id "
-        "JOIN pbx.node_state s ON s.node_id = p.node_id WHERE s.connected LIMIT 1"
-    )
-    while (node := await conn.fetchval(query)) is not None:
-        if time.monotonic() > deadline:
-            raise PlayError(f"the config change did not reach node {node} within {timeout:g}s (pbxctl push status)")
-        await asyncio.sleep(0.02)
 
 
 async def _forget_contacts(conn: asyncpg.Connection, target: PlayTarget, plan: _Plan) -> None:
@@ -324,7 +240,7 @@ def _run_call(
         proc.start(target.sip_addr, device_xml(behaviour.get(dev) or {}, t0_ms), ["-"], horizon + 60)
     d = tmp / "caller"
     d.mkdir()
-    caller = SippProcess("caller", sipp.free_udp_port(), d)
+    caller = SippProcess("caller", sipp.free_udp_port(), d, movable=True)
     user, password = plan.passwords[caller_endpoint]
     name = str(call.get("callername") or "")
     row = [
@@ -364,7 +280,7 @@ def _timeline(caller: list[Message], devices: Mapping[str, list[Message]], horiz
     hangup_at = next((m.at for m in caller if m.direction == "sent" and m.first_line.startswith("CANCEL ")), None)
     status, result = "ok", "noanswer"
     for m in caller:
-        code = _status_code(m)
+        code = status_code(m.first_line)
         if m.direction == "received" and code is not None and code >= 200 and "INVITE" in m.headers.get("cseq", ""):
             if code == 401:
                 continue
@@ -398,18 +314,13 @@ def _timeline(caller: list[Message], devices: Mapping[str, list[Message]], horiz
                     why = "caller_hangup"
                 events.append({"t": t(m), "stop": dev, "why": why})
             elif m.direction == "sent" and "INVITE" in m.headers.get("cseq", ""):
-                code = _status_code(m)
+                code = status_code(m.first_line)
                 if code == 200 and not any(e.get("answer") == dev for e in events):
                     events.append({"t": t(m), "answer": dev})
                 elif code == 486 and not any(e.get("stop") == dev for e in events):
                     events.append({"t": t(m), "stop": dev, "why": "rejected"})
     events.sort(key=lambda e: (e["t"], 0 if "ring" in e else 1))
     return {"status": status, "result": result, "timeline": events, "horizon_s": horizon}
-
-
-def _status_code(m: Message) -> int | None:
-    match = re.match(r"SIP/2\.0 (\d{3})", m.first_line)
-    return int(match.group(1)) if match else None
 
 
 def _from(value: str) -> tuple[str, str]:

@@ -9,15 +9,15 @@ from __future__ import annotations
 import os
 import pwd
 import shutil
-import socket
 import subprocess
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from devstack.health import log_tail, wait_healthy
+from devstack.ports import port_free
 from pbx_base.errors import StackError
 
-__all__ = ["PostgresCluster", "PostgresError", "find_bindir", "free_port", "tcp_port_free"]
+__all__ = ["PostgresCluster", "PostgresError", "find_bindir"]
 
 
 class PostgresError(StackError, RuntimeError):
@@ -29,33 +29,6 @@ def find_bindir() -> Path:
     if not candidates:
         raise PostgresError("PostgreSQL server binaries not found: apt-get install postgresql")
     return candidates[0].parent
-
-
-def tcp_port_free(port: int) -> bool:
-    """Whether a TCP listener could bind 127.0.0.1:port now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
-
-
-def free_port(host: str = "127.0.0.1", kind: int = socket.SOCK_STREAM) -> int:
-    with socket.socket(socket.AF_INET, kind) as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
-
-
-def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind((host, port))
-        except OSError:
-            return False
-    return True
 
 
 @dataclass
@@ -145,7 +118,7 @@ class PostgresCluster:
         self.init()
         if self.running():
             return
-        if not port_is_free(self.port):
+        if not port_free(self.port):
             raise PostgresError(f"port {self.port} on 127.0.0.1 is taken: cannot start Postgres there")
         opts = (
             f"-p {self.port} -k {self.sockdir},{self.local_socket} -c listen_addresses=127.0.0.1 -c fsync=off "
@@ -171,15 +144,11 @@ class PostgresCluster:
         self.wait_ready(timeout)
 
     def wait_ready(self, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+        def problem() -> str | None:
             r = subprocess.run(["pg_isready", "-h", "127.0.0.1", "-p", str(self.port)], capture_output=True)
-            if r.returncode == 0:
-                return
-            time.sleep(0.1)
-        raise PostgresError(
-            f"Postgres on port {self.port} not accepting connections after {timeout:g}s: {self.log_tail()}"
-        )
+            return None if r.returncode == 0 else "not accepting connections"
+
+        wait_healthy(f"Postgres on port {self.port}", problem, timeout, log=self.logfile, error=PostgresError)
 
     def stop(self) -> None:
         if self.initialized() and self.running():
@@ -202,11 +171,7 @@ class PostgresCluster:
             self.psql(f'CREATE DATABASE "{name}"' + (f' OWNER "{owner}"' if owner else ""))
 
     def log_tail(self, lines: int = 5) -> str:
-        try:
-            tail = self.logfile.read_text(errors="replace").strip().splitlines()[-lines:]
-        except OSError:
-            return "(no log)"
-        return " | ".join(tail)
+        return log_tail(self.logfile, lines)
 
     def destroy(self) -> None:
         self.stop()

@@ -19,11 +19,12 @@ from pathlib import Path
 
 import asyncpg
 
-from devstack.postgres import free_port, tcp_port_free
+from devstack.health import log_tail, wait_gone, wait_healthy
+from devstack.ports import free_port, port_free
 from devstack.settings import StackSettings
 from pbx_base.errors import StackError
 
-__all__ = ["ServeProcess", "ServicesError", "register_node", "wait_pushed"]
+__all__ = ["ServeProcess", "ServicesError", "register_node", "wait_delivered", "wait_pushed"]
 
 # Popen objects of the processes this Python process started: reaped on stop, so a killed one is
 # not mistaken for a live zombie.
@@ -107,7 +108,7 @@ class ServeProcess:
         if self.running():
             return
         port = self.http_port
-        if port is None or not tcp_port_free(port):
+        if port is None or not port_free(port):
             port = free_port()
         self.infofile.write_text(json.dumps({"http_port": port}))
         # A killed process never said it went away: health must be shown by the new one.
@@ -127,16 +128,14 @@ class ServeProcess:
         self.wait_healthy(timeout)
 
     def wait_healthy(self, timeout: float = 60.0) -> None:
-        deadline = time.monotonic() + timeout
-        problem = "no answer yet"
-        while time.monotonic() < deadline:
-            if not self.running():
-                raise ServicesError(f"pbxctl serve exited at start: {self.log_tail()}")
-            problem = self._health_problem() or ""
-            if not problem:
-                return
-            time.sleep(0.1)
-        raise ServicesError(f"pbxctl serve not healthy after {timeout:g}s ({problem}): {self.log_tail()}")
+        wait_healthy(
+            "pbxctl serve",
+            self._health_problem,
+            timeout,
+            log=self.logfile,
+            error=ServicesError,
+            ended=lambda: None if self.running() else "exited",
+        )
 
     def _health_problem(self) -> str | None:
         port = self.http_port
@@ -165,13 +164,7 @@ class ServeProcess:
             self.pidfile.unlink(missing_ok=True)
             return
         os.kill(pid, sig)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and self.pid() is not None:
-            time.sleep(0.05)
-        if self.pid() is not None:
-            os.kill(pid, signal.SIGKILL)
-            while self.pid() is not None:
-                time.sleep(0.05)
+        wait_gone(pid, self.running, timeout)
         child = _children.pop(pid, None)
         if child is not None:
             child.wait()
@@ -184,31 +177,38 @@ class ServeProcess:
             return ""
 
     def log_tail(self, lines: int = 6) -> str:
-        tail = self.log_text().strip().splitlines()[-lines:]
-        return " | ".join(x.strip() for x in tail) or "(empty log)"
+        return log_tail(self.logfile, lines)
 
 
 def wait_pushed(settings: StackSettings, timeout: float = 30.0) -> None:
-    """Block until every committed change has been delivered to the stack's Asterisk: with Sorcery
-    caches on, a change takes effect when the pusher has expired it, a few tens of ms after commit."""
+    """Block until every committed change has been delivered to the stack's Asterisk."""
+
+    async def wait() -> None:
+        conn = await asyncpg.connect(settings.database_url(), timeout=10)
+        try:
+            await wait_delivered(conn, timeout, node=settings.name)
+        finally:
+            await conn.close()
+
+    asyncio.run(wait())
+
+
+# A node with changes not delivered yet: the one named $1, or without a name any connected one.
+_UNDELIVERED = (
+    "SELECT n.name FROM pbx.push_pending p JOIN pbx.nodes n ON n.id = p.node_id "
+    "LEFT JOIN pbx.node_state s ON s.node_id = p.node_id "
+    "WHERE n.name = $1 OR ($1::text IS NULL AND s.connected) LIMIT 1"
+)
+
+
+async def wait_delivered(conn: asyncpg.Connection, timeout: float = 30.0, *, node: str | None = None) -> None:
+    """Until ``node`` (or every connected node) has every committed change: with Sorcery caches
+    on, a change takes effect when the pusher has expired it, a few tens of ms after commit."""
     deadline = time.monotonic() + timeout
-    while asyncio.run(_pending(settings)):
+    while (late := await conn.fetchval(_UNDELIVERED, node)) is not None:
         if time.monotonic() > deadline:
-            raise ServicesError(f"changes not delivered to node {settings.name} within {timeout:g}s")
-        time.sleep(0.01)
-
-
-async def _pending(s: StackSettings) -> int:
-    conn = await asyncpg.connect(s.database_url(), timeout=10)
-    try:
-        return int(
-            await conn.fetchval(
-                "SELECT count(*) FROM pbx.push_pending q JOIN pbx.nodes n ON n.id = q.node_id WHERE n.name = $1",
-                s.name,
-            )
-        )
-    finally:
-        await conn.close()
+            raise ServicesError(f"changes not delivered to node {late} within {timeout:g}s")
+        await asyncio.sleep(0.01)
 
 
 async def _mark_disconnected(s: StackSettings) -> None:

@@ -3,24 +3,24 @@
 from __future__ import annotations
 
 import json
-import os
 import secrets
 from pathlib import Path
 
 from pydantic import BaseModel
 
-from devstack.postgres import free_port
+from devstack.ports import free_port, rtp_range
+from pbx_base.settings import DEFAULTS, get_settings
 
 __all__ = ["StackSettings", "cache_dir", "stacks_dir"]
 
 
 def cache_dir() -> Path:
-    return Path(os.environ.get("PBX_CACHE_DIR") or Path.home() / ".cache" / "pbx")
+    return get_settings().cache_dir
 
 
 def stacks_dir() -> Path:
     # Not under the cache dir: ~ is private to root, and the Postgres server runs as `postgres`.
-    return Path(os.environ.get("PBX_STACKS_DIR") or "/var/lib/pbx-dev/stacks")
+    return get_settings().stacks_dir
 
 
 class StackSettings(BaseModel):
@@ -31,29 +31,29 @@ class StackSettings(BaseModel):
     ami_port: int
     rtp_start: int
     rtp_end: int
-    db_name: str = "pbx"
-    db_user: str = "asterisk"
+    db_name: str = DEFAULTS.db_name
+    db_user: str = DEFAULTS.asterisk_db_user
     db_password: str
-    ari_user: str = "pbx"
+    ari_user: str = DEFAULTS.ari_user
     ari_password: str
-    ami_user: str = "pbx"
+    ami_user: str = DEFAULTS.ami_user
     ami_password: str
-    ari_app: str = "pbx"
+    ari_app: str = DEFAULTS.ari_app
 
     @classmethod
     def load_or_create(cls, name: str) -> StackSettings:
         path = stacks_dir() / name / "stack.json"
         if path.exists():
             return cls.model_validate_json(path.read_text())
-        rtp = 20000 + (free_port() % 400) * 100  # a private RTP range per stack
+        rtp_start, rtp_end = rtp_range()
         settings = cls(
             name=name,
             pg_port=free_port(),
-            sip_port=_free_udp_and_tcp_port(),
+            sip_port=free_port("both"),
             http_port=free_port(),
             ami_port=free_port(),
-            rtp_start=rtp,
-            rtp_end=rtp + 98,
+            rtp_start=rtp_start,
+            rtp_end=rtp_end,
             db_password=secrets.token_hex(8),
             ari_password=secrets.token_hex(8),
             ami_password=secrets.token_hex(8),
@@ -86,17 +86,3 @@ class StackSettings(BaseModel):
             "PBX_AMI_USER": self.ami_user,
             "PBX_AMI_PASSWORD": self.ami_password,
         }
-
-
-def _free_udp_and_tcp_port() -> int:
-    import socket
-
-    for _ in range(50):
-        port = free_port()
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-        return port
-    raise RuntimeError("no free port for SIP on 127.0.0.1")

@@ -24,6 +24,8 @@ from dataclasses import dataclass, field
 import asyncpg
 
 from pbx_base.errors import UnknownTenant
+from pbx_base.retry import Backoff
+from pbx_base.settings import DEFAULTS
 from routing.lookup import CallData
 from routing.model import Directory
 from routing.stage1 import reachable
@@ -109,10 +111,17 @@ class RoutingData:
     long as the service lives). Snapshots are loaded on the pool's connections, in the background.
     """
 
-    def __init__(self, pool: asyncpg.Pool, *, keepalive_s: float = 10.0, retry_s: float = 0.5) -> None:
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        *,
+        keepalive_s: float = 10.0,
+        retry_s: float = 0.5,
+        retry_max_s: float = DEFAULTS.db_retry_max_s,
+    ) -> None:
         self._pool = pool
         self._keepalive_s = keepalive_s
-        self._retry_s = retry_s
+        self._backoff = Backoff(initial=retry_s, maximum=retry_max_s, jitter=0.0)
         self._snaps: dict[str, TenantSnapshot] = {}
         self._loading: dict[str, asyncio.Task[None]] = {}
         self._again: set[str] = set()
@@ -258,19 +267,19 @@ class RoutingData:
     async def listen(self) -> None:
         """LISTEN for routing changes until cancelled; reconnects, dropping the cache each time
         (changes made while nobody listened were not heard)."""
-        delay = self._retry_s
+        attempt = 0
         while True:
             try:
                 await self._listen_once()
-                delay = self._retry_s
+                attempt = 0
             except Exception as exc:  # the listener outlives any failure; cancellation still ends it
                 _log.warning("routing cache: LISTEN connection lost: %s", exc)
             finally:
                 self.listening.clear()
                 self.listener_pid = None
                 self.invalidate()
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 10.0)
+            await asyncio.sleep(self._backoff.delay(attempt))
+            attempt += 1
 
     async def _listen_once(self) -> None:
         lost = asyncio.Event()

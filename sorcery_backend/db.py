@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import asyncpg
 
 from pbx_base.errors import NotConfigured, Unavailable
+from pbx_base.settings import get_settings
 
 __all__ = ["DatabaseUnavailable", "MissingDsn", "connect", "dsn_from", "refusal_message", "service_pool"]
 
@@ -22,7 +22,7 @@ class MissingDsn(NotConfigured, ValueError):
 
 
 def dsn_from(explicit: str | None) -> str:
-    dsn = explicit or os.environ.get("PBX_DATABASE_URL")
+    dsn = explicit or get_settings().database_url
     if not dsn:
         raise MissingDsn("no database: pass --dsn or set PBX_DATABASE_URL")
     return dsn
@@ -41,13 +41,18 @@ async def _keep_session(conn: asyncpg.Connection) -> None:
 _SERVICE_SETTINGS = {"plan_cache_mode": "force_generic_plan"}
 
 
-async def service_pool(dsn: str, *, max_size: int = 4) -> asyncpg.Pool:
+async def service_pool(dsn: str, *, max_size: int | None = None) -> asyncpg.Pool:
     """The pool of `pbxctl serve` (routing API, call lookups). asyncpg's default release sends
     ``SELECT pg_advisory_unlock_all(); CLOSE ALL; UNLISTEN *; RESET ALL`` every time, a second
     round trip per call lookup (0.3-0.6 ms of its ~1 ms on a busy node) that undoes nothing here.
-    Its prepared statements run on generic plans (see ``_SERVICE_SETTINGS``)."""
+    Its prepared statements run on generic plans (see ``_SERVICE_SETTINGS``). ``max_size``: the
+    settings' ``pool_size`` when not given."""
     pool: asyncpg.Pool = await asyncpg.create_pool(
-        dsn, min_size=1, max_size=max_size, reset=_keep_session, server_settings=_SERVICE_SETTINGS
+        dsn,
+        min_size=1,
+        max_size=max_size or get_settings().pool_size,
+        reset=_keep_session,
+        server_settings=_SERVICE_SETTINGS,
     )
     return pool
 

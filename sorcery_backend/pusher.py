@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import re
 import time
@@ -28,6 +29,8 @@ from typing import Any
 
 import asyncpg
 
+from pbx_base.retry import Backoff
+from pbx_base.settings import DEFAULTS, Settings
 from sorcery_backend.ami import AmiDisconnected, AmiError, AmiSession, AmiUnreachable
 from sorcery_backend.nodes import Node, list_nodes
 from sorcery_backend.push_plan import CACHE_OF_VIEW, PER_OBJECT_CACHES, CacheAction, PendingRow, Plan, plan_batch
@@ -53,10 +56,16 @@ class PusherSettings:
     chunk: int = 500  # actions confirmed (and acknowledged in the DB) together
     window: int = 64  # actions in flight on one AMI session
     whole_cache_min: int = 200  # below this many objects of one cache, never ask the cache's size
-    backoff_min_s: float = 0.2
-    backoff_max_s: float = 10.0
+    backoff: Backoff = Backoff(initial=0.2, maximum=DEFAULTS.db_retry_max_s, jitter=0.0)
     idle_check_s: float = 30.0  # ping the node and re-check its contexts when nothing happened
-    outbox_keep_s: float = 86400.0  # delivered outbox rows are kept this long as history
+    outbox_keep_s: float = DEFAULTS.outbox_keep_s  # delivered outbox rows are kept this long as history
+
+    @classmethod
+    def from_settings(cls, s: Settings) -> PusherSettings:
+        return cls(
+            backoff=dataclasses.replace(cls.backoff, maximum=s.db_retry_max_s),
+            outbox_keep_s=s.outbox_keep_s,
+        )
 
 
 class Pusher:
@@ -76,7 +85,7 @@ class Pusher:
                     attempt = 0
                 except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
                     log.warning("database: %s; retrying", exc)
-                    await _sleep_or_stop(stop, _backoff(attempt, self.settings))
+                    await _sleep_or_stop(stop, self.settings.backoff.delay(attempt))
                     attempt += 1
         finally:
             await self._stop_workers(list(self._workers))
@@ -176,7 +185,7 @@ class NodeWorker:
                 conn = await asyncpg.connect(self.dsn, timeout=10)
             except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
                 log.warning("node %s: database: %s", self.node.name, exc)
-                await _sleep_or_stop(stop, _backoff(attempt, self.settings))
+                await _sleep_or_stop(stop, self.settings.backoff.delay(attempt))
                 attempt += 1
                 continue
             try:
@@ -187,7 +196,7 @@ class NodeWorker:
                 attempt = await self._serve_node(conn, stop, attempt)
             except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
                 log.warning("node %s: database: %s", self.node.name, exc)
-                await _sleep_or_stop(stop, _backoff(attempt, self.settings))
+                await _sleep_or_stop(stop, self.settings.backoff.delay(attempt))
                 attempt += 1
             finally:
                 with contextlib.suppress(Exception):
@@ -215,7 +224,7 @@ class NodeWorker:
             finally:
                 session.close()
                 self._contexts.clear()
-            await _sleep_or_stop(stop, _backoff(attempt, self.settings))
+            await _sleep_or_stop(stop, self.settings.backoff.delay(attempt))
             attempt += 1
         return attempt
 
@@ -480,10 +489,6 @@ def _command_output(reply: Any) -> str:
     if isinstance(out, list):
         out = "\n".join(out)
     return f"{out}\n{getattr(reply, 'content', '')}"
-
-
-def _backoff(attempt: int, s: PusherSettings) -> float:
-    return float(min(s.backoff_max_s, s.backoff_min_s * (2 ** min(attempt, 16))))
 
 
 async def _sleep_or_stop(stop: asyncio.Event, seconds: float) -> None:

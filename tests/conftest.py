@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from devstack.postgres import PostgresCluster, free_port
+from devstack.ports import free_port
+from devstack.postgres import PostgresCluster
 from sorcery_backend.schema import migrate_sync
 
 REPO = Path(__file__).resolve().parent.parent

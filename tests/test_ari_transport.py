@@ -7,7 +7,6 @@ import asyncio
 import base64
 import contextlib
 import json
-import socket
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -34,6 +33,7 @@ from ari_app.ari import (
     StasisStart,
     StreamItem,
 )
+from devstack.ports import free_port
 from pbx_base.errors import DependencyError, Unavailable
 
 FIXTURES = Path(__file__).parent / "fixtures" / "ari"
@@ -211,10 +211,7 @@ async def test_request_timeout(asterisk: tuple[TestServer, FakeAsterisk]) -> Non
 
 
 def closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-    return port
+    return free_port()  # reserved and free: nothing listens there
 
 
 async def test_connection_refused_is_unavailable() -> None:

@@ -24,6 +24,7 @@ from ari_app.ari.events import ApplicationReplaced, Event, parse_event
 from ari_app.ari.models import AsteriskInfo
 from ari_app.ari.resources import Applications, AsteriskApi, Bridges, Channels, Endpoints, Playbacks
 from ari_app.ari.transport import AriStatusError, AriTransport, AriUnavailable
+from pbx_base.retry import Backoff
 
 __all__ = ["AriClient", "Backoff", "Connected", "Disconnected", "StreamItem"]
 
@@ -32,24 +33,6 @@ logger = logging.getLogger(__name__)
 # Handshake refusals that retrying cannot fix: bad credentials, a malformed app list. Anything else
 # (404/503 from an HTTP server whose res_ari is not loaded yet, a refused TCP connect) is retried.
 _FATAL_STATUSES = frozenset({400, 401, 403})
-
-
-@dataclasses.dataclass(frozen=True)
-class Backoff:
-    initial: float = 0.5
-    maximum: float = 30.0
-    factor: float = 2.0
-    # Up to this fraction of each delay is taken off at random, so that controllers restarted
-    # together do not all knock on a restarted Asterisk at the same instant.
-    jitter: float = 0.5
-    # A session that stayed up this long starts the next outage from ``initial`` again; a server
-    # that accepts and drops at once keeps climbing instead of being hammered.
-    reset_after: float = 30.0
-
-    def delay(self, attempt: int, rand: float) -> float:
-        """Seconds to wait before retry number ``attempt`` (0-based); ``rand`` in [0, 1)."""
-        base = min(self.maximum, self.initial * self.factor ** min(attempt, 64))
-        return base * (1.0 - self.jitter * rand)
 
 
 @dataclasses.dataclass(frozen=True)

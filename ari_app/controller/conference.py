@@ -14,6 +14,7 @@ from collections.abc import Awaitable
 
 from ari_app.ari import AriClient, AriNotFound
 from ari_app.controller.ids import OurChannel, bridge_id_for
+from pbx_base.settings import get_settings
 
 __all__ = ["Conference"]
 
@@ -38,6 +39,7 @@ class Conference:
         self.log = log
         self._closed = asyncio.Event()
         self._party_numbers = itertools.count(1)
+        self._settings = get_settings()
 
     async def open(
         self,
@@ -55,7 +57,9 @@ class Conference:
         marks["answered"] = time.perf_counter()
         await asyncio.gather(
             self.ari.bridges.create("mixing", bridge_id=self.bridge_id, name=self.call_id),
-            asyncio.wait_for(answered_ready, 10) if answered_ready is not None else asyncio.sleep(0),
+            asyncio.wait_for(answered_ready, self._settings.answered_leg_wait_s)
+            if answered_ready is not None
+            else asyncio.sleep(0),
         )
         await self.ari.bridges.add_channel(self.bridge_id, [caller_id, answered_id])
         marks["bridged"] = time.perf_counter()
@@ -71,7 +75,7 @@ class Conference:
                 app_args=party.stasis_args,
                 channel_id=channel_id,
                 caller_id=caller_id,
-                timeout=60,
+                timeout=self._settings.party_ring_s,
             )
         except Exception:
             self.pending.discard(channel_id)

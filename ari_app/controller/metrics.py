@@ -1,69 +1,59 @@
-"""Prometheus metrics of the controller, in the text exposition format, without a dependency.
+"""Prometheus metrics of the controller, on prometheus_client (text format, label escaping).
 
-Counters and one summary are all the controller needs; labels are fixed at the call site.
+Each :class:`Metrics` has a registry of its own, so two controllers in one process (tests) never
+share or clash over a series. Call sites name a metric and its labels; the kind and the label
+names are fixed here.
 """
 
 from __future__ import annotations
 
-from collections import defaultdict
+import prometheus_client
+from prometheus_client import CollectorRegistry, Counter, Gauge, Summary, generate_latest
 
-__all__ = ["Metrics"]
+__all__ = ["CONTENT_TYPE", "Metrics"]
 
-Labels = tuple[tuple[str, str], ...]
+CONTENT_TYPE = prometheus_client.CONTENT_TYPE_LATEST
 
-
-def _fmt(labels: Labels) -> str:
-    if not labels:
-        return ""
-    inner = ",".join(f'{k}="{v}"' for k, v in labels)
-    return "{" + inner + "}"
+# Without this every counter also exposes a `*_created` timestamp series: noise for these metrics.
+prometheus_client.disable_created_metrics()  # type: ignore[no-untyped-call]
 
 
 class Metrics:
     def __init__(self) -> None:
-        self._counters: dict[str, dict[Labels, float]] = defaultdict(lambda: defaultdict(float))
-        self._gauges: dict[str, dict[Labels, float]] = defaultdict(lambda: defaultdict(float))
-        self._summaries: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0])  # sum, count
-        self._help: dict[str, tuple[str, str]] = {}
-        self._declare()
-
-    def _declare(self) -> None:
-        for name, kind, text in (
-            ("pbx_calls_total", "counter", "Calls that entered Stasis, by result"),
-            ("pbx_legs_total", "counter", "Device legs started, by outcome"),
-            ("pbx_routing_seconds", "summary", "Time from StasisStart to the first ring commands"),
-            ("pbx_failures_total", "counter", "Controller errors, by kind"),
-            ("pbx_calls_active", "gauge", "Calls ringing or bridged now"),
-            ("pbx_ari_connected", "gauge", "1 while the ARI events WebSocket is up"),
-        ):
-            self._help[name] = (kind, text)
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self._counters = {
+            "pbx_calls_total": Counter(
+                "pbx_calls_total", "Calls that entered Stasis, by result", ["result"], registry=r
+            ),
+            "pbx_legs_total": Counter("pbx_legs_total", "Device legs started, by outcome", ["outcome"], registry=r),
+            "pbx_failures_total": Counter("pbx_failures_total", "Controller errors, by kind", ["kind"], registry=r),
+        }
+        self._gauges = {
+            "pbx_calls_active": Gauge("pbx_calls_active", "Calls ringing or bridged now", registry=r),
+            "pbx_ari_connected": Gauge("pbx_ari_connected", "1 while the ARI events WebSocket is up", registry=r),
+        }
+        self._summaries = {
+            "pbx_routing_seconds": Summary(
+                "pbx_routing_seconds", "Time from StasisStart to the first ring commands", registry=r
+            ),
+        }
 
     def inc(self, name: str, value: float = 1.0, **labels: str) -> None:
-        self._counters[name][tuple(sorted(labels.items()))] += value
+        counter = self._counters[name]
+        (counter.labels(**labels) if labels else counter).inc(value)
 
     def set(self, name: str, value: float, **labels: str) -> None:
-        self._gauges[name][tuple(sorted(labels.items()))] = value
+        gauge = self._gauges[name]
+        (gauge.labels(**labels) if labels else gauge).set(value)
 
     def observe(self, name: str, value: float) -> None:
-        s = self._summaries[name]
-        s[0] += value
-        s[1] += 1
+        self._summaries[name].observe(value)
 
     def value(self, name: str, **labels: str) -> float:
-        key = tuple(sorted(labels.items()))
-        if name in self._counters:
-            return self._counters[name].get(key, 0.0)
-        return self._gauges.get(name, {}).get(key, 0.0)
+        """The current value of one series; 0 for a series never touched."""
+        return self.registry.get_sample_value(name, labels) or 0.0
 
     def render(self) -> str:
-        lines: list[str] = []
-        for name, (kind, text) in self._help.items():
-            lines += [f"# HELP {name} {text}", f"# TYPE {name} {kind}"]
-            if kind == "summary":
-                total, count = self._summaries.get(name, [0.0, 0.0])
-                lines += [f"{name}_sum {total:.6f}", f"{name}_count {count:g}"]
-                continue
-            series = (self._counters if kind == "counter" else self._gauges).get(name, {})
-            for labels, value in sorted(series.items()):
-                lines.append(f"{name}{_fmt(labels)} {value:g}")
-        return "\n".join(lines) + "\n"
+        """The Prometheus text exposition of every metric."""
+        return generate_latest(self.registry).decode()

@@ -5,11 +5,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from ari_app.ari import AriClient, HttpAriTransport
 from ari_app.controller.controller import Controller
+from pbx_base.retry import Backoff
+from pbx_base.settings import Settings, get_settings
 from routing.lookup import CallLookup
 
 __all__ = ["AriSettings", "ControllerRef", "run_controller"]
@@ -26,22 +27,26 @@ class ControllerRef:
 
 @dataclass(frozen=True)
 class AriSettings:
+    """What the controller needs of :class:`~pbx_base.settings.Settings`."""
+
     url: str
     user: str
-    password: str
-    app: str = "pbx"
+    password: str = field(repr=False)
+    app: str
+    retry_max_s: float
 
     @classmethod
-    def from_env(cls) -> AriSettings | None:
+    def from_env(cls, settings: Settings | None = None) -> AriSettings | None:
         """None when PBX_ARI_URL is unset: the node runs without a controller."""
-        url = os.environ.get("PBX_ARI_URL")
-        if not url:
+        s = settings or get_settings()
+        if not s.ari_url:
             return None
         return cls(
-            url=url,
-            user=os.environ.get("PBX_ARI_USER", "pbx"),
-            password=os.environ.get("PBX_ARI_PASSWORD", ""),
-            app=os.environ.get("PBX_ARI_APP", "pbx"),
+            url=s.ari_url,
+            user=s.ari_user,
+            password=s.ari_password.get_secret_value(),
+            app=s.ari_app,
+            retry_max_s=s.ari_retry_max_s,
         )
 
 
@@ -54,7 +59,8 @@ async def run_controller(
     """Until ``stop`` is set. Calls in progress stay in Asterisk when it stops; the next controller
     adopts their conferences and ends the calls it cannot know."""
     async with HttpAriTransport(settings.url, settings.user, settings.password) as transport:
-        controller = Controller(AriClient(transport, settings.app), lookup)
+        client = AriClient(transport, settings.app, backoff=Backoff(maximum=settings.retry_max_s))
+        controller = Controller(client, lookup)
         ref.current = controller
         task = asyncio.create_task(controller.run(), name="ari-controller")
         stopper = asyncio.create_task(stop.wait())

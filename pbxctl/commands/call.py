@@ -5,12 +5,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 
+from pbx_base.settings import get_settings
 from pbxctl.errors import CliError, Invalid, Unreachable
 
 __all__ = ["register"]
@@ -54,7 +54,7 @@ def _play(args: argparse.Namespace) -> int:
 
 
 def _base(args: argparse.Namespace) -> str:
-    addr = args.http or os.environ.get("PBX_HTTP_ADDR") or "127.0.0.1:8090"
+    addr = args.http or get_settings().http_addr
     return f"http://{addr}"
 
 

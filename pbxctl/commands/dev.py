@@ -9,6 +9,7 @@ import shlex
 import sys
 from typing import Any
 
+from pbx_base.settings import DEFAULTS, get_settings
 from pbxctl.errors import CliError, Unreachable
 
 __all__ = ["register"]
@@ -23,12 +24,16 @@ def register(subparsers: Any) -> None:
         ("status", _status, "what runs, and the export lines"),
     ):
         p = sub.add_parser(name, help=help_text)
-        p.add_argument("--name", default=os.environ.get("PBX_STACK", "dev"), help="stack name (default: dev)")
+        p.add_argument("--name", help=f"stack name (default: $PBX_STACK, else {DEFAULTS.stack})")
         if name == "status":
             p.add_argument("--json", action="store_true")
         p.set_defaults(func=func)
     p = sub.add_parser("chroot", help="build (once) and check the cached Asterisk chroot")
     p.set_defaults(func=_chroot)
+
+
+def _name(args: argparse.Namespace) -> str:
+    return str(args.name or get_settings().stack)
 
 
 def _guard_root() -> None:
@@ -49,12 +54,12 @@ def _up(args: argparse.Namespace) -> int:
     from devstack.stack import Stack
 
     _guard_root()
-    stack = Stack.named(args.name)
+    stack = Stack.named(_name(args))
     try:
         stack.up()
     except (AsteriskError, ChrootError, PostgresError, ServicesError) as exc:
-        raise Unreachable(f"stack {args.name}: {exc}") from None
-    print(f"stack {args.name} is up", file=sys.stderr)
+        raise Unreachable(f"stack {_name(args)}: {exc}") from None
+    print(f"stack {_name(args)} is up", file=sys.stderr)
     _print_exports(stack.settings.exports())
     return 0
 
@@ -63,15 +68,15 @@ def _down(args: argparse.Namespace) -> int:
     from devstack.stack import Stack
 
     _guard_root()
-    Stack.named(args.name).down()
-    print(f"stack {args.name} is down", file=sys.stderr)
+    Stack.named(_name(args)).down()
+    print(f"stack {_name(args)} is down", file=sys.stderr)
     return 0
 
 
 def _status(args: argparse.Namespace) -> int:
     from devstack.stack import Stack
 
-    status = Stack.named(args.name).status()
+    status = Stack.named(_name(args)).status()
     if args.json:
         print(json.dumps(status, indent=1))
     else:
@@ -80,7 +85,7 @@ def _status(args: argparse.Namespace) -> int:
             f" ({status['asterisk_version']})",
             file=sys.stderr,
         )
-        _print_exports(Stack.named(args.name).settings.exports())
+        _print_exports(Stack.named(_name(args)).settings.exports())
     return 0
 
 

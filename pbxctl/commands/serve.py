@@ -13,6 +13,7 @@ from typing import Any
 import asyncpg
 from aiohttp import web
 
+from pbx_base.settings import DEFAULTS, Settings, get_settings
 from pbxctl.commands._db import add_dsn_argument
 from pbxctl.errors import EXIT_USAGE, CliError, Unreachable
 from sorcery_backend.db import MissingDsn, dsn_from, service_pool
@@ -25,17 +26,16 @@ def register(subparsers: Any) -> None:
     add_dsn_argument(p)
     p.add_argument(
         "--http",
-        default="127.0.0.1:8090",
         metavar="HOST:PORT",
-        help="where the routing API listens (default 127.0.0.1:8090)",
+        help=f"where the routing API listens (default: $PBX_HTTP_ADDR, else {DEFAULTS.http_addr})",
     )
     p.add_argument("--no-push", action="store_true", help="do not run the change pusher (AMI)")
     p.add_argument(
         "--outbox-keep",
         type=float,
-        default=86400.0,
         metavar="SECONDS",
-        help="keep delivered rows of pbx.outbox this long as history (default 86400)",
+        help=f"keep delivered rows of pbx.outbox this long as history "
+        f"(default: $PBX_OUTBOX_KEEP_S, else {DEFAULTS.outbox_keep_s:g})",
     )
     p.add_argument(
         "--no-controller", action="store_true", help="do not run the ARI controller (it runs when PBX_ARI_URL is set)"
@@ -43,9 +43,7 @@ def register(subparsers: Any) -> None:
     p.set_defaults(func=_serve)
 
 
-async def _run(
-    dsn: str, host: str, port: int, push: bool = True, controller: bool = True, outbox_keep_s: float = 86400.0
-) -> None:
+async def _run(dsn: str, host: str, port: int, settings: Settings, push: bool = True, controller: bool = True) -> None:
     from ari_app.controller import AriSettings, ControllerRef, run_controller
     from http_api.controller import add_routes
     from http_api.route import make_app
@@ -59,13 +57,13 @@ async def _run(
         loop.add_signal_handler(sig, stop.set)
 
     try:
-        pool = await service_pool(dsn)
+        pool = await service_pool(dsn, max_size=settings.pool_size)
     except (OSError, asyncpg.PostgresError) as exc:
         raise Unreachable(f"cannot reach the database: {exc}") from None
     # One routing cache for the routing API and the controller: the API's app keeps it fresh.
-    routing = RoutingData(pool)
+    routing = RoutingData(pool, retry_max_s=settings.db_retry_max_s)
     app = make_app(pool, routing)
-    ari = AriSettings.from_env() if controller else None
+    ari = AriSettings.from_env(settings) if controller else None
     ref = ControllerRef()
     if ari is not None:
         add_routes(app, ref)
@@ -78,7 +76,7 @@ async def _run(
     print(f"serving the routing API on http://{host}:{port}/route", file=sys.stderr, flush=True)
     services: list[asyncio.Task[None]] = []
     if push:
-        pusher = run_pusher(dsn, stop, PusherSettings(outbox_keep_s=outbox_keep_s))
+        pusher = run_pusher(dsn, stop, PusherSettings.from_settings(settings))
         services.append(asyncio.create_task(pusher, name="pusher"))
         print("change pusher running", file=sys.stderr, flush=True)
     if ari is not None:
@@ -100,7 +98,10 @@ def _serve(args: argparse.Namespace) -> int:
         dsn = dsn_from(args.dsn)
     except MissingDsn as exc:
         raise CliError(str(exc), EXIT_USAGE) from None
-    host, _, port = args.http.rpartition(":")
+    settings = get_settings()
+    if args.outbox_keep is not None:
+        settings = settings.model_copy(update={"outbox_keep_s": args.outbox_keep})
+    host, _, port = (args.http or settings.http_addr).rpartition(":")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s", stream=sys.stderr)
     try:
         asyncio.run(
@@ -108,9 +109,9 @@ def _serve(args: argparse.Namespace) -> int:
                 dsn,
                 host or "127.0.0.1",
                 int(port),
+                settings,
                 push=not args.no_push,
                 controller=not args.no_controller,
-                outbox_keep_s=args.outbox_keep,
             )
         )
     except KeyboardInterrupt:
