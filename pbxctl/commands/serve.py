@@ -48,6 +48,7 @@ async def _run(
 ) -> None:
     from ari_app.controller import AriSettings, ControllerRef, add_routes, run_controller
     from ari_app.route_api import make_app
+    from sorcery_backend.contacts_sync import run_contact_sync
     from sorcery_backend.pusher import PusherSettings, run_pusher
 
     stop = asyncio.Event()
@@ -80,6 +81,8 @@ async def _run(
         pusher = run_pusher(dsn, stop, PusherSettings(outbox_keep_s=outbox_keep_s))
         services.append(asyncio.create_task(pusher, name="pusher"))
         print("change pusher running", file=sys.stderr, flush=True)
+        # The nodes' contacts back into ps_contacts when Postgres lost rows (a crash empties it).
+        services.append(asyncio.create_task(run_contact_sync(dsn, stop), name="contacts"))
     if ari is not None:
         services.append(asyncio.create_task(run_controller(ari, pool, stop, ref, routing), name="controller"))
         print(f"ARI controller running for app {ari.app} at {ari.url}", file=sys.stderr, flush=True)
