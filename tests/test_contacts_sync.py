@@ -11,15 +11,20 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import asyncpg
 import pytest
 import test_pusher_ami
 from prometheus_client import REGISTRY
+from stack import apply_yaml
 from test_pusher_ami import FakeAmi
+from test_pusher_stack import wait_delivered
 
+from devstack import sipp
+from devstack.postgres import find_bindir, free_port
+from devstack.stack import Stack, run_sql
 from sorcery_backend.ami import AmiSession
 from sorcery_backend.contacts_sync import (
     COLUMNS,
@@ -185,8 +190,6 @@ async def test_sync_refills_an_emptied_table_from_the_node_then_writes_nothing(d
 
 
 async def test_an_unreachable_node_is_retried_soon_and_the_others_are_synced(db: str, node_ami: FakeAmi) -> None:
-    from devstack.postgres import free_port
-
     conn = await asyncpg.connect(db)
     try:
         await add_node(conn, "up", f"127.0.0.1:{node_ami.port}", "pbx", "secret")
@@ -217,3 +220,129 @@ async def test_run_syncs_at_once_when_the_database_connection_comes(db: str, nod
             await asyncio.wait_for(task, 10)
     finally:
         await conn.close()
+
+
+# --- on the real stack -------------------------------------------------------------------------
+
+TENANT = """
+tenants:
+  sync:
+    domain: sync.example
+    templates:
+      phone:
+        endpoint: {context: sync-internal, allow: "!all,ulaw", direct_media: "no"}
+        aor: {max_contacts: 1, remove_existing: "yes"}
+    endpoints:
+      "1001": {templates: [phone], auth: {password: pw-1001}}
+      "1002": {templates: [phone], auth: {password: pw-1002}}
+    extensions:
+      "1001": {type: simple, name: Alice, endpoints: ["1001"]}
+      "1002": {type: simple, name: Bob, endpoints: ["1002"]}
+"""
+
+
+class NotRestored(AssertionError):
+    """The row of a phone that got 200 did not reach ps_contacts in time."""
+
+
+def uris(stack: Stack, endpoint: str) -> list[str]:
+    rows = run_sql(stack, "SELECT uri FROM ps_contacts WHERE endpoint = $1 ORDER BY id", endpoint)
+    return [str(r["uri"]).replace("^3B", ";") for r in rows]
+
+
+def wait_row(stack: Stack, endpoint: str, port: int, timeout: float) -> float:
+    """Seconds until ps_contacts holds the contact of ``endpoint`` at ``port``."""
+    t0 = time.monotonic()
+    while not any(f":{port};" in u for u in uris(stack, endpoint)):
+        if time.monotonic() - t0 > timeout:
+            raise NotRestored(
+                f"{endpoint} at port {port} not in ps_contacts after {timeout:g}s: {uris(stack, endpoint)}"
+            )
+        time.sleep(0.02)
+    return time.monotonic() - t0
+
+
+def register(stack: Stack, user: str, port: int) -> None:
+    r = sipp.register(stack.settings.sip_addr, user, "sync.example", f"pw-{user}", local_port=port)
+    assert r.final == 200, (r.responses, r.stderr)
+
+
+def call_rings(stack: Stack, caller: str, callee_port: int) -> None:
+    """A call from ``caller`` to 1002 is answered by the phone listening on ``callee_port``."""
+    addr = stack.settings.sip_addr
+
+    async def scenario() -> tuple[sipp.SippResult, sipp.SippResult]:
+        callee = asyncio.create_task(asyncio.to_thread(sipp.answer, addr, callee_port))
+        result = await asyncio.to_thread(sipp.call, addr, caller, "sync.example", f"pw-{caller}", "1002", hold_s=0.2)
+        return result, await asyncio.wait_for(callee, 30)
+
+    caller_result, callee_result = asyncio.run(scenario())
+    assert 200 in caller_result.responses, (caller_result.responses, stack.serve.log_tail(10))
+    assert any(line.startswith("INVITE ") for line in callee_result.received), callee_result.received
+
+
+def crash_postgres(stack: Stack) -> None:
+    """What a crash does to the cluster: no shutdown checkpoint, so unlogged tables are reset."""
+    pg = stack.postgres
+    r = pg._as_postgres([str(find_bindir() / "pg_ctl"), "stop", "-m", "immediate", "-w", "-D", str(pg.datadir)])
+    assert r.returncode == 0, r.stderr
+
+
+@pytest.fixture
+def synced(stack: Stack, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Stack]:
+    """The stack with tenant sync, and `pbxctl serve` comparing contacts every second."""
+    apply_yaml(stack, TENANT, tmp_path)
+    wait_delivered(stack)
+    monkeypatch.setenv("PBX_CONTACTS_SYNC_INTERVAL", "1")
+    stack.serve.restart()
+    try:
+        yield stack
+    finally:
+        monkeypatch.delenv("PBX_CONTACTS_SYNC_INTERVAL")
+        stack.serve.restart()
+
+
+@pytest.mark.stack
+def test_rows_deleted_behind_asterisks_back_come_back_and_the_phone_is_routable(synced: Stack) -> None:
+    port = sipp.free_udp_port()
+    register(synced, "1002", port)
+    wait_row(synced, "1002@sync.example", port, 5)
+    run_sql(synced, "TRUNCATE ps_contacts")
+    took = wait_row(synced, "1002@sync.example", port, 10)
+    print(f"\n[contacts] TRUNCATE -> row back in {took:.2f} s (sync every 1 s)")
+    call_rings(synced, "1001", port)
+
+
+@pytest.mark.stack
+def test_a_postgres_crash_empties_ps_contacts_and_the_nodes_refill_it(stack: Stack, tmp_path: Path) -> None:
+    apply_yaml(stack, TENANT, tmp_path)
+    wait_delivered(stack)
+    port = sipp.free_udp_port()
+    register(stack, "1002", port)
+    wait_row(stack, "1002@sync.example", port, 5)
+    crash_postgres(stack)
+    stack.postgres.start()
+    # Counted from the moment Postgres accepts connections again; the periodic comparison is 60 s away.
+    took = wait_row(stack, "1002@sync.example", port, 10)
+    print(f"\n[contacts] Postgres crash -> row back {took:.2f} s after Postgres was up")
+    call_rings(stack, "1001", port)
+
+
+@pytest.mark.stack
+@pytest.mark.xfail(
+    raises=NotRestored,
+    strict=True,
+    reason="Asterisk 22.10 answers 200 to a REGISTER it could not store ('Unable to bind contact') and keeps "
+    "the binding nowhere (not in astdb either): there is nothing on the node to restore",
+)
+def test_a_phone_that_registered_during_an_outage_is_routable_after_it(stack: Stack, tmp_path: Path) -> None:
+    apply_yaml(stack, TENANT, tmp_path)
+    wait_delivered(stack)
+    register(stack, "1002", sipp.free_udp_port())  # warms the node's caches, so REGISTER works without Postgres
+    moved = sipp.free_udp_port()
+    stack.postgres.stop()
+    try:
+        register(stack, "1002", moved)
+    finally:
+        stack.postgres.start()
+    wait_row(stack, "1002@sync.example", moved, 10)
