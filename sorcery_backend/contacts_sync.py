@@ -215,6 +215,7 @@ class ContactSync:
         self._sessions: dict[int, tuple[Node, AmiSession]] = {}
         self._retry: set[int] = set()  # nodes to read again soon: unreachable, or their session dropped
         self._kick = asyncio.Event()
+        self._refused = False  # the role may not write ps_contacts: said once
         self._watchers: set[asyncio.Task[None]] = set()
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -279,12 +280,20 @@ class ContactSync:
             if contacts is None:
                 continue
             todo = plan_writes(contacts, stored, now)
-            if todo:
+            if not todo:
+                continue
+            try:
                 async with conn.transaction():
                     written = await write_contacts(conn, todo)
-                total += written
-                if written:
-                    log.info("contacts: node %s: restored %d of %d held", node.name, written, len(contacts))
+            except asyncpg.InsufficientPrivilegeError as exc:
+                # A role without the right: retrying would not help and reconnecting would churn.
+                if not self._refused:
+                    log.error("contacts: cannot write ps_contacts (%s); %d rows stay missing", exc, len(todo))
+                self._refused = True
+                continue
+            total += written
+            if written:
+                log.info("contacts: node %s: restored %d of %d held", node.name, written, len(contacts))
         return total
 
     async def _held(self, node: Node) -> list[Contact] | None:

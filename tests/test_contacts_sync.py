@@ -346,3 +346,27 @@ def test_a_phone_that_registered_during_an_outage_is_routable_after_it(stack: St
     finally:
         stack.postgres.start()
     wait_row(stack, "1002@sync.example", moved, 10)
+
+
+async def test_a_role_that_may_not_write_ps_contacts_is_reported_and_nothing_else_breaks(
+    db: str, node_ami: FakeAmi, caplog: pytest.LogCaptureFixture
+) -> None:
+    conn = await asyncpg.connect(db)
+    try:
+        await add_node(conn, "n1", f"127.0.0.1:{node_ami.port}", "pbx", "secret")
+        await conn.execute("CREATE ROLE contacts_reader_t NOLOGIN")
+        await conn.execute("GRANT SELECT ON ps_contacts, pbx.nodes TO contacts_reader_t")
+        await conn.execute("GRANT USAGE ON SCHEMA pbx TO contacts_reader_t")
+        await conn.execute("SET ROLE contacts_reader_t")
+        sync = ContactSync(db, clock=lambda: CAPTURED_AT)
+        try:
+            assert await sync.sync_once(conn) == 0
+            assert await sync.sync_once(conn) == 0
+        finally:
+            sync._close_sessions(list(sync._sessions))
+        assert sum("cannot write ps_contacts" in r.message for r in caplog.records) == 1
+    finally:
+        await conn.execute("RESET ROLE")
+        await conn.execute("DROP OWNED BY contacts_reader_t")
+        await conn.execute("DROP ROLE contacts_reader_t")
+        await conn.close()
