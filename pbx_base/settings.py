@@ -59,6 +59,12 @@ class Settings(BaseSettings):
         ge=0,
         description="seconds delivered rows of `pbx.outbox` are kept as history (`pbxctl serve --outbox-keep`)",
     )
+    contacts_sync_interval: float = Field(
+        default=60.0,
+        gt=0,
+        description="seconds between full comparisons of each node's registered contacts with `ps_contacts` "
+        "(also done at once when the database or a node's AMI comes back)",
+    )
     db_retry_max_s: float = Field(
         default=10.0,
         gt=0,

@@ -49,6 +49,7 @@ async def _run(dsn: str, host: str, port: int, settings: Settings, push: bool = 
     from http_api.route import make_app
     from routing_store.cache import RoutingData
     from routing_store.lookup import DbLookup
+    from sorcery_backend.contacts_sync import run_contact_sync
     from sorcery_backend.pusher import PusherSettings, run_pusher
 
     stop = asyncio.Event()
@@ -79,6 +80,8 @@ async def _run(dsn: str, host: str, port: int, settings: Settings, push: bool = 
         pusher = run_pusher(dsn, stop, PusherSettings.from_settings(settings))
         services.append(asyncio.create_task(pusher, name="pusher"))
         print("change pusher running", file=sys.stderr, flush=True)
+        # The nodes' contacts back into ps_contacts when Postgres lost rows (a crash empties it).
+        services.append(asyncio.create_task(run_contact_sync(dsn, stop), name="contacts"))
     if ari is not None:
         services.append(asyncio.create_task(run_controller(ari, DbLookup(pool, routing), stop, ref), name="controller"))
         print(f"ARI controller running for app {ari.app} at {ari.url}", file=sys.stderr, flush=True)

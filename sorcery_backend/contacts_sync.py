@@ -1,0 +1,351 @@
+"""Contacts the nodes hold, written back into ps_contacts when Postgres lost them.
+
+Routing reads registered devices from ``public.ps_contacts``; each node also keeps the contacts it
+took in its astdb (``contact/cache = astdb,registrar`` in asterisk_conf/sorcery.conf). The table is
+unlogged (sql/011), so a Postgres crash empties it, and a row can also go missing by hand. Asterisk
+re-creates a missing row only at the contact's next refresh, up to one registration interval later.
+
+This service reads each node's astdb contacts over AMI (``DBGetTree`` of ``registrar/contact``:
+exactly the node's cache, as the JSON object set Asterisk itself writes to realtime) and upserts the
+rows Postgres lacks or holds older, one transaction per node. It runs when the database connection
+comes (back), when a node's AMI session (re)connects, and every ``interval_s``.
+
+Why not ``PJSIPShowContacts``: when a node's astdb holds no contact, Sorcery falls through to the
+realtime backend and the action lists Postgres' rows, every node's: it cannot tell what the node
+itself holds.
+
+Rules (several nodes share the table):
+- a contact whose expiration has passed is never written (Asterisk's own sweep deletes it);
+- an existing row is overwritten only by a copy that expires later (a later refresh is newer);
+- a missing row is not re-created when Postgres holds another contact of the same AOR, not held by
+  this node, that expires later: another node superseded it (``remove_existing``) and this node's
+  astdb copy is stale until its own expiry;
+- rows are never deleted here: Asterisk deletes on expiry and on ``Expires: 0``.
+
+Known limit (Asterisk 22.10, measured): a REGISTER that arrives while Postgres is unreachable gets
+200 but its binding is stored nowhere ("Unable to bind contact": Sorcery creates an object in its
+caches only when a backend took it), and a refresh is not written to astdb either. So there is
+nothing on the node to restore for those; see tests/test_contacts_sync.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import asyncpg
+from prometheus_client import Counter
+
+from pbx_base.settings import DEFAULTS, get_settings
+from sorcery_backend.ami import AmiDisconnected, AmiError, AmiSession, AmiUnreachable
+from sorcery_backend.nodes import Node, list_nodes
+
+__all__ = [
+    "COLUMNS",
+    "INTERVAL_S",
+    "Contact",
+    "ContactSync",
+    "StoredContact",
+    "node_contacts",
+    "parse_tree",
+    "plan_writes",
+    "realtime_encode",
+    "run_contact_sync",
+    "write_contacts",
+]
+
+log = logging.getLogger("pbx.contacts")
+
+INTERVAL_S = DEFAULTS.contacts_sync_interval
+_FAMILY = "registrar/contact"  # res_sorcery_astdb's family for `astdb,registrar`, type contact
+# Asterisk's ps_contacts columns (its alembic head; sql/006 creates the table with exactly these).
+COLUMNS = (
+    "id",
+    "uri",
+    "expiration_time",
+    "qualify_frequency",
+    "outbound_proxy",
+    "path",
+    "user_agent",
+    "qualify_timeout",
+    "reg_server",
+    "authenticate_qualify",
+    "via_addr",
+    "via_port",
+    "call_id",
+    "endpoint",
+    "prune_on_boot",
+    "qualify_2xx_only",
+)
+_NUMERIC = frozenset({"expiration_time", "qualify_frequency", "qualify_timeout", "via_port"})
+_ID_DELIM = "^3B@"  # `<aor>;@<hash>` as realtime stores it
+
+RESTORED = Counter("pbx_contacts_restored", "ps_contacts rows written back from a node's astdb")
+
+# jsonb_populate_recordset casts Asterisk's strings ("3.000000", "45001") to the column types.
+_UPSERT = f"""
+INSERT INTO public.ps_contacts AS p ({", ".join(COLUMNS)})
+SELECT {", ".join(COLUMNS)} FROM jsonb_populate_recordset(NULL::public.ps_contacts, $1::jsonb)
+ON CONFLICT (id) DO UPDATE SET {", ".join(f"{c} = excluded.{c}" for c in COLUMNS[1:])}
+WHERE p.expiration_time IS NULL OR p.expiration_time < excluded.expiration_time
+RETURNING p.id
+"""
+
+
+def realtime_encode(value: str) -> str:
+    """As Asterisk's ast_realtime_encode_chunk: ``;`` and ``^`` would split a realtime value."""
+    if ";" not in value and "^" not in value:
+        return value
+    return "".join(f"^{ord(ch):02X}" if ch in ";^" else ch for ch in value)
+
+
+@dataclass(frozen=True)
+class Contact:
+    """One contact a node holds, as the ps_contacts row Asterisk would write for it."""
+
+    row: Mapping[str, str | None]
+
+    @property
+    def id(self) -> str:
+        return str(self.row["id"])
+
+    @property
+    def aor(self) -> str:
+        return aor_of(self.id)
+
+    @property
+    def expiration_time(self) -> int:
+        value = self.row.get("expiration_time")
+        return int(value) if value else 0
+
+
+@dataclass(frozen=True)
+class StoredContact:
+    id: str
+    expiration_time: int
+
+
+def aor_of(contact_id: str) -> str:
+    return contact_id.rpartition(_ID_DELIM)[0] or contact_id
+
+
+def parse_tree(messages: Iterable[Mapping[str, Any]]) -> list[Contact]:
+    """The contacts of a ``DBGetTree`` reply for ``registrar/contact``."""
+    prefix = f"/{_FAMILY}/"
+    out = []
+    for msg in messages:
+        if msg.get("Event") != "DBGetTreeResponse":
+            continue
+        key = str(msg.get("Key", ""))
+        if not key.startswith(prefix):
+            continue
+        try:
+            fields = json.loads(str(msg.get("Val", "")))
+        except ValueError:
+            continue  # not an object set this Asterisk wrote: nothing to restore from it
+        if not isinstance(fields, dict):
+            continue
+        row: dict[str, str | None] = {"id": realtime_encode(key[len(prefix) :])}
+        for column in COLUMNS[1:]:
+            value = fields.get(column)
+            if value is None or (value == "" and column in _NUMERIC):
+                row[column] = None
+            else:
+                row[column] = realtime_encode(str(value))
+        out.append(Contact(row))
+    return out
+
+
+def plan_writes(held: Sequence[Contact], stored: Mapping[str, StoredContact], now: int) -> list[Contact]:
+    """The contacts of one node to write: missing from Postgres, or held there with an older expiry."""
+    held_ids = {c.id for c in held}
+    # Per AOR, the latest expiry among rows this node does not hold: another node's (newer) binding.
+    others: dict[str, int] = {}
+    for s in stored.values():
+        if s.id not in held_ids:
+            aor = aor_of(s.id)
+            others[aor] = max(others.get(aor, 0), s.expiration_time)
+    out = []
+    for c in held:
+        if c.expiration_time <= now:
+            continue
+        have = stored.get(c.id)
+        if have is None:
+            if others.get(c.aor, 0) > c.expiration_time:
+                continue
+            out.append(c)
+        elif have.expiration_time < c.expiration_time:
+            out.append(c)
+    return out
+
+
+async def node_contacts(session: AmiSession, timeout: float = 60.0) -> list[Contact]:
+    return parse_tree(await session.send_list({"Action": "DBGetTree", "Family": _FAMILY}, timeout=timeout))
+
+
+async def stored_contacts(conn: asyncpg.Connection) -> dict[str, StoredContact]:
+    rows = await conn.fetch("SELECT id, coalesce(expiration_time, 0) AS exp FROM public.ps_contacts")
+    return {r["id"]: StoredContact(r["id"], r["exp"]) for r in rows}
+
+
+async def write_contacts(conn: asyncpg.Connection, contacts: Sequence[Contact]) -> int:
+    """Upsert in one statement (one transaction); returns how many rows were written."""
+    if not contacts:
+        return 0
+    payload = json.dumps([dict(c.row) for c in contacts])
+    written = len(await conn.fetch(_UPSERT, payload))
+    RESTORED.inc(written)
+    return written
+
+
+class ContactSync:
+    def __init__(
+        self, dsn: str, interval_s: float = INTERVAL_S, retry_s: float = 1.0, clock: Callable[[], float] = time.time
+    ) -> None:
+        self.dsn = dsn
+        self.interval_s = interval_s
+        self.retry_s = retry_s  # database and AMI reconnect period while either is away
+        self.clock = clock  # wall clock: expiration_time is epoch seconds
+        self._sessions: dict[int, tuple[Node, AmiSession]] = {}
+        self._retry: set[int] = set()  # nodes to read again soon: unreachable, or their session dropped
+        self._kick = asyncio.Event()
+        self._refused = False  # the role may not write ps_contacts: said once
+        self._watchers: set[asyncio.Task[None]] = set()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Until ``stop``; survives database and node restarts."""
+        down_since: float | None = None
+        try:
+            while not stop.is_set():
+                try:
+                    conn = await asyncpg.connect(self.dsn, timeout=10)
+                except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
+                    if down_since is None:
+                        down_since = time.monotonic()
+                        log.warning("contacts: database: %s; retrying every %g s", exc, self.retry_s)
+                    await _wait_any(stop, timeout=self.retry_s)
+                    continue
+                if down_since is not None:
+                    log.info("contacts: database back after %.1f s", time.monotonic() - down_since)
+                    down_since = None
+                try:
+                    await self._serve(conn, stop)
+                except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                    down_since = time.monotonic()
+                    log.warning("contacts: database: %s", exc)
+                finally:
+                    with contextlib.suppress(Exception):
+                        await asyncio.wait_for(conn.close(), 5)
+        finally:
+            self._close_sessions(list(self._sessions))
+            for task in list(self._watchers):
+                task.cancel()
+
+    async def _serve(self, conn: asyncpg.Connection, stop: asyncio.Event) -> None:
+        lost = asyncio.Event()
+        conn.add_termination_listener(lambda _c: lost.set())
+        # A fresh connection may follow an outage or a crash that emptied the table: compare at once.
+        next_full = time.monotonic()
+        while not stop.is_set() and not lost.is_set():
+            self._kick.clear()
+            if time.monotonic() >= next_full:
+                next_full = time.monotonic() + self.interval_s
+                await self.sync_once(conn)
+            elif self._retry:
+                await self.sync_once(conn, only=set(self._retry))
+            wait = next_full - time.monotonic()
+            if self._retry:
+                wait = min(wait, self.retry_s)
+            await _wait_any(stop, lost, self._kick, timeout=max(wait, 0.0))
+        if lost.is_set():
+            raise ConnectionResetError("connection lost")
+
+    async def sync_once(self, conn: asyncpg.Connection, only: set[int] | None = None) -> int:
+        """Compare every node (or the nodes ``only`` names) with Postgres; returns the rows written."""
+        nodes = {n.id: n for n in await list_nodes(conn)}
+        self._close_sessions([nid for nid, (n, _s) in self._sessions.items() if nodes.get(nid) != n])
+        self._retry &= set(nodes)
+        chosen = [n for n in nodes.values() if only is None or n.id in only]
+        held = await asyncio.gather(*(self._held(n) for n in chosen))
+        stored = await stored_contacts(conn)
+        now = int(self.clock())
+        total = 0
+        for node, contacts in zip(chosen, held, strict=True):
+            if contacts is None:
+                continue
+            todo = plan_writes(contacts, stored, now)
+            if not todo:
+                continue
+            try:
+                async with conn.transaction():
+                    written = await write_contacts(conn, todo)
+            except asyncpg.InsufficientPrivilegeError as exc:
+                # A role without the right: retrying would not help and reconnecting would churn.
+                if not self._refused:
+                    log.error("contacts: cannot write ps_contacts (%s); %d rows stay missing", exc, len(todo))
+                self._refused = True
+                continue
+            total += written
+            if written:
+                log.info("contacts: node %s: restored %d of %d held", node.name, written, len(contacts))
+        return total
+
+    async def _held(self, node: Node) -> list[Contact] | None:
+        try:
+            session = await self._session(node)
+            contacts = await node_contacts(session)
+        except (AmiUnreachable, AmiDisconnected, AmiError) as exc:
+            if node.id not in self._retry:  # once per outage of the node, not at every retry
+                log.warning("contacts: node %s: %s", node.name, exc)
+            self._close_sessions([node.id])
+            self._retry.add(node.id)
+            return None
+        self._retry.discard(node.id)
+        return contacts
+
+    async def _session(self, node: Node) -> AmiSession:
+        known = self._sessions.get(node.id)
+        if known is not None and known[1].connected:
+            return known[1]
+        session = AmiSession(node.ami_host, node.ami_port, node.ami_user, node.ami_secret)
+        await session.connect()
+        self._sessions[node.id] = (node, session)
+        watcher = asyncio.create_task(self._watch(node.id, session), name=f"contacts-{node.name}")
+        self._watchers.add(watcher)
+        watcher.add_done_callback(self._watchers.discard)
+        return session
+
+    async def _watch(self, node_id: int, session: AmiSession) -> None:
+        # A session the node dropped is usually a node restart: read it again as soon as it answers.
+        if await session.wait_closed() != _CLOSED_BY_US:
+            self._retry.add(node_id)
+            self._kick.set()
+
+    def _close_sessions(self, ids: Sequence[int]) -> None:
+        for nid in ids:
+            known = self._sessions.pop(nid, None)
+            if known is not None:
+                known[1].close(_CLOSED_BY_US)
+
+
+_CLOSED_BY_US = "closed by the contact sync"
+
+
+async def _wait_any(*events: asyncio.Event, timeout: float) -> None:
+    waits = [asyncio.create_task(e.wait()) for e in events]
+    try:
+        await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for w in waits:
+            w.cancel()
+
+
+async def run_contact_sync(dsn: str, stop: asyncio.Event, interval_s: float | None = None) -> None:
+    """What `pbxctl serve` runs next to the change pusher."""
+    await ContactSync(dsn, get_settings().contacts_sync_interval if interval_s is None else interval_s).run(stop)
