@@ -23,7 +23,8 @@ from test_pusher_ami import FakeAmi
 from test_pusher_stack import wait_delivered
 
 from devstack import sipp
-from devstack.postgres import find_bindir, free_port
+from devstack.ports import free_port
+from devstack.postgres import find_bindir
 from devstack.stack import Stack, run_sql
 from sorcery_backend.ami import AmiSession
 from sorcery_backend.contacts_sync import (

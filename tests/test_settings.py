@@ -43,7 +43,17 @@ def test_every_variable_the_product_reads_is_a_field() -> None:
     known = {f"PBX_{name.upper()}" for name in Settings.model_fields}
     channel_variables = {"PBX_CALL_ID", "PBX_CALLED_NAME", "PBX_ORIGINALLY_CALLED"}  # set on legs, not read
     found: set[str] = set()
-    for package in ("pbx_base", "pbxctl", "sorcery_backend", "ari_app", "routing", "routing_store", "http_api", "devstack", "compose"):
+    for package in (
+        "pbx_base",
+        "pbxctl",
+        "sorcery_backend",
+        "ari_app",
+        "routing",
+        "routing_store",
+        "http_api",
+        "devstack",
+        "compose",
+    ):
         for path in (REPO / package).rglob("*.py"):
             found |= set(re.findall(r"\bPBX_[A-Z0-9_]+\b", path.read_text()))
     assert found - known - channel_variables == set()
