@@ -14,8 +14,9 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pbx_base import resources
+
 __all__ = [
-    "SCENARIOS",
     "SippResult",
     "answer",
     "call",
@@ -26,7 +27,6 @@ __all__ = [
     "unregister_all",
 ]
 
-SCENARIOS = Path(__file__).resolve().parent.parent / "tests" / "sipp"
 _BLOCK = re.compile(r"^-{5,} .*?(sent|received).*?\n\n(.*?)(?=^-{5,} |\Z)", re.M | re.S)
 
 
@@ -73,7 +73,7 @@ def run_scenario(
             "sipp",
             sip_addr,
             "-sf",
-            str(SCENARIOS / scenario),
+            str(resources.sipp_scenario(scenario)),
             "-inf",
             str(inf),
             "-m",
