@@ -149,6 +149,30 @@ def test_a_database_upgraded_at_every_commit_migrates_to_the_fresh_schema(fresh_
     assert dump(fresh_db) == head_schema
 
 
+def test_the_realtime_rows_of_a_database_from_before_rt_owner_keep_their_owner(
+    fresh_db: str, pg: PostgresCluster
+) -> None:
+    """sql/013 moves object_id/table_key of existing rows into pbx.rt_owner: the new flush finds them."""
+    name = fresh_db.rsplit("/", 1)[1]
+    asyncio.run(_replay(fresh_db, historical_files("86916b5")))
+    pg.psql(
+        "INSERT INTO pbx.tenants (name, domain) VALUES ('t', 't.example');"
+        "INSERT INTO pbx.objects (tenant_id, kind, name) SELECT id, 'endpoint', '1001' FROM pbx.tenants;"
+        "INSERT INTO pbx.object_options (object_id, section, option, value)"
+        " SELECT id, 'auth', 'password', '{x}' FROM pbx.objects",
+        name,
+    )
+    owned = "SELECT view || ' ' || id || ' ' || table_key FROM pbx.rt_owner ORDER BY 1"
+    asyncio.run(_migrate(fresh_db))
+    assert pg.psql(owned, name).splitlines() == [
+        "ps_auths 1001@t.example ps_auths",
+        "ps_endpoints 1001@t.example ps_endpoints",
+    ]
+    pg.psql("DELETE FROM pbx.objects", name)
+    assert pg.psql(owned, name) == ""
+    assert pg.psql("SELECT count(*) FROM pbx.rt_ps_endpoints WHERE id NOT LIKE '~%'", name).strip() == "0"
+
+
 def test_rows_without_a_checksum_get_the_files_checksum(fresh_db: str) -> None:
     asyncio.run(_replay(fresh_db, historical_files(HISTORY[-1])))
     asyncio.run(_migrate(fresh_db))
