@@ -1,5 +1,7 @@
 FROM python:3.11-slim
 WORKDIR /opt/pbx
+# What `pip install .` needs: the packages, and the folders pyproject.toml maps into pbx_base as
+# package data (tests/test_packaging.py builds its wheel from exactly these COPY lines).
 COPY pyproject.toml README.md ./
 COPY pbx_base/ pbx_base/
 COPY pbxctl/ pbxctl/
@@ -8,4 +10,6 @@ COPY ari_app/ ari_app/
 COPY routing/ routing/
 COPY devstack/ devstack/
 COPY sql/ sql/
+COPY asterisk_conf/ asterisk_conf/
+COPY examples/ examples/
 RUN pip install --no-cache-dir .

@@ -14,12 +14,14 @@ from pathlib import Path
 from devstack.health import log_tail, wait_gone, wait_healthy
 from devstack.ports import port_free
 from devstack.settings import StackSettings
+from pbx_base import resources
 from pbx_base.errors import StackError
 from sorcery_backend.ami import AmiSession, AmiUnreachable
 
 __all__ = ["AsteriskError", "AsteriskNode"]
 
-CONF_DIR = Path(__file__).resolve().parent.parent / "asterisk_conf"
+# Included by the rendered extensions.conf: test contexts a production node must not have.
+DEV_DIALPLAN = "extensions_dev.conf"
 
 
 class AsteriskError(StackError, RuntimeError):
@@ -50,8 +52,14 @@ class AsteriskNode:
         values = s.model_dump() | {"stack_dir": self.inner_dir, "db_host": db_host, "db_port": s.pg_port}
         for sub in ("etc", "lib", "spool", "run", "log"):
             (self.dir / sub).mkdir(parents=True, exist_ok=True)
-        for src in sorted(CONF_DIR.glob("*.conf")):
-            (self.dir / "etc" / src.name).write_text(src.read_text().format(**values))
+        etc = self.dir / "etc"
+        for src in sorted(resources.asterisk_conf_dir().iterdir(), key=lambda t: t.name):
+            if src.name.endswith(".conf"):
+                (etc / src.name).write_text(src.read_text().format(**values))
+        dev = resources.dev_asterisk_conf_dir() / DEV_DIALPLAN
+        (etc / DEV_DIALPLAN).write_text(dev.read_text().format(**values))
+        with open(etc / "extensions.conf", "a") as fh:
+            fh.write(f"\n#include {DEV_DIALPLAN}\n")
         packaged = self.chroot / "etc" / "asterisk" / "indications.conf"
         if packaged.exists():  # ringback tones per country, as the package ships them
             shutil.copy(packaged, self.dir / "etc" / "indications.conf")

@@ -12,12 +12,12 @@ import os
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 from devstack.chroot import asterisk_version
 from devstack.stack import Stack
+from pbx_base import resources
 
-SCENARIO = Path(__file__).resolve().parent.parent / "examples" / "demo-call.yaml"
+SCENARIO = resources.on_disk(resources.example("demo-call.yaml"))
 
 
 def say(msg: str) -> None:

@@ -198,7 +198,7 @@ async def _hold_a_call(
     ari: AriClient, target: PlayTarget, plan: _Plan, endpoint: str, n: int, tmp: Path
 ) -> tuple[str, SippProcess]:
     """A call up on ``endpoint`` that is not the scenario's: a channel from the endpoint to a sipp
-    that answers (dialplan context pbx-hold keeps it up)."""
+    that answers (context pbx-hold of the dev stack's dialplan, devstack/asterisk_dev/, keeps it up)."""
     d = tmp / f"hold-{endpoint}-{n}"
     d.mkdir()
     holder = SippProcess(f"hold-{endpoint}", sipp.free_udp_port(), d)

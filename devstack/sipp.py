@@ -19,9 +19,9 @@ from datetime import datetime
 from pathlib import Path
 
 from devstack.ports import free_port
+from pbx_base import resources
 
 __all__ = [
-    "SCENARIOS",
     "Message",
     "SippError",
     "SippProcess",
@@ -36,8 +36,6 @@ __all__ = [
     "status_code",
     "unregister_all",
 ]
-
-SCENARIOS = Path(__file__).resolve().parent.parent / "tests" / "sipp"
 
 _HEADER = re.compile(r"^-{5,} (\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d+)\n\w+ message (sent|received)[^\n]*\n\n", re.M)
 _STATUS = re.compile(r"SIP/2\.0 (\d{3})")
@@ -231,10 +229,12 @@ def run_scenario(
     extra: Sequence[str] = (),
     local_port: int | None = None,
 ) -> SippResult:
-    """Run ``scenario`` (a file of :data:`SCENARIOS`) for one call to its end."""
+    """Run ``scenario`` (a file of devstack/sipp_scenarios) for one call to its end."""
     with tempfile.TemporaryDirectory(prefix="pbx-sipp-") as tmp:
         proc = SippProcess(scenario, local_port or free_udp_port(), Path(tmp), movable=local_port is None)
-        proc.start(sip_addr, (SCENARIOS / scenario).read_text(), row, timeout, extra=["-timeout_error", *extra])
+        proc.start(
+            sip_addr, resources.sipp_scenario(scenario).read_text(), row, timeout, extra=["-timeout_error", *extra]
+        )
         try:
             code = proc.wait(timeout + 10)
             err = proc.stderr()

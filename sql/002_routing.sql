@@ -62,6 +62,3 @@ CREATE TABLE pbx.rank_members (
     FOREIGN KEY (tenant_id, member) REFERENCES pbx.extensions (tenant_id, number) ON DELETE CASCADE
 );
 CREATE INDEX rank_members_member ON pbx.rank_members (tenant_id, member);
-
--- Trunks are looked up on every call (prefix routing).
-CREATE INDEX extensions_trunks ON pbx.extensions (tenant_id) WHERE type = 'trunk';

@@ -87,8 +87,8 @@ CREATE TRIGGER mark_dirty_upd_old AFTER UPDATE ON pbx.object_options
 CREATE TRIGGER mark_dirty_del AFTER DELETE ON pbx.object_options
     REFERENCING OLD TABLE AS changed_rows FOR EACH STATEMENT EXECUTE FUNCTION pbx.mark_dirty();
 
--- The flattened tables behind the realtime views (pbx.rt_<view>, created in 006) have exactly
--- Asterisk's columns; pbx.rt_owner says which endpoint each row belongs to.
+-- The flattened tables behind the realtime views (pbx.rt_<view>, created in 006) all start with
+-- (object_id, table_key) followed by Asterisk's own columns.
 CREATE FUNCTION pbx.realtime_views() RETURNS text[]
 LANGUAGE sql IMMUTABLE AS $$
     SELECT ARRAY['ps_endpoints', 'ps_aors', 'ps_auths', 'ps_endpoint_id_ips', 'ps_registrations']
@@ -127,11 +127,8 @@ BEGIN
     WHERE o.id IS NULL OR o.kind = 'endpoint';
 
     INSERT INTO flush_wanted
-    SELECT r.object_id, r.table_key, r.id, r.data
-    FROM pbx.endpoint_rows_set(ARRAY(SELECT object_id FROM flush_affected WHERE live)) r;
-    -- Temp tables have no statistics until analyzed; without them a 10k-row flush plans nested loops.
-    ANALYZE flush_affected;
-    ANALYZE flush_wanted;
+    SELECT a.object_id, r.table_key, r.id, r.data
+    FROM flush_affected a, LATERAL pbx.endpoint_rows(a.object_id) r WHERE a.live;
 
     FOREACH v IN ARRAY pbx.realtime_views() LOOP
         TRUNCATE flush_diff;
@@ -139,10 +136,10 @@ BEGIN
             INSERT INTO flush_diff (id, op, row_json)
             WITH old AS (
                 SELECT f.id, to_jsonb(f) AS j FROM pbx.%1$I f
-                JOIN pbx.rt_owner o ON o.view = %2$L AND o.id = f.id
-                WHERE o.object_id IN (SELECT object_id FROM flush_affected)
+                WHERE f.object_id IN (SELECT object_id FROM flush_affected)
             ), new AS (
-                SELECT w.id, to_jsonb(jsonb_populate_record(NULL::pbx.%1$I, w.data)) AS j
+                SELECT w.id, to_jsonb(jsonb_populate_record(NULL::pbx.%1$I,
+                           w.data || jsonb_build_object('object_id', w.object_id, 'table_key', w.table_key))) AS j
                 FROM flush_wanted w WHERE split_part(w.table_key, ':', 1) = %2$L
             )
             SELECT coalesce(new.id, old.id),
@@ -151,17 +148,9 @@ BEGIN
             FROM old FULL JOIN new ON old.id = new.id
             WHERE old.j IS DISTINCT FROM new.j
         $q$, 'rt_' || v, v);
-        ANALYZE flush_diff;
         EXECUTE format('DELETE FROM pbx.%I f USING flush_diff d WHERE f.id = d.id', 'rt_' || v);
-        -- LATERAL, not (f(x)).*: the latter calls the function once per column.
-        EXECUTE format('INSERT INTO pbx.%1$I SELECT r.* FROM flush_diff d,
-                        LATERAL jsonb_populate_record(NULL::pbx.%1$I, d.row_json) r
-                        WHERE d.row_json IS NOT NULL', 'rt_' || v);
-        DELETE FROM pbx.rt_owner o USING flush_diff d WHERE o.view = v AND o.id = d.id AND d.op = 'deleted';
-        INSERT INTO pbx.rt_owner (view, id, object_id, table_key)
-        SELECT v, w.id, w.object_id, w.table_key
-        FROM flush_diff d JOIN flush_wanted w ON w.id = d.id AND split_part(w.table_key, ':', 1) = v
-        WHERE d.op = 'created';
+        EXECUTE format('INSERT INTO pbx.%1$I SELECT (jsonb_populate_record(NULL::pbx.%1$I, d.row_json)).*
+                        FROM flush_diff d WHERE d.row_json IS NOT NULL', 'rt_' || v);
         INSERT INTO pbx.outbox (view, object_id, op) SELECT v, id, op FROM flush_diff;
         GET DIAGNOSTICS k = ROW_COUNT;
         n := n + k;

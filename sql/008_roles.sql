@@ -50,7 +50,7 @@ GRANT SELECT, UPDATE ON pbx.tenants TO pbx_tenant_admin;
 GRANT SELECT, INSERT, UPDATE, DELETE ON pbx.objects, pbx.object_parents, pbx.object_options,
     pbx.domain_aliases, pbx.extensions, pbx.extension_endpoints, pbx.ranks, pbx.rank_members
     TO pbx_tenant_admin;
-GRANT SELECT ON pbx.rt_owner, pbx.rt_ps_endpoints, pbx.rt_ps_aors, pbx.rt_ps_auths, pbx.rt_ps_endpoint_id_ips,
+GRANT SELECT ON pbx.rt_ps_endpoints, pbx.rt_ps_aors, pbx.rt_ps_auths, pbx.rt_ps_endpoint_id_ips,
     pbx.rt_ps_registrations TO pbx_tenant_admin;
 
 ALTER TABLE pbx.tenants ENABLE ROW LEVEL SECURITY;
@@ -66,16 +66,11 @@ BEGIN
         EXECUTE format('CREATE POLICY tenant_admin ON pbx.%I TO pbx_tenant_admin
                         USING (pbx.is_admin_of(tenant_id))', t);
     END LOOP;
-    FOREACH t IN ARRAY ARRAY['object_options', 'rt_owner'] LOOP
+    FOREACH t IN ARRAY ARRAY['object_options', 'rt_ps_endpoints', 'rt_ps_aors', 'rt_ps_auths',
+                             'rt_ps_endpoint_id_ips', 'rt_ps_registrations'] LOOP
         EXECUTE format('ALTER TABLE pbx.%I ENABLE ROW LEVEL SECURITY', t);
         -- objects is itself filtered by RLS, so this sees only the role's own tenants' objects.
         EXECUTE format('CREATE POLICY tenant_admin ON pbx.%I TO pbx_tenant_admin
                         USING (EXISTS (SELECT 1 FROM pbx.objects o WHERE o.id = object_id))', t);
-    END LOOP;
-    FOREACH t IN ARRAY ARRAY['ps_endpoints', 'ps_aors', 'ps_auths', 'ps_endpoint_id_ips', 'ps_registrations'] LOOP
-        EXECUTE format('ALTER TABLE pbx.%I ENABLE ROW LEVEL SECURITY', 'rt_' || t);
-        EXECUTE format('CREATE POLICY tenant_admin ON pbx.%I TO pbx_tenant_admin
-                        USING (EXISTS (SELECT 1 FROM pbx.rt_owner o WHERE o.view = %L AND o.id = %I.id))',
-                       'rt_' || t, t, 'rt_' || t);
     END LOOP;
 END $$;

@@ -48,13 +48,5 @@ END $$;
 CREATE TRIGGER queue_push AFTER INSERT ON pbx.outbox
     REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION pbx.queue_push();
 
--- A full-backend identify cache over an EMPTY table never fills and then every request scans the
--- table twice (shared/docs/asterisk.md). This row keeps it non-empty: '~' cannot start an object
--- name, so no flush ever touches it (and pbx.rt_owner does not list it, so export ignores it), and
--- it matches only the broadcast address, which is never a SIP source.
-INSERT INTO pbx.rt_ps_endpoint_id_ips (id, endpoint, match) VALUES ('~pbx-keep-cache-filled', '~none', '255.255.255.255/32');
-
--- The registrar reads an AOR's contacts on every REGISTER with `id LIKE '<aor>^3B@%'`. Under a
--- non-C collation the primary key cannot serve a LIKE prefix, so each REGISTER scanned every
--- contact (measured: 10k contacts, ~170 REGISTER/s); a pattern-ops index makes it one index probe.
-CREATE INDEX ps_contacts_id_prefix ON public.ps_contacts (id varchar_pattern_ops);
+-- The row that keeps the identify cache filled (see sql/013) was inserted here; on the tables as
+-- sql/006 creates them (object_id NOT NULL) that INSERT fails, so sql/013 inserts it.

@@ -38,6 +38,8 @@ def register(subparsers: Any) -> None:
 
 
 def _play(args: argparse.Namespace) -> int:
+    # The one place a product command uses the dev stack's harness (sipp devices, the pbx-hold
+    # dialplan of devstack/asterisk_dev/): `call play` drives live devices, which is that harness.
     from devstack.play import PlayError, PlayTarget, play
     from pbxctl.commands.route import load_scenario, print_outcome
 

@@ -10,7 +10,7 @@ import asyncpg
 
 from pbxctl.commands._db import add_dsn_argument, run_with_connection
 from pbxctl.errors import EXIT_USAGE, CliError
-from sorcery_backend.schema import migrate, reset
+from sorcery_backend.schema import MigrationRefused, migrate, reset
 
 __all__ = ["register"]
 
@@ -30,7 +30,10 @@ def register(subparsers: Any) -> None:
 
 
 def _migrate(args: argparse.Namespace) -> int:
-    applied = run_with_connection(args, migrate)
+    try:
+        applied = run_with_connection(args, migrate)
+    except MigrationRefused as exc:
+        raise CliError(str(exc)) from None
     print(f"applied {', '.join(applied)}" if applied else "schema is up to date", file=sys.stderr)
     return 0
 
