@@ -19,6 +19,8 @@ def _node(n: Node) -> dict[str, Any]:
         out["endpoints"] = list(n.endpoints)
     if n.dialed:
         out["dialed"] = n.dialed
+    if n.fallbacks:
+        out["fallback"] = [_node(f) for f in n.fallbacks]
     if n.cw_off and n.kind != "group":
         out["call_waiting"] = False
     if n.ranks:
@@ -52,6 +54,10 @@ def explain(d: Directory, call: CallRequest) -> dict[str, Any]:
 
 def explain_tree(tree: Tree, call: CallRequest) -> dict[str, Any]:
     out: dict[str, Any] = {"status": tree.status, "tenant": call.tenant, "called": call.called}
+    if tree.called and tree.called != call.called:
+        out["did_routes_to"] = tree.called
+    if tree.status == "ok":
+        out["ring_timeout_ms"] = tree.ring_timeout_ms
     if tree.caller is not None:
         out["caller"] = {
             "number": tree.caller.number,
@@ -88,6 +94,9 @@ def render_text(tree: dict[str, Any]) -> str:
             when = f" after {f['delay_ms'] / 1000:g}s" if f.get("delay_ms") else ""
             lines.append(f"{indent}  forward {f['mode']}{when}:")
             walk(f["to"], indent + "    ")
+        for f in n.get("fallback", []):
+            lines.append(f"{indent}  fallback:")
+            walk(f, indent + "    ")
         for p in n.get("pruned", []):
             lines.append(f"{indent}  {p['number']}: pruned ({p['reason']})")
 

@@ -102,8 +102,9 @@ def test_apply_twice_changes_nothing_and_plan_agrees(db: str, tmp_path: Path) ->
 
 
 async def test_routing_reads_back_what_the_file_says(db: str, shared_dir: Path) -> None:
+    folders = [shared_dir / "scenarios" / "trunks", Path(__file__).parent / "scenarios" / "trunks"]
     docs = [yaml.safe_load(TRUNKS)] + [
-        yaml.safe_load(p.read_text())["config"] for p in sorted((shared_dir / "scenarios" / "trunks").glob("*.yaml"))
+        yaml.safe_load(p.read_text())["config"] for folder in folders for p in sorted(folder.glob("*.yaml"))
     ]
     conn = await asyncpg.connect(db)
     try:
