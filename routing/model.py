@@ -219,14 +219,23 @@ def _empty_extensions(d: Directory) -> frozenset[str]:
         if e.type == "trunk":
             yield from e.fallback
 
-    ringing = {n for n, e in exts.items() if e.endpoints and e.type != "group"}
-    changed = True
-    while changed:
-        changed = False
-        for n, e in exts.items():
-            if n not in ringing and any(t in ringing or t not in exts for t in leads_to(e)):
+    # Walked backwards from what rings (linear in the references: the cache builds whole tenants).
+    led_by: dict[str, list[str]] = {}
+    ringing: set[str] = set()
+    for n, e in exts.items():
+        for target in leads_to(e):
+            if target in exts:
+                led_by.setdefault(target, []).append(n)
+            else:
                 ringing.add(n)
-                changed = True
+        if e.endpoints and e.type != "group":
+            ringing.add(n)
+    todo = list(ringing)
+    while todo:
+        for source in led_by.get(todo.pop(), ()):
+            if source not in ringing:
+                ringing.add(source)
+                todo.append(source)
     return frozenset(exts) - ringing
 
 
