@@ -228,8 +228,7 @@ class Fork:
             reachability=self.reachability,
         )
         if not isinstance(decision, Ring):
-            # A trunk leg is named by the trunk's extension, not by the number it dials.
-            self._out.append(Refused(node.ext.number if node.kind == "trunk" else node.number, decision.error))
+            self._out.append(Refused(node.refused_as or node.number, decision.error))
             run.legs.append(_Leg(next(self._ids), run, alive=False, failure=decision.error))
             return
         caller = self.tree.caller

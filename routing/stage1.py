@@ -68,6 +68,9 @@ class Node:
     endpoints: tuple[str, ...] = ()
     dialed: str | None = None  # trunk legs: the number sent out
     fallbacks: list[Node] = field(default_factory=list)  # trunk legs: tried in order when this one is unavailable
+    # The extension a `refused` event names: the node's own number, but a number dialed out through
+    # a trunk (no extension of its own) and a fallback are named by their trunk.
+    refused_as: str = ""
     cw_off: bool = False  # call waiting off for this user leg (its own setting or a busy forward above)
     ranks: list[RankNode] = field(default_factory=list)
     timed_forward: tuple[int, Node] | None = None
@@ -163,9 +166,10 @@ class _Builder:
     def _trunk_node(self, number: str, trunk: Extension, depth: int) -> Node:
         """A leg dialing ``number`` out; each fallback applies its own rules to the number as dialed.
         Permission was checked once, for the first trunk."""
-        node = Node(number, trunk, "trunk", depth, trunk.endpoints, dialed=trunk.dialed(number))
+        own = number if number in self.d.extensions else trunk.number
+        node = Node(number, trunk, "trunk", depth, trunk.endpoints, dialed=trunk.dialed(number), refused_as=own)
         node.fallbacks = [
-            Node(number, fb, "trunk", depth, fb.endpoints, dialed=fb.dialed(number))
+            Node(number, fb, "trunk", depth, fb.endpoints, dialed=fb.dialed(number), refused_as=fb.number)
             for fb in self.d.fallback_chain(trunk)
             if fb.number not in self.d.empty
         ]

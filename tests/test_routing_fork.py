@@ -336,3 +336,14 @@ def test_empty_extension_called_directly_is_noroute_and_a_timed_forward_to_one_n
         (0, "ring", "dev-1002", None),
         (60, "stop", "dev-1002", "caller_hangup"),
     ]
+
+
+def test_an_external_member_that_fails_is_refused_under_its_own_number_its_fallback_under_the_trunks() -> None:
+    regs = {"1001": ["dev-1001"]}
+    exts = {
+        "0": {"type": "trunk", "name": "P", "endpoints": ["1004"], "fallback": ["8"]},
+        "8": {**FALLBACKS["8"], "endpoints": ["1003"]},
+        "0800": {"type": "external", "name": "Hotline"},
+    }
+    out = simulate(trunk_scenario(exts, "0800", registrations=regs))
+    assert events(out) == [(0, "refused", "0800", "offline"), (0, "refused", "8", "offline")]
