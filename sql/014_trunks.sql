@@ -189,3 +189,29 @@ LANGUAGE sql STABLE AS $$
     WHERE f.view = 'ps_aors' AND o.tenant_id = tenant AND o.kind = 'endpoint' AND a.contact IS NOT NULL
       AND (names IS NULL OR o.name = ANY (names))
 $$;
+
+-- An AOR's static contacts are routing data too (devices of its endpoint), so a flattened AOR row
+-- with a contact that comes or goes changes the routing of its tenant. The flush rewrites a changed
+-- row as DELETE + INSERT, so both sides are looked at; rows are `name@domain`.
+CREATE FUNCTION pbx.note_static_contact_change() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pbx, pg_temp AS $$
+DECLARE
+    ids bigint[];
+BEGIN
+    IF TG_OP = 'INSERT' THEN
+        SELECT array_agg(DISTINCT t.id ORDER BY t.id) INTO ids
+        FROM new_rows r JOIN pbx.tenants t ON t.domain = split_part(r.id, '@', 2) WHERE r.contact IS NOT NULL;
+    ELSE
+        SELECT array_agg(DISTINCT t.id ORDER BY t.id) INTO ids
+        FROM old_rows r JOIN pbx.tenants t ON t.domain = split_part(r.id, '@', 2) WHERE r.contact IS NOT NULL;
+    END IF;
+    IF ids IS NOT NULL THEN
+        PERFORM pbx.routing_changed(ids);
+    END IF;
+    RETURN NULL;
+END $$;
+
+CREATE TRIGGER routing_static_contact_ins AFTER INSERT ON pbx.rt_ps_aors
+    REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION pbx.note_static_contact_change();
+CREATE TRIGGER routing_static_contact_del AFTER DELETE ON pbx.rt_ps_aors
+    REFERENCING OLD TABLE AS old_rows FOR EACH STATEMENT EXECUTE FUNCTION pbx.note_static_contact_change();

@@ -353,3 +353,24 @@ async def test_routing_changes_bump_the_tenant_version(db: str) -> None:
         assert after == before + 2
     finally:
         await conn.close()
+
+
+async def test_a_static_contact_edit_bumps_the_tenant_version(db: str) -> None:
+    conn, tid = await _seeded(db)
+    try:
+
+        async def version() -> int:
+            return int(await conn.fetchval("SELECT version FROM pbx.routing_versions WHERE tenant_id = $1", tid))
+
+        doc = yaml.safe_load(TRUNKS)
+        before = await version()
+        doc["tenants"]["t"]["endpoints"]["1001"]["endpoint"] = {"language": "de"}  # no contact: routing unchanged
+        await apply_config(conn, parse_config(doc))
+        assert await version() == before
+        doc["tenants"]["t"]["templates"]["carrier"]["aor"]["contact"] = ["sip:127.0.0.9:5070"]
+        await apply_config(conn, parse_config(doc))
+        assert await version() > before
+        cfg = await routing_config(conn, "t")
+        assert cfg["endpoints"]["carrier"] == {"aor": {"contact": ["sip:127.0.0.9:5070"], "qualify_frequency": "60"}}
+    finally:
+        await conn.close()
