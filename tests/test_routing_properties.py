@@ -215,3 +215,36 @@ def test_trunk_invariants(s: dict[str, Any]) -> None:
     assert all(e["t"] <= timeout for e in timeline)
     if any(e.get("why") == "timeout" for e in timeline):
         assert out["result"] == "noanswer"
+
+
+@st.composite
+def did_rules(draw: st.DrawFn) -> list[Any]:
+    from routing.model import DidRule
+
+    matches = draw(st.lists(st.text("0123", min_size=1, max_size=4), max_size=6))
+    return [
+        DidRule(draw(st.sampled_from(["{rest}", "1001"])), prefix=m)
+        if draw(st.booleans())
+        else DidRule("1002", number=m)
+        for m in matches
+    ]
+
+
+@settings(max_examples=300, deadline=None)
+@given(did_rules(), st.text("0123", max_size=5))
+def test_did_the_longest_matching_rule_wins_exact_before_prefix(rules: list[Any], called: str) -> None:
+    from routing.model import Extension
+
+    target = Extension("0", "trunk", dids=tuple(rules)).did_target(called)
+    exact = [r for r in rules if r.number == called]
+    prefixes = [r for r in rules if r.prefix is not None and called.startswith(r.prefix)]
+    if not rules:
+        assert target == called
+    elif exact:
+        assert target == exact[0].to  # as long as the number itself: no matching prefix is longer
+    elif prefixes:
+        best = max(len(r.prefix) for r in prefixes)
+        tos = {called[best:] if r.to == "{rest}" else r.to for r in prefixes if len(r.prefix) == best}
+        assert target in tos
+    else:
+        assert target is None
