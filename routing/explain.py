@@ -18,6 +18,8 @@ def _node(n: Node) -> dict[str, Any]:
         out["endpoints"] = list(n.endpoints)
     if n.dialed:
         out["dialed"] = n.dialed
+    if n.fallbacks:
+        out["fallback"] = [_node(f) for f in n.fallbacks]
     if n.cw_off and n.kind != "group":
         out["call_waiting"] = False
     if n.ranks:
@@ -51,6 +53,10 @@ def explain(d: Directory, call: CallRequest) -> dict[str, Any]:
 
 def explain_tree(tree: Tree, call: CallRequest) -> dict[str, Any]:
     out: dict[str, Any] = {"status": tree.status, "tenant": call.tenant, "called": call.called}
+    if tree.called and tree.called != call.called:
+        out["did_routes_to"] = tree.called
+    if tree.status == "ok":
+        out["ring_timeout_ms"] = tree.ring_timeout_ms
     if tree.caller is not None:
         out["caller"] = {
             "number": tree.caller.number,

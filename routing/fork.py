@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from routing.stage1 import Node, Tree
-from routing.stage2 import DeviceState, Ring, decide
+from routing.stage2 import ALL_REACHABLE, DeviceState, Reachability, Ring, decide
 
 __all__ = [
     "Bridge",
@@ -33,7 +33,7 @@ __all__ = [
     "TimerFired",
 ]
 
-StopWhy = Literal["drop", "answered_elsewhere", "rejected", "caller_hangup"]
+StopWhy = Literal["drop", "answered_elsewhere", "rejected", "caller_hangup", "timeout"]
 FailReason = Literal["busy", "rejected", "unavailable", "failed"]
 Result = Literal["answered", "busy", "unavailable", "noanswer"]
 
@@ -80,6 +80,7 @@ class RingDevice:
     originally_called: str
     dialed: str | None = None
     extension: str = ""
+    uri: str | None = None  # a static contact's configured URI; registered contacts: by device id
 
 
 @dataclass(frozen=True)
@@ -146,6 +147,7 @@ class _Run:
     fwd_due: int | None = None
     forwarded: bool = False
     extra_forward_used: bool = False
+    fallback_cursor: int = 0  # trunk runs: the next fallback trunk to try
     done: bool = False
     starting: bool = False  # while a rank's members start; a member failing at once must wait for the rest
 
@@ -157,10 +159,17 @@ class _Run:
 
 
 class Fork:
-    def __init__(self, tree: Tree, originally_called: str, devices: DeviceState) -> None:
+    def __init__(
+        self,
+        tree: Tree,
+        originally_called: str,
+        devices: DeviceState,
+        reachability: Reachability = ALL_REACHABLE,
+    ) -> None:
         self.tree = tree
         self.called = originally_called
         self.devices = devices
+        self.reachability = reachability
         self.rung: set[str] = set()
         self.ended = False
         self._ids = itertools.count(1)
@@ -192,6 +201,8 @@ class Fork:
             self._end("busy")
             return
         self.root = _Run(self.tree.root, None)
+        # The ring timeout counts from the start of the call, whatever the tree does meanwhile.
+        self._timer_at(self.root, "timeout", now + self.tree.ring_timeout_ms)
         self._start_run(self.root, now)
 
     # -- runs -----------------------------------------------------------------------------------
@@ -208,31 +219,38 @@ class Fork:
     def _start_own_devices(self, run: _Run) -> None:
         node = run.node
         decision = decide(
-            node.endpoints, self.devices, cw_off=node.cw_off, check_in_use=node.kind != "trunk", already_rung=self.rung
+            node.endpoints,
+            self.devices,
+            cw_off=node.cw_off,
+            check_in_use=node.kind != "trunk",
+            already_rung=self.rung,
+            static=self.tree.static_contacts,
+            reachability=self.reachability,
         )
         if not isinstance(decision, Ring):
-            self._out.append(Refused(node.number, decision.error))
+            self._out.append(Refused(node.refused_as or node.number, decision.error))
             run.legs.append(_Leg(next(self._ids), run, alive=False, failure=decision.error))
             return
         caller = self.tree.caller
         assert caller is not None
         name = f"[{self.tree.prefix}] {caller.name}" if self.tree.prefix else caller.name
-        for endpoint, device in decision.devices:
-            leg = _Leg(next(self._ids), run, device=device)
+        for device in decision.devices:
+            leg = _Leg(next(self._ids), run, device=device.name)
             run.legs.append(leg)
             self._legs[leg.id] = leg
-            self.rung.add(device)
+            self.rung.add(device.name)
             self._out.append(
                 RingDevice(
                     leg.id,
-                    endpoint,
-                    device,
+                    device.endpoint,
+                    device.name,
                     caller.number,
                     name,
                     self.tree.calledname,
                     self.called,
                     node.dialed,
                     node.number,
+                    device.uri,
                 )
             )
 
@@ -257,7 +275,9 @@ class Fork:
             if run.cursor < len(node.ranks):
                 rank = node.ranks[run.cursor]
                 if rank.mode == "default":
-                    if run.legs and not all_failed:
+                    # A multiring's rank 0 rings together with the extension's own devices.
+                    joins_own = node.kind == "multiring" and run.cursor == 0
+                    if run.legs and not all_failed and not joins_own:
                         return
                 else:
                     due = now if run.skip_delay else run.prev_rank_start + rank.delay_ms
@@ -274,6 +294,11 @@ class Fork:
                 continue
             if run.any_alive():
                 return
+            if node.fallbacks and run.fallback_cursor < len(node.fallbacks) and run.failures() == {"offline"}:
+                # Every leg of this trunk failed unavailable: the next fallback trunk, at once.
+                run.fallback_cursor += 1
+                self._start_child(run, node.fallbacks[run.fallback_cursor - 1], now)
+                continue
             # Nothing left to ring in this extension: its forwards, in the order the contract gives.
             if node.timed_forward is not None:
                 self._fire_forward(run, now)
@@ -362,6 +387,10 @@ class Fork:
         if entry is None:
             return
         run, kind = entry
+        if kind == "timeout":
+            self._stop_everything("timeout")
+            self._end("noanswer")
+            return
         if run.done or run.forwarded:
             return
         if kind == "rank":

@@ -8,11 +8,11 @@ for `route explain`.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
-from routing.model import Directory, Extension, RankMode
+from routing.model import DEFAULT_RING_TIMEOUT_MS, Directory, Extension, RankMode, StaticContact
 
 __all__ = ["MAX_DEPTH", "CallRequest", "Caller", "Node", "Pruned", "RankNode", "Tree", "build_tree", "reachable"]
 
@@ -42,12 +42,13 @@ class Caller:
     name: str  # presented name, before any prefix
     extension: str | None  # the caller's own extension, when internal
     dialout: bool
+    trunk: str | None = None  # the trunk extension the call came in through, from outside
 
 
 @dataclass(frozen=True)
 class Pruned:
     number: str
-    reason: str  # loop | depth | paused | noroute | forbidden
+    reason: str  # loop | depth | paused | empty | noroute | forbidden
 
 
 @dataclass
@@ -65,7 +66,11 @@ class Node:
     kind: NodeKind
     depth: int
     endpoints: tuple[str, ...] = ()
-    dialed: str | None = None
+    dialed: str | None = None  # trunk legs: the number sent out
+    fallbacks: list[Node] = field(default_factory=list)  # trunk legs: tried in order when this one is unavailable
+    # The extension a `refused` event names: the node's own number, but a number dialed out through
+    # a trunk (no extension of its own) and a fallback are named by their trunk.
+    refused_as: str = ""
     cw_off: bool = False  # call waiting off for this user leg (its own setting or a busy forward above)
     ranks: list[RankNode] = field(default_factory=list)
     timed_forward: tuple[int, Node] | None = None
@@ -84,6 +89,9 @@ class Tree:
     prefix: str | None = None  # the dialed extension's short_name
     self_call: bool = False
     pruned: list[Pruned] = field(default_factory=list)
+    called: str = ""  # the number routed: as dialed, or what a trunk's DID rule maps it to
+    ring_timeout_ms: int = DEFAULT_RING_TIMEOUT_MS  # counted from the start of the call
+    static_contacts: Mapping[str, tuple[StaticContact, ...]] = field(default_factory=dict)
 
 
 def identify_caller(d: Directory, call: CallRequest) -> Caller | str:
@@ -98,8 +106,9 @@ def identify_caller(d: Directory, call: CallRequest) -> Caller | str:
         return Caller(call.caller, call.callername or "", None, False)
     owner = d.extensions.get(d.endpoint_owner.get(str(endpoint), ""))
     if owner is not None and owner.type == "trunk":
-        # From outside through a trunk: the number is the remote one, the name is the trunk's.
-        return Caller(call.caller, owner.name, None, False)
+        # From outside through a trunk: the number is the remote one, the name the one the
+        # carrier sent, else the trunk's.
+        return Caller(call.caller, call.callername or owner.name, None, False, trunk=owner.number)
     if owner is None:
         return Caller(call.caller, call.callername or "", None, False)
     if owner.number != call.caller:
@@ -124,14 +133,18 @@ class _Builder:
             return Pruned(number, "depth")
         if number in path:
             return Pruned(number, "loop")
+        if number in self.d.empty:
+            return Pruned(number, "empty")  # left out as if absent
         ext = self.d.extensions.get(number)
         if ext is None:
             trunk = self.d.trunk_for(number)
             if trunk is None:
                 return Pruned(number, "noroute")
+            if trunk.number in self.d.empty:
+                return Pruned(number, "empty")
             if not self._may_dial_out(via_forward_of):
                 return Pruned(number, "forbidden")
-            return Node(number, trunk, "trunk", depth, trunk.endpoints, dialed=number)
+            return self._trunk_node(number, trunk, depth)
         here = (*path, number)
         fwd = ext.forward
         if fwd is not None and fwd.immediate:
@@ -150,6 +163,18 @@ class _Builder:
     def _may_dial_out(self, via_forward_of: Extension | None) -> bool:
         return self.caller.dialout or (via_forward_of is not None and via_forward_of.dialout)
 
+    def _trunk_node(self, number: str, trunk: Extension, depth: int) -> Node:
+        """A leg dialing ``number`` out; each fallback applies its own rules to the number as dialed.
+        Permission was checked once, for the first trunk."""
+        own = number if number in self.d.extensions else trunk.number
+        node = Node(number, trunk, "trunk", depth, trunk.endpoints, dialed=trunk.dialed(number), refused_as=own)
+        node.fallbacks = [
+            Node(number, fb, "trunk", depth, fb.endpoints, dialed=fb.dialed(number), refused_as=fb.number)
+            for fb in self.d.fallback_chain(trunk)
+            if fb.number not in self.d.empty
+        ]
+        return node
+
     def _node(
         self, ext: Extension, depth: int, here: tuple[str, ...], busy_fwd_above: bool, via_forward_of: Extension | None
     ) -> Node | Pruned:
@@ -159,7 +184,7 @@ class _Builder:
                 return Pruned(ext.number, "noroute")
             if not self._may_dial_out(via_forward_of):
                 return Pruned(ext.number, "forbidden")
-            node = Node(ext.number, trunk, "trunk", depth, trunk.endpoints, dialed=ext.number)
+            node = self._trunk_node(ext.number, trunk, depth)
         else:
             kind: NodeKind = "group" if ext.type == "group" else ("multiring" if ext.type == "multiring" else "user")
             busy_fwd = busy_fwd_above or (ext.forward is not None and ext.forward.mode == "busy")
@@ -191,8 +216,12 @@ class _Builder:
         out: list[RankNode] = []
         carried = 0
         for rank in ext.ranks:
-            active = [m for m in rank.members if m.active]
-            paused = [Pruned(m.number, "paused") for m in rank.members if not m.active]
+            active = [m for m in rank.members if m.active and m.number not in self.d.empty]
+            paused = [
+                Pruned(m.number, "paused" if not m.active else "empty")
+                for m in rank.members
+                if not m.active or m.number in self.d.empty
+            ]
             if not active:
                 # Left out, but its delay still counts towards the next rank's.
                 carried += rank.delay_ms if rank.mode != "default" else 0
@@ -210,23 +239,37 @@ def build_tree(d: Directory, call: CallRequest) -> Tree:
     caller = identify_caller(d, call)
     if isinstance(caller, str):
         return Tree(caller)
-    dialed = d.extensions.get(call.called)
-    trunk = None if dialed is not None else d.trunk_for(call.called)
+    called = call.called
+    if caller.trunk is not None:
+        target = d.extensions[caller.trunk].did_target(called)
+        if target is None:
+            return Tree("noroute", caller, called=called)  # a trunk with dids routes only what they map
+        called = target
+    dialed = d.extensions.get(called)
+    trunk = None if dialed is not None else d.trunk_for(called)
     if dialed is None and trunk is None:
-        return Tree("noroute", caller)
+        return Tree("noroute", caller, called=called)
     named = dialed or trunk
     assert named is not None
-    tree = Tree("ok", caller, calledname=named.name, prefix=named.short_name)
-    if caller.extension is not None and caller.extension == call.called:
+    tree = Tree(
+        "ok",
+        caller,
+        calledname=named.name,
+        prefix=named.short_name,
+        called=called,
+        ring_timeout_ms=named.ring_timeout_ms or d.ring_timeout_ms,
+        static_contacts=d.static_contacts,
+    )
+    if caller.extension is not None and caller.extension == called:
         tree.self_call = True
         return tree
     path = (caller.extension,) if caller.extension else ()
-    root = _Builder(d, caller).expand(call.called, 0, path, False)
+    root = _Builder(d, caller).expand(called, 0, path, False)
     if isinstance(root, Pruned):
         tree.pruned.append(root)
         if root.reason == "forbidden":
             tree.status = "error:forbidden"
-        elif root.reason == "noroute":
+        elif root.reason in ("noroute", "empty"):
             tree.status = "noroute"
         return tree
     tree.root = root

@@ -28,6 +28,9 @@ def render_text(tree: dict[str, Any]) -> str:
             when = f" after {f['delay_ms'] / 1000:g}s" if f.get("delay_ms") else ""
             lines.append(f"{indent}  forward {f['mode']}{when}:")
             walk(f["to"], indent + "    ")
+        for f in n.get("fallback", []):
+            lines.append(f"{indent}  fallback:")
+            walk(f, indent + "    ")
         for p in n.get("pruned", []):
             lines.append(f"{indent}  {p['number']}: pruned ({p['reason']})")
 

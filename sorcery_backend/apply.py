@@ -15,7 +15,7 @@ from typing import Any
 import asyncpg
 
 from sorcery_backend.changes import ChangeSet, read_change_set
-from sorcery_backend.declarative import Config, Extension, PjsipObject, Tenant
+from sorcery_backend.declarative import Config, DidRule, Extension, PjsipObject, Tenant, TenantSettings
 
 __all__ = ["apply_config"]
 
@@ -67,6 +67,7 @@ async def _converge_tenant(conn: asyncpg.Connection, name: str, tenant: Tenant) 
     )
     if tenant_id is None:
         tenant_id = await conn.fetchval("SELECT id FROM pbx.tenants WHERE name = $1", name)
+    await _converge_settings(conn, tenant_id, tenant.settings or TenantSettings())
     await _converge_objects(conn, tenant_id, tenant)
     await _converge_extensions(conn, tenant_id, tenant)
     await _delete_unwanted_objects(conn, tenant_id, tenant)
@@ -189,6 +190,21 @@ async def _delete_unwanted_objects(conn: asyncpg.Connection, tenant_id: int, ten
     await conn.execute("DELETE FROM pbx.objects WHERE id = ANY($1::bigint[])", doomed)
 
 
+async def _converge_settings(conn: asyncpg.Connection, tenant_id: int, settings: TenantSettings) -> None:
+    # Written only when they differ: every write bumps the tenant's routing version.
+    stored = await conn.fetchrow("SELECT ring_timeout_ms FROM pbx.tenant_settings WHERE tenant_id = $1", tenant_id)
+    if settings == TenantSettings():
+        if stored is not None:
+            await conn.execute("DELETE FROM pbx.tenant_settings WHERE tenant_id = $1", tenant_id)
+    elif stored is None or stored["ring_timeout_ms"] != settings.ring_timeout_ms:
+        await conn.execute(
+            "INSERT INTO pbx.tenant_settings (tenant_id, ring_timeout_ms) VALUES ($1, $2) "
+            "ON CONFLICT (tenant_id) DO UPDATE SET ring_timeout_ms = EXCLUDED.ring_timeout_ms",
+            tenant_id,
+            settings.ring_timeout_ms,
+        )
+
+
 # ---------------------------------------------------------------------------------------------
 # Extensions
 
@@ -209,13 +225,26 @@ def _extension_row(number: str, ext: Extension) -> tuple[Any, ...]:
         fwd.mode if fwd else None,
         fwd.to if fwd else None,
         fwd.delay_ms if fwd else None,
+        ext.ring_timeout_ms,
+        ext.outbound.strip if ext.outbound else None,
+        ext.outbound.prepend if ext.outbound else None,
     )
+
+
+_ROW_COLUMNS = 16  # the columns of _extension_row, the same in _stored_extensions
+
+
+def _did_row(rule: DidRule) -> tuple[str, str, str]:
+    kind, match = rule.key
+    return (kind, match, rule.to)
 
 
 def _extension_children(ext: Extension) -> tuple[Any, ...]:
     return (
         tuple(ext.endpoints),
         tuple((r.mode, r.delay_ms, tuple((m.number, m.active) for m in r.members)) for r in ext.ranks),
+        tuple(ext.fallback),
+        tuple(_did_row(d) for d in ext.dids),
     )
 
 
@@ -224,6 +253,7 @@ async def _stored_extensions(conn: asyncpg.Connection, tenant_id: int) -> dict[s
         """
         SELECT e.number, e.type, e.name, e.short_name, e.call_waiting, e.dialout, e.outgoing_number,
                e.outgoing_name, e.ringback, e.language, e.forward_mode, e.forward_to, e.forward_delay_ms,
+               e.ring_timeout_ms, e.outbound_strip, e.outbound_prepend,
                coalesce((SELECT jsonb_agg(o.name ORDER BY x.ordinal) FROM pbx.extension_endpoints x
                          JOIN pbx.objects o ON o.id = x.endpoint_id
                          WHERE x.tenant_id = e.tenant_id AND x.number = e.number), '[]') AS endpoints,
@@ -232,19 +262,25 @@ async def _stored_extensions(conn: asyncpg.Connection, tenant_id: int) -> dict[s
                                       FROM pbx.rank_members m WHERE m.tenant_id = r.tenant_id
                                       AND m.number = r.number AND m.rank_ordinal = r.ordinal), '[]'))
                             ORDER BY r.ordinal)
-                         FROM pbx.ranks r WHERE r.tenant_id = e.tenant_id AND r.number = e.number), '[]') AS ranks
+                         FROM pbx.ranks r WHERE r.tenant_id = e.tenant_id AND r.number = e.number), '[]') AS ranks,
+               coalesce((SELECT jsonb_agg(f.fallback ORDER BY f.ordinal) FROM pbx.trunk_fallbacks f
+                         WHERE f.tenant_id = e.tenant_id AND f.number = e.number), '[]') AS fallback,
+               coalesce((SELECT jsonb_agg(jsonb_build_array(d.kind, d.match, d.target) ORDER BY d.ordinal)
+                         FROM pbx.trunk_dids d WHERE d.tenant_id = e.tenant_id AND d.number = e.number), '[]') AS dids
         FROM pbx.extensions e WHERE e.tenant_id = $1
         """,
         tenant_id,
     )
     out = {}
     for r in rows:
-        base = tuple(r[k] for k in list(r.keys())[:13])
+        base = tuple(r[k] for k in list(r.keys())[:_ROW_COLUMNS])
         endpoints = tuple(json.loads(r["endpoints"]))
         ranks = tuple(
             (mode, delay, tuple((m, a) for m, a in members)) for mode, delay, members in json.loads(r["ranks"])
         )
-        out[r["number"]] = (*base, (endpoints, ranks))
+        fallback = tuple(json.loads(r["fallback"]))
+        dids = tuple((k, m, t) for k, m, t in json.loads(r["dids"]))
+        out[r["number"]] = (*base, (endpoints, ranks, fallback, dids))
     return out
 
 
@@ -278,23 +314,32 @@ async def _converge_extensions(conn: asyncpg.Connection, tenant_id: int, tenant:
         await conn.execute(
             "DELETE FROM pbx.extension_endpoints WHERE tenant_id = $1 AND number = ANY($2::text[])", tenant_id, touched
         )
+        for table in ("trunk_fallbacks", "trunk_dids"):
+            await conn.execute(
+                f"DELETE FROM pbx.{table} WHERE tenant_id = $1 AND number = ANY($2::text[])", tenant_id, touched
+            )
     if changed:
         rows = [_extension_row(n, tenant.extensions[n]) for n in changed]
         cols = list(zip(*rows, strict=True))
         await conn.execute(
             """
             INSERT INTO pbx.extensions (tenant_id, number, type, name, short_name, call_waiting, dialout,
-                                        outgoing_number, outgoing_name, ringback, language)
+                                        outgoing_number, outgoing_name, ringback, language,
+                                        ring_timeout_ms, outbound_strip, outbound_prepend)
             SELECT $1, * FROM unnest($2::text[], $3::text[], $4::text[], $5::text[], $6::bool[], $7::bool[],
-                                     $8::text[], $9::text[], $10::text[], $11::text[])
+                                     $8::text[], $9::text[], $10::text[], $11::text[],
+                                     $12::int[], $13::int[], $14::text[])
             ON CONFLICT (tenant_id, number) DO UPDATE SET
                 type = EXCLUDED.type, name = EXCLUDED.name, short_name = EXCLUDED.short_name,
                 call_waiting = EXCLUDED.call_waiting, dialout = EXCLUDED.dialout,
                 outgoing_number = EXCLUDED.outgoing_number, outgoing_name = EXCLUDED.outgoing_name,
-                ringback = EXCLUDED.ringback, language = EXCLUDED.language
+                ringback = EXCLUDED.ringback, language = EXCLUDED.language,
+                ring_timeout_ms = EXCLUDED.ring_timeout_ms, outbound_strip = EXCLUDED.outbound_strip,
+                outbound_prepend = EXCLUDED.outbound_prepend
             """,
             tenant_id,
             *[list(c) for c in cols[:10]],
+            *[list(c) for c in cols[13:16]],
         )
         await _insert_extension_children(conn, tenant_id, tenant, changed)
         forwards = [(n, r[10], r[11], r[12]) for n, r in zip(changed, rows, strict=True) if r[10]]
@@ -320,9 +365,13 @@ async def _insert_extension_children(
     endpoint_links = []
     ranks = []
     members = []
+    fallbacks = []
+    dids = []
     for n in numbers:
         ext = tenant.extensions[n]
         endpoint_links += [(n, i, ep) for i, ep in enumerate(ext.endpoints)]
+        fallbacks += [(n, i, fb) for i, fb in enumerate(ext.fallback)]
+        dids += [(n, i, *_did_row(d)) for i, d in enumerate(ext.dids)]
         for ri, rank in enumerate(ext.ranks):
             ranks.append((n, ri, rank.mode, rank.delay_ms))
             members += [(n, ri, mi, m.number, m.active) for mi, m in enumerate(rank.members)]
@@ -349,4 +398,18 @@ async def _insert_extension_children(
             "SELECT $1, * FROM unnest($2::text[], $3::int[], $4::int[], $5::text[], $6::bool[])",
             tenant_id,
             *[list(c) for c in zip(*members, strict=True)],
+        )
+    if fallbacks:
+        await conn.execute(
+            "INSERT INTO pbx.trunk_fallbacks (tenant_id, number, ordinal, fallback) "
+            "SELECT $1, * FROM unnest($2::text[], $3::int[], $4::text[])",
+            tenant_id,
+            *[list(c) for c in zip(*fallbacks, strict=True)],
+        )
+    if dids:
+        await conn.execute(
+            "INSERT INTO pbx.trunk_dids (tenant_id, number, ordinal, kind, match, target) "
+            "SELECT $1, * FROM unnest($2::text[], $3::int[], $4::text[], $5::text[], $6::text[])",
+            tenant_id,
+            *[list(c) for c in zip(*dids, strict=True)],
         )

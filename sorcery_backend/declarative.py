@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -19,12 +19,15 @@ __all__ = [
     "OPTION_SECTIONS",
     "Config",
     "ConfigError",
+    "DidRule",
     "Extension",
     "Forward",
+    "Outbound",
     "PjsipObject",
     "Rank",
     "RankMember",
     "Tenant",
+    "TenantSettings",
     "load_config",
     "load_yaml",
     "parse_config",
@@ -140,6 +143,52 @@ class Forward(_Strict):
     delay_ms: int = Field(default=0, ge=0)
 
 
+MAX_RING_TIMEOUT_MS = 86_400_000  # a day
+RingTimeoutMs = Annotated[int, Field(gt=0, le=MAX_RING_TIMEOUT_MS)]
+# What a SIP request-URI user part carries unescaped (RFC 3261: unreserved / user-unreserved).
+URI_USER_UNESCAPED = re.compile(r"^[A-Za-z0-9_.!~*'()&=+$,;?/-]{0,40}$")
+DID_REST = "{rest}"
+
+
+class Outbound(_Strict):
+    strip: int = Field(default=0, ge=0)
+    prepend: str = ""
+
+    @field_validator("prepend")
+    @classmethod
+    def _uri_user(cls, v: str) -> str:
+        if not URI_USER_UNESCAPED.match(v):
+            raise ValueError(
+                f"{v!r} has characters a SIP request-URI user part cannot carry unescaped, or is longer than 40 "
+                "(rule: prepend is at most 40 of A-Z a-z 0-9 _ . ! ~ * ' ( ) & = + $ , ; ? / -)"
+            )
+        return v
+
+
+class DidRule(_Strict):
+    number: str | None = None
+    prefix: str | None = None
+    to: str
+
+    @model_validator(mode="after")
+    def _one_match(self) -> DidRule:
+        if (self.number is None) == (self.prefix is None):
+            raise ValueError("a DID rule has exactly one of number and prefix")
+        match = self.number if self.number is not None else self.prefix
+        if not EXTENSION_NUMBER.match(match or ""):
+            raise ValueError(f"DID {match!r} must match [0-9A-Za-z*#+]{{1,40}} (rule: DID numbers)")
+        if self.to == DID_REST:
+            if self.prefix is None:
+                raise ValueError("'{rest}' needs a prefix rule (rule: {rest} is what follows a prefix)")
+        elif not EXTENSION_NUMBER.match(self.to):
+            raise ValueError(f"to {self.to!r} is neither an extension number nor '{{rest}}' (rule: DID targets)")
+        return self
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return ("number", self.number) if self.number is not None else ("prefix", self.prefix or "")
+
+
 class Extension(_Strict):
     type: Literal["simple", "multiring", "group", "external", "trunk"]
     name: str | None = None
@@ -153,6 +202,10 @@ class Extension(_Strict):
     language: str | None = None
     forward: Forward | None = None
     ranks: list[Rank] = Field(default_factory=list)
+    ring_timeout_ms: RingTimeoutMs | None = None
+    outbound: Outbound | None = None
+    fallback: list[str] = Field(default_factory=list)
+    dids: list[DidRule] = Field(default_factory=list)
 
     @model_validator(mode="after")
     def _delay_only_always(self) -> Extension:
@@ -160,12 +213,25 @@ class Extension(_Strict):
             raise ValueError("forward.delay_ms is only valid with mode always")
         return self
 
+    @model_validator(mode="after")
+    def _trunk_keys_only_on_trunks(self) -> Extension:
+        if self.type != "trunk":
+            for key in ("outbound", "fallback", "dids"):
+                if getattr(self, key):
+                    raise ValueError(f"{key} is only valid on a trunk extension (rule: trunk keys)")
+        return self
+
+
+class TenantSettings(_Strict):
+    ring_timeout_ms: RingTimeoutMs | None = None
+
 
 class Tenant(_Strict):
     domain: str
     templates: dict[str, PjsipObject] = Field(default_factory=dict)
     endpoints: dict[str, PjsipObject] = Field(default_factory=dict)
     extensions: dict[str, Extension] = Field(default_factory=dict)
+    settings: TenantSettings | None = None
 
 
 class Config(_Strict):
@@ -211,6 +277,16 @@ def _normalize_extension(raw: Any, where: str) -> dict[str, Any]:
         fwd = dict(ext["forward"])
         _scalar_strings(fwd, ("to",))
         ext["forward"] = fwd
+    if isinstance(ext.get("outbound"), dict):
+        out = dict(ext["outbound"])
+        _scalar_strings(out, ("prepend",))
+        ext["outbound"] = out
+    if isinstance(ext.get("fallback"), list):
+        ext["fallback"] = [
+            str(x) if isinstance(x, (int, float)) and not isinstance(x, bool) else x for x in ext["fallback"]
+        ]
+    if isinstance(ext.get("dids"), list):
+        ext["dids"] = [_did_strings(d) if isinstance(d, dict) else d for d in ext["dids"]]
     if isinstance(ext.get("ranks"), list):
         ranks = []
         for rank in ext["ranks"]:
@@ -220,6 +296,12 @@ def _normalize_extension(raw: Any, where: str) -> dict[str, Any]:
             ranks.append(rank)
         ext["ranks"] = ranks
     return ext
+
+
+def _did_strings(d: dict[str, Any]) -> dict[str, Any]:
+    d = dict(d)
+    _scalar_strings(d, ("number", "prefix", "to"))
+    return d
 
 
 def _scalar_number(m: dict[str, Any]) -> dict[str, Any]:
@@ -300,6 +382,7 @@ def _check_names_and_references(config: Config) -> None:
             )
         domains[tenant.domain] = tname
         _check_tenant(tname, tenant, present)
+        _check_trunks(tname, tenant)
 
 
 def _elsewhere(name: str, group: str, tname: str, present: dict[str, Tenant]) -> str:
@@ -355,3 +438,48 @@ def _check_tenant(tname: str, tenant: Tenant, present: dict[str, Tenant]) -> Non
             numbers = [m.number for m in rank.members]
             if len(set(numbers)) != len(numbers):
                 raise ConfigError(f"{label}: rank {i} lists a member twice (rule: members are distinct)")
+
+
+def _check_trunks(tname: str, tenant: Tenant) -> None:
+    """Fallbacks and DID rules (contract section 2, "Trunks and numbers")."""
+    claimed: dict[tuple[str, str], str] = {}
+    for number, ext in tenant.extensions.items():
+        label = f"extension {tname}/{number}"
+        if len(set(ext.fallback)) != len(ext.fallback):
+            raise ConfigError(f"{label}: a fallback is listed twice (rule: fallbacks are distinct)")
+        for fb in ext.fallback:
+            target = tenant.extensions.get(fb)
+            if target is None or target.type != "trunk":
+                what = "unknown extension" if target is None else f"a {target.type} extension"
+                raise ConfigError(f"{label}: fallback {fb!r} is {what} (rule: fallbacks are trunk extensions)")
+        for rule in ext.dids:
+            kind, match = rule.key
+            if rule.key in claimed:
+                raise ConfigError(
+                    f"{label}: DID {kind} {match} is also claimed by extension {tname}/{claimed[rule.key]} "
+                    "(rule: a DID rule is claimed once in a tenant)"
+                )
+            claimed[rule.key] = number
+            if rule.to != DID_REST and rule.to not in tenant.extensions:
+                raise ConfigError(
+                    f"{label}: DID {kind} {match} maps to unknown extension {rule.to!r} "
+                    "(rule: DID targets are extensions of the same tenant)"
+                )
+    for number in tenant.extensions:
+        path = _fallback_cycle(tenant, number, [number])
+        if path:
+            raise ConfigError(
+                f"extension {tname}/{number}: fallback cycle {' -> '.join(path)} "
+                "(rule: fallback trunks cannot form a cycle)"
+            )
+
+
+def _fallback_cycle(tenant: Tenant, start: str, path: list[str]) -> list[str] | None:
+    for fb in tenant.extensions[path[-1]].fallback:
+        if fb == start:
+            return [*path, fb]
+        if fb not in path:
+            found = _fallback_cycle(tenant, start, [*path, fb])
+            if found:
+                return found
+    return None

@@ -289,7 +289,7 @@ class LiveCall:
 
     async def _ring(self, cmd: RingDevice) -> None:
         leg = self.legs[cmd.leg_id]
-        uri = self.contact_uris.get(cmd.device)
+        uri = cmd.uri or self.contact_uris.get(cmd.device)  # a static contact carries its configured URI
         if uri is None:  # unregistered between lookup and ring
             self.feed(LegFailed(cmd.leg_id, "unavailable"))
             return
