@@ -8,6 +8,8 @@ COPY pbxctl/ pbxctl/
 COPY sorcery_backend/ sorcery_backend/
 COPY ari_app/ ari_app/
 COPY routing/ routing/
+COPY routing_store/ routing_store/
+COPY http_api/ http_api/
 COPY devstack/ devstack/
 COPY sql/ sql/
 COPY asterisk_conf/ asterisk_conf/

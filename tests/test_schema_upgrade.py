@@ -14,6 +14,7 @@ import re
 import subprocess
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import asyncpg
 import pytest
@@ -78,12 +79,15 @@ async def _replay(dsn: str, files: list[tuple[int, str, str]]) -> list[str]:
     return applied
 
 
-async def _migrate(dsn: str) -> list[str]:
+async def _migrate(dsn: str, sql_dir: Path | None = None) -> list[str]:
     conn = await asyncpg.connect(dsn)
     try:
-        return await migrate(conn)
+        return await migrate(conn, sql_dir)
     finally:
         await conn.close()
+
+
+CATCH_UP = 13  # the migration that carries every edit made to a released file before checksums
 
 
 def dump(dsn: str) -> str:
@@ -132,12 +136,21 @@ def test_a_database_built_at_an_earlier_commit_migrates_to_the_fresh_schema(
     assert dump(fresh_db) == head_schema
 
 
-def test_the_last_schema_before_checksums_is_the_schema_now(fresh_db: str, head_schema: str) -> None:
-    """Restoring the edited files and adding 013 changed no object the code relies on."""
+def test_the_last_schema_before_checksums_is_the_schema_now(fresh_db: str, pg: PostgresCluster, tmp_path: Path) -> None:
+    """Restoring the edited files and adding 013 changed no object the code relies on (the
+    migrations after 013 are new features, left out on both sides)."""
     asyncio.run(_replay(fresh_db, historical_files(HISTORY[-1])))
     applied_at = "    applied_at timestamp with time zone DEFAULT now() NOT NULL"
     expected = dump(fresh_db).replace(applied_at, applied_at + ",\n    checksum text")
-    assert head_schema == expected
+    for mig in migrations():
+        if mig.version <= CATCH_UP:
+            (tmp_path / f"{mig.name}.sql").write_text(mig.sql)
+    pg.psql('CREATE DATABASE "up_catch_up"')
+    try:
+        asyncio.run(_migrate(pg.dsn("up_catch_up"), tmp_path))
+        assert dump(pg.dsn("up_catch_up")) == expected
+    finally:
+        pg.psql('DROP DATABASE IF EXISTS "up_catch_up" WITH (FORCE)')
 
 
 def test_a_database_upgraded_at_every_commit_migrates_to_the_fresh_schema(fresh_db: str, head_schema: str) -> None:
