@@ -16,7 +16,7 @@ from pbxctl.errors import EXIT_USAGE, CliError
 
 __all__ = ["build_parser", "main"]
 
-COMMAND_MODULES = ("db", "config", "route", "dev", "call", "serve", "nodes", "push", "audit")
+COMMAND_MODULES = ("db", "config", "route", "dev", "call", "serve", "nodes", "push", "audit", "objects")
 
 
 def build_parser() -> argparse.ArgumentParser:
