@@ -141,6 +141,7 @@ async def test_plain_sql_by_a_tenant_admin_is_recorded_with_its_role(db: str) ->
             role = await ta.fetchval("SELECT current_user")
             async with ta.transaction():
                 await ta.execute("SET LOCAL pbx.actor = 'token:ops'")
+                await ta.execute("SELECT pbx.audit_note_role('postgres')")  # a claim it cannot make
                 await ta.execute(
                     "UPDATE pbx.object_options SET value = '{acme-x}' WHERE option = 'context' AND object_id = "
                     "(SELECT id FROM pbx.objects WHERE name = 'base')"
@@ -182,6 +183,14 @@ async def test_changes_after_set_constraints_immediate_rewrite_the_transactions_
         assert rows[-1]["id"] == first["id"] and rows[-1]["xid"] == first["xid"]
         assert rows[-1]["touched"] == {"extensions": ["1001"], "templates": ["base", "unused"]}
         assert rows[-1]["change_set"]["changed"]["ps_endpoints"] == ["1001@acme.example"]
+
+        # A routing edit first, a flattening edit after: the row still waits for the flush.
+        async with conn.transaction():
+            await conn.execute("UPDATE pbx.extensions SET name = 'B'")
+            await conn.execute("UPDATE pbx.object_options SET value = '{z}' WHERE option = 'context'")
+        row = (await _rows(conn))[-1]
+        assert row["id"] != first["id"]
+        assert row["change_set"]["changed"]["ps_endpoints"] == ["1001@acme.example"]
     finally:
         await conn.close()
 
