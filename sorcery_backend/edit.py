@@ -43,6 +43,10 @@ class EditRefused(PbxError, ValueError):
     """An edit that does not apply to the tenant as it is (unknown object, secret on a command line...)."""
 
 
+class _Probe(Exception):
+    """Carries the probe's answer out of the savepoint it rolls back."""
+
+
 async def edit_tenant(
     conn: asyncpg.Connection, tenant: str, edit: Edit, *, actor: str | None = None, dry_run: bool = False
 ) -> ChangeSet:
@@ -51,8 +55,31 @@ async def edit_tenant(
         # document this one is about to change.
         exists = await conn.fetchval("SELECT true FROM pbx.tenants WHERE name = $1 FOR UPDATE", tenant)
         doc = await read_tenant(conn, tenant) if exists else None
+        if doc is not None and await _read_back_loses_data(conn, tenant, doc):
+            raise EditRefused(
+                f"tenant {tenant}: holds data its document does not carry, which an edit would delete "
+                "(rule: per-object commands change only the named object; use `pbxctl apply`)"
+            )
         config = parse_config({"tenants": {tenant: edit(doc)}})
         return await apply_config(conn, config, dry_run=dry_run, actor=actor)
+
+
+async def _read_back_loses_data(conn: asyncpg.Connection, tenant: str, doc: TenantDoc) -> bool:
+    """Whether applying the unedited document would touch a row: the audit trail of a rolled-back
+    savepoint says so for every table, including any the document does not know yet."""
+    try:
+        async with conn.transaction():
+            await apply_config(conn, parse_config({"tenants": {tenant: doc}}))
+            raise _Probe(
+                await conn.fetchval("SELECT EXISTS (SELECT 1 FROM pbx.audit WHERE xid = pg_current_xact_id())")
+            )
+    except _Probe as probe:
+        # apply's SET CONSTRAINTS ALL IMMEDIATE ran in its own savepoint, which it released: rolling
+        # back the outer one does not undo it (Postgres restores the mode only in the savepoint that
+        # changed it), and the real apply must flush once, at its end. Every deferrable constraint
+        # of the schema is INITIALLY DEFERRED, so this is the transaction's starting mode.
+        await conn.execute("SET CONSTRAINTS ALL DEFERRED")
+        return bool(probe.args[0])
 
 
 def existing(doc: TenantDoc | None, tenant: str) -> TenantDoc:

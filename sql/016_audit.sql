@@ -138,6 +138,15 @@ SELECT pbx.audit_table('pbx.domain_aliases', $$'domain_aliases'$$, 'r.alias');
 -- Routing: everything hanging off an extension is an edit of that extension.
 SELECT pbx.audit_table(t, $$'extensions'$$, 'r.number')
 FROM unnest(ARRAY['pbx.extensions', 'pbx.extension_endpoints', 'pbx.ranks', 'pbx.rank_members']::regclass[]) t;
+-- The same for what earlier migrations hang off an extension (trunk rules: tables keyed by
+-- tenant_id and number), and a tenant's own settings row where there is one.
+SELECT pbx.audit_table(c.oid::regclass, $$'extensions'$$, 'r.number')
+FROM pg_class c
+WHERE c.relnamespace = 'pbx'::regnamespace AND c.relkind = 'r'
+  AND NOT EXISTS (SELECT 1 FROM pg_trigger g WHERE g.tgrelid = c.oid AND g.tgname = 'note_audit_ins')
+  AND (SELECT count(*) FROM pg_attribute a WHERE a.attrelid = c.oid AND a.attname IN ('tenant_id', 'number')
+       AND NOT a.attisdropped) = 2;
+SELECT pbx.audit_table(t, $$'tenant'$$, $$'settings'$$) FROM to_regclass('pbx.tenant_settings') t WHERE t IS NOT NULL;
 
 -- A tenant row is its own note, under the names it had before and after: the outbox names
 -- Asterisk ids by domain, and a deleted or renamed domain must still lead to the tenant.
@@ -157,7 +166,7 @@ BEGIN
         SELECT x.id, x.name, x.domain, 'tenant', 'changed'
         FROM new_rows n JOIN old_rows o ON o.id = n.id,
              LATERAL (VALUES (n.id, n.name, n.domain), (o.id, o.name, o.domain)) x(id, name, domain)
-        WHERE (n.name, n.domain) IS DISTINCT FROM (o.name, o.domain);
+        WHERE to_jsonb(n) - 'links_version' IS DISTINCT FROM to_jsonb(o) - 'links_version';
     END IF;
     GET DIAGNOSTICS k = ROW_COUNT;
     IF k > 0 THEN

@@ -13,8 +13,10 @@ import asyncpg
 import pytest
 
 from pbxctl.commands.objects import parse_assignment
+from sorcery_backend import edit as edit_module
 from sorcery_backend.apply import apply_config
 from sorcery_backend.declarative import load_yaml, parse_config
+from sorcery_backend.edit import EditRefused, edit_tenant
 from sorcery_backend.tenant_doc import read_tenant
 
 RICH = """
@@ -48,6 +50,28 @@ async def test_a_tenant_read_back_and_applied_changes_nothing(db: str) -> None:
         # Not one row was written: the audit notes every statement that touched a row.
         assert await conn.fetchval("SELECT count(*) FROM pbx.audit") == audit_rows
         assert doc["extensions"]["2000"]["ranks"][0]["members"][1] == {"number": "1002", "active": False}
+    finally:
+        await conn.close()
+
+
+async def test_an_edit_refuses_a_tenant_its_document_would_not_carry_whole(
+    db: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    conn = await asyncpg.connect(db)
+    try:
+        await apply_config(conn, parse_config(load_yaml(RICH)))
+        before = await read_tenant(conn, "acme")
+
+        # A reader that misses something (as it would a table added after it was written).
+        async def partial(c: asyncpg.Connection, name: str) -> dict[str, Any]:
+            doc = await read_tenant(c, name)
+            del doc["extensions"]["1001"]["forward"]
+            return doc
+
+        monkeypatch.setattr(edit_module, "read_tenant", partial)
+        with pytest.raises(EditRefused, match="tenant acme: holds data its document does not carry"):
+            await edit_tenant(conn, "acme", lambda doc: doc)
+        assert await read_tenant(conn, "acme") == before
     finally:
         await conn.close()
 
