@@ -172,3 +172,32 @@ async def test_cli_edits_one_object_at_a_time(db: str) -> None:
     assert _ok(db, "endpoint", "delete", "acme", "1002")["deleted"]["ps_endpoints"] == ["1002@acme.example"]
     assert "--yes" in _refused(db, "tenant", "delete", "acme", code=2)
     assert _ok(db, "tenant", "delete", "acme", "--yes")["deleted"]["ps_auths"] == ["1001@acme.example"]
+
+
+async def test_a_tenant_admin_reads_its_own_trail_and_is_refused_cleanly(db: str) -> None:
+    conn = await asyncpg.connect(db)
+    role = "adm_" + db.rsplit("/", 1)[1]
+    try:
+        await apply_config(conn, parse_config(load_yaml(RICH)))
+        await apply_config(conn, parse_config({"tenants": {"beta": {"domain": "beta.example"}}}))
+        await conn.execute(f"CREATE ROLE {role} LOGIN")
+        await conn.execute("SELECT pbx.grant_tenant_admin('acme', $1)", role)
+        mine = db.replace("postgres@", f"{role}@")
+        # apply's write path upserts the tenant row, which a tenant admin may not insert: its edits
+        # are plain SQL (recorded all the same), and the commands refuse in one line.
+        assert "extension acme/2000: permission denied" in _refused(
+            mine, "extension", "member", "pause", "acme", "2000", "1001"
+        )
+        assert "tenant beta: unknown tenant" in _refused(mine, "extension", "set", "beta", "1", "type=simple")
+        assert "only its owner trims it" in _refused(mine, "audit", "trim")
+        admin = await asyncpg.connect(mine)
+        try:
+            await admin.execute("UPDATE pbx.rank_members SET active = false WHERE member = '1001'")
+        finally:
+            await admin.close()
+        entries = _ok(mine, "audit")["audit"]
+        assert {e["tenant"] for e in entries} == {"acme"}
+        assert (entries[-1]["session_role"], entries[-1]["touched"]) == (role, {"extensions": ["2000"]})
+    finally:
+        await conn.execute(f"DROP OWNED BY {role}; DROP ROLE IF EXISTS {role}")
+        await conn.close()

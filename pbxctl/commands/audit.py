@@ -97,7 +97,10 @@ def _trim(args: argparse.Namespace) -> int:
     keep = _option("--keep", parse_age, args.keep)
 
     async def body(conn: asyncpg.Connection) -> int:
-        return await trim_audit(conn, keep)
+        try:
+            return await trim_audit(conn, keep)
+        except asyncpg.InsufficientPrivilegeError as exc:
+            raise Invalid(f"audit: {exc} (rule: tenant admins read the trail, only its owner trims it)") from None
 
     print(f"audit: {run_with_connection(args, body)} rows trimmed", file=sys.stderr)
     return 0

@@ -115,6 +115,8 @@ def _run(args: argparse.Namespace, label: str, edit: Edit) -> int:
             return await edit_tenant(conn, args.tenant, edit, actor=cli_actor())
         except (ConfigError, EditRefused, UnknownTenant) as exc:
             raise Invalid(str(exc)) from None
+        except asyncpg.InsufficientPrivilegeError as exc:
+            raise Invalid(f"{label}: {exc} (rule: a tenant admin edits its own tenants only)") from None
 
     changes = run_with_connection(args, body)
     print(f"{label}: applied: {changes.summary()}", file=sys.stderr)
