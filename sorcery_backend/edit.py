@@ -47,9 +47,7 @@ class _Probe(Exception):
     """Carries the probe's answer out of the savepoint it rolls back."""
 
 
-async def edit_tenant(
-    conn: asyncpg.Connection, tenant: str, edit: Edit, *, actor: str | None = None, dry_run: bool = False
-) -> ChangeSet:
+async def edit_tenant(conn: asyncpg.Connection, tenant: str, edit: Edit, *, actor: str | None = None) -> ChangeSet:
     async with conn.transaction():
         # Read-modify-write: a second edit of the same tenant waits here instead of reading the
         # document this one is about to change.
@@ -61,7 +59,7 @@ async def edit_tenant(
                 "(rule: per-object commands change only the named object; use `pbxctl apply`)"
             )
         config = parse_config({"tenants": {tenant: edit(doc)}})
-        return await apply_config(conn, config, dry_run=dry_run, actor=actor)
+        return await apply_config(conn, config, actor=actor)
 
 
 async def _read_back_loses_data(conn: asyncpg.Connection, tenant: str, doc: TenantDoc) -> bool:
