@@ -34,11 +34,16 @@ class _StoredObject:
     options: dict[str, dict[str, list[str]]]
 
 
-async def apply_config(conn: asyncpg.Connection, config: Config, *, dry_run: bool = False) -> ChangeSet:
-    """Apply ``config``; with ``dry_run`` compute the same change set and roll everything back."""
+async def apply_config(
+    conn: asyncpg.Connection, config: Config, *, dry_run: bool = False, actor: str | None = None
+) -> ChangeSet:
+    """Apply ``config``; with ``dry_run`` compute the same change set and roll everything back.
+    ``actor`` (``pbxctl:<user>``, ``token:<name>``) is who the audit trail records beside the role."""
     result = ChangeSet()
     try:
         async with conn.transaction():
+            if actor is not None:
+                await conn.execute("SELECT set_config('pbx.actor', $1, true)", actor)
             for name in sorted(config.tenants):
                 tenant = config.tenants[name]
                 if tenant is None:

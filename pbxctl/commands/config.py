@@ -10,6 +10,7 @@ from typing import Any
 
 import asyncpg
 
+from pbxctl.actor import cli_actor
 from pbxctl.commands._db import add_dsn_argument, run_with_connection
 from pbxctl.errors import Invalid
 from sorcery_backend.apply import apply_config
@@ -44,7 +45,7 @@ def _apply(args: argparse.Namespace) -> int:
         raise Invalid(str(exc)) from None
 
     async def body(conn: asyncpg.Connection) -> Any:
-        return await apply_config(conn, config, dry_run=args.dry_run)
+        return await apply_config(conn, config, dry_run=args.dry_run, actor=cli_actor())
 
     changes = run_with_connection(args, body)
     verb = "would change" if args.dry_run else "applied"
