@@ -26,6 +26,9 @@ async def read_tenant(conn: asyncpg.Connection, name: str) -> dict[str, Any]:
     if tenant is None:
         raise UnknownTenant(f"tenant {name}: unknown tenant")
     doc: dict[str, Any] = {"domain": tenant["domain"], "templates": {}, "endpoints": {}, "extensions": {}}
+    settings = json.loads(await conn.fetchval("SELECT pbx.routing_settings($1)", tenant["id"]))
+    if settings:
+        doc["settings"] = settings
     for r in await conn.fetch(
         """
         SELECT o.kind, o.name, o.transport,
@@ -45,7 +48,7 @@ async def read_tenant(conn: asyncpg.Connection, name: str) -> dict[str, Any]:
         doc[f"{r['kind']}s"][r["name"]] = obj
     for r in await conn.fetch(
         """
-        SELECT to_jsonb(e) AS row,
+        SELECT to_jsonb(e) AS row, pbx.routing_trunk_keys(e.tenant_id, e.number) AS trunk,
                coalesce((SELECT jsonb_agg(o.name ORDER BY x.ordinal) FROM pbx.extension_endpoints x
                          JOIN pbx.objects o ON o.id = x.endpoint_id
                          WHERE x.tenant_id = e.tenant_id AND x.number = e.number), '[]') AS endpoints,
@@ -65,6 +68,8 @@ async def read_tenant(conn: asyncpg.Connection, name: str) -> dict[str, Any]:
         ext: dict[str, Any] = {
             k: v for k, v in row.items() if k not in _EXTENSION_KEYS and k in Extension.model_fields and v is not None
         }
+        # A trunk's outbound rules, fallbacks and DIDs, in the file's own shape (sql/014).
+        ext.update(json.loads(r["trunk"]))
         ext["endpoints"] = json.loads(r["endpoints"])
         ext["ranks"] = json.loads(r["ranks"])
         if row["forward_mode"] is not None:

@@ -36,6 +36,11 @@ tenants:
       "1002": {type: simple, name: Bob, endpoints: ["1002"], call_waiting: false, language: de}
       "2000": {type: group, name: Team, ranks: [{mode: default, delay_ms: 5000,
                members: ["1001", {number: "1002", active: false}]}, {mode: next, members: ["1001"]}]}
+      "0": {type: trunk, name: Carrier, endpoints: [trunk1], outbound: {strip: 1, prepend: "+49"}, fallback: ["8"],
+            ring_timeout_ms: 30000,
+            dids: [{number: "+4930100", to: "2000"}, {prefix: "+4930", to: "{rest}"}]}
+      "8": {type: trunk, name: Backup, endpoints: ["1002"]}
+    settings: {ring_timeout_ms: 60000}
 """
 
 
@@ -50,6 +55,8 @@ async def test_a_tenant_read_back_and_applied_changes_nothing(db: str) -> None:
         # Not one row was written: the audit notes every statement that touched a row.
         assert await conn.fetchval("SELECT count(*) FROM pbx.audit") == audit_rows
         assert doc["extensions"]["2000"]["ranks"][0]["members"][1] == {"number": "1002", "active": False}
+        assert doc["settings"] == {"ring_timeout_ms": 60000}
+        assert doc["extensions"]["0"]["fallback"] == ["8"] and doc["extensions"]["0"]["outbound"]["prepend"] == "+49"
     finally:
         await conn.close()
 
