@@ -65,6 +65,11 @@ class Settings(BaseSettings):
         description="seconds between full comparisons of each node's registered contacts with `ps_contacts` "
         "(also done at once when the database or a node's AMI comes back)",
     )
+    audit_keep_s: float = Field(
+        default=7776000.0,
+        ge=0,
+        description="seconds `pbx.audit` rows are kept; `pbxctl serve`'s pusher trims older ones (90 days)",
+    )
     db_retry_max_s: float = Field(
         default=10.0,
         gt=0,
@@ -108,6 +113,11 @@ class Settings(BaseSettings):
     ami_password: SecretStr = Field(
         default=SecretStr(""),
         description="AMI secret: what `pbxctl nodes add` stores (unless `--secret-env` names another)",
+    )
+    endpoint_password: SecretStr = Field(
+        default=SecretStr(""),
+        description="the new password `pbxctl endpoint passwd` sets (unless `--password-env` names another); "
+        "never on the command line",
     )
 
     # --- the embedded dev stack -----------------------------------------------------------------

@@ -59,12 +59,14 @@ class PusherSettings:
     backoff: Backoff = Backoff(initial=0.2, maximum=DEFAULTS.db_retry_max_s, jitter=0.0)
     idle_check_s: float = 30.0  # ping the node and re-check its contexts when nothing happened
     outbox_keep_s: float = DEFAULTS.outbox_keep_s  # delivered outbox rows are kept this long as history
+    audit_keep_s: float = DEFAULTS.audit_keep_s  # pbx.audit rows are kept this long
 
     @classmethod
     def from_settings(cls, s: Settings) -> PusherSettings:
         return cls(
             backoff=dataclasses.replace(cls.backoff, maximum=s.db_retry_max_s),
             outbox_keep_s=s.outbox_keep_s,
+            audit_keep_s=s.audit_keep_s,
         )
 
 
@@ -101,7 +103,7 @@ class Pusher:
             while not stop.is_set():
                 nodes_changed.clear()
                 await self._sync_workers(conn, stop)
-                await self._trim_outbox(conn)
+                await self._trim_history(conn)
                 # Rows committed while no one listened are pending already; a wake finds them.
                 self._wake_all()
                 waits = [asyncio.create_task(e.wait()) for e in (stop, nodes_changed, lost)]
@@ -116,20 +118,20 @@ class Pusher:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(conn.close(), 5)
 
-    async def _trim_outbox(self, conn: asyncpg.Connection) -> None:
+    async def _trim_history(self, conn: asyncpg.Connection) -> None:
+        """Delivered outbox rows and audit rows past their retention, once per idle check."""
         now = time.monotonic()
         if now - self._trimmed_at < self.settings.idle_check_s:
             return
         self._trimmed_at = now
-        try:
-            removed = await conn.fetchval(
-                "SELECT pbx.trim_outbox(make_interval(secs => $1))", self.settings.outbox_keep_s
-            )
-        except asyncpg.PostgresError as exc:  # e.g. a role without the right: pushing matters more
-            log.warning("outbox: not trimmed: %s", exc)
-            return
-        if removed:
-            log.info("outbox: removed %d delivered rows older than %g s", removed, self.settings.outbox_keep_s)
+        for what, keep_s in (("outbox", self.settings.outbox_keep_s), ("audit", self.settings.audit_keep_s)):
+            try:
+                removed = await conn.fetchval(f"SELECT pbx.trim_{what}(make_interval(secs => $1))", keep_s)
+            except asyncpg.PostgresError as exc:  # e.g. a role without the right: pushing matters more
+                log.warning("%s: not trimmed: %s", what, exc)
+                continue
+            if removed:
+                log.info("%s: removed %d rows older than %g s", what, removed, keep_s)
 
     def _wake_all(self) -> None:
         for worker, _task in self._workers.values():

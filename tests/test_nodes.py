@@ -162,19 +162,21 @@ def test_delivered_outbox_rows_are_trimmed_after_the_retention_and_pending_ones_
     assert [r[0] for r in left] == ["1002@acme.example"]
 
 
-def test_the_pusher_trims_the_outbox_with_its_retention(db: str, tmp_path: Path) -> None:
+def test_the_pusher_trims_the_outbox_and_the_audit_with_their_retention(db: str, tmp_path: Path) -> None:
     from sorcery_backend.pusher import Pusher, PusherSettings
 
     apply(db, tmp_path, CONFIG)  # no node: nothing pending, every row is history at once
     assert fetch(db, "SELECT count(*) FROM pbx.outbox")[0][0] > 0
+    assert fetch(db, "SELECT count(*) FROM pbx.audit")[0][0] > 0
 
     async def run() -> int:
         stop = asyncio.Event()
-        task = asyncio.create_task(Pusher(db, PusherSettings(outbox_keep_s=0)).run(stop))
+        task = asyncio.create_task(Pusher(db, PusherSettings(outbox_keep_s=0, audit_keep_s=0)).run(stop))
         conn = await asyncpg.connect(db)
         try:
             async with asyncio.timeout(20):
-                while (left := await conn.fetchval("SELECT count(*) FROM pbx.outbox")) > 0:
+                left_query = "SELECT (SELECT count(*) FROM pbx.outbox) + (SELECT count(*) FROM pbx.audit)"
+                while (left := await conn.fetchval(left_query)) > 0:
                     await asyncio.sleep(0.05)  # polling the table the pusher empties, with a deadline
             return int(left)
         finally:
