@@ -48,8 +48,11 @@ __all__ = ["ORPHAN_GRACE_S", "CallLog", "Controller", "NoConference", "endpoint_
 logger = logging.getLogger("ari_app.controller")
 
 # A caller found in our app at (re)connect that no event claims within this time was left behind
-# by an earlier controller process (its call state is lost): it is hung up. Legs, parties and
-# half-empty conferences need no grace (see _connected).
+# by an earlier controller process (its call state is lost): it is hung up. The grace is for callers
+# whose StasisStart is still on its way: the dialplan retries Stasis() while no controller is
+# connected (asterisk_conf/extensions.conf), so callers enter the moment the app registers, while
+# this process is still listing channels. Legs, parties and half-empty conferences need no grace
+# (see _connected).
 ORPHAN_GRACE_S = 2.0
 
 
