@@ -349,6 +349,52 @@ async def test_channels_left_by_an_earlier_controller_are_reaped(monkeypatch: py
             await task
 
 
+async def test_half_calls_left_by_an_earlier_controller_end_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A caller who hung up while no controller ran left the callee alone in the conference, and
+    the legs still ringing for a caller who is gone: no grace, the first look ends them. Only a
+    caller still in Stasis waits out the grace (its StasisStart may be on its way)."""
+    monkeypatch.setattr(controller_module, "ORPHAN_GRACE_S", 60.0)
+    r = Rig()
+    leg = {**channel("GONE-l1", endpoint="1002@t.example"), "dialplan": None}
+    r.channels = [channel("WAITING"), leg, {**channel("B-l2", endpoint="1002@t.example"), "dialplan": None}]
+    r.bridges = [
+        {"id": "conf-B", "bridge_type": "mixing", "channels": ["B-l2"]},
+        {"id": "conf-EMPTY", "bridge_type": "mixing", "channels": []},
+    ]
+    task = asyncio.create_task(r.controller.run())
+    try:
+        await r.until("the lone callee hung up", lambda: r.hangups("B-l2"))
+        await r.until("its bridge destroyed", lambda: r.fake.calls("DELETE", "/bridges/conf-B"))
+        await r.until("an empty conference destroyed", lambda: r.fake.calls("DELETE", "/bridges/conf-EMPTY"))
+        await r.until("the ringing leg of a caller gone hung up", lambda: r.hangups("GONE-l1"))
+        assert r.hangups("GONE-l1")[0].params == {"reason": "normal"}
+        assert not r.hangups("WAITING")  # not before the grace
+        assert not r.controller.conferences
+    finally:
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+
+async def test_a_reconnect_ends_a_conference_its_caller_left_while_events_were_down(rig: Rig) -> None:
+    rig.fake.push(stasis_start("A", "1002"))
+    [leg] = await rig.until("the ring", rig.originates)
+    leg_id = leg.params["channelId"]
+    rig.fake.push(
+        stasis_start(leg_id, "leg", "A", "1"),
+        {"type": "ChannelStateChange", "application": "pbx", "channel": {**channel(leg_id), "state": "Up"}},
+    )
+    await rig.until("bridged", lambda: rig.fake.calls("POST", "/bridges/conf-A/addChannel"))
+    await rig.until("the conference is the controller's", lambda: "A" in rig.controller.conferences)
+    # The caller hangs up while the WebSocket is down: the bridge holds the callee alone.
+    rig.channels = [{**channel(leg_id, endpoint="1002@t.example"), "dialplan": None}]
+    rig.bridges = [{"id": "conf-A", "bridge_type": "mixing", "channels": [leg_id]}]
+    rig.fake.drop()
+    await rig.until("the callee hung up", lambda: rig.hangups(leg_id))
+    await rig.until("the bridge destroyed", lambda: rig.fake.calls("DELETE", "/bridges/conf-A"))
+    await rig.until("the conference forgotten", lambda: not rig.controller.conferences)
+
+
 def test_endpoint_of_a_pjsip_channel() -> None:
     ch = Channel.model_validate({"id": "1", "name": "PJSIP/1001@acme.example-0000002a", "state": "Up"})
     assert endpoint_of(ch) == "1001@acme.example"

@@ -47,8 +47,12 @@ __all__ = ["ORPHAN_GRACE_S", "CallLog", "Controller", "NoConference", "endpoint_
 
 logger = logging.getLogger("ari_app.controller")
 
-# A channel found in our app at (re)connect that no event claims within this time was left behind
-# by an earlier controller process (its call state is lost): it is hung up.
+# A caller found in our app at (re)connect that no event claims within this time was left behind
+# by an earlier controller process (its call state is lost): it is hung up. The grace is for callers
+# whose StasisStart is still on its way: the dialplan retries Stasis() while no controller is
+# connected (asterisk_conf/extensions.conf), so callers enter the moment the app registers, while
+# this process is still listing channels. Legs, parties and half-empty conferences need no grace
+# (see _connected).
 ORPHAN_GRACE_S = 2.0
 
 
@@ -358,17 +362,22 @@ class Controller:
             if not any(b.id == conf.bridge_id for b in bridges):
                 await conf.close()
 
-        # Channels of ours that nothing owns: callers left in Stasis and legs dialed by an earlier
-        # process. Wait a moment for events already on their way before deciding.
+        # Channels of ours that nothing owns. A leg or party carries its call in its id, and every
+        # call and conference this process follows was just checked above: one that none of them
+        # follows was dialed by an earlier process (a ringing leg whose caller may be long gone)
+        # and no event can give it a call any more, so it is hung up at once. A caller in Stasis
+        # outside any call is different: it may have entered Stasis after the WebSocket opened,
+        # its StasisStart queued behind this handler; only the grace tells the two apart.
         for ch in channels.values():
             if self._follows(ch.id) or ch.id in self._arriving:
                 continue
-            in_app = (
+            if parse_channel_id(ch.id) is not None:
+                self._spawn(self._reap([ch.id]))
+            elif (
                 ch.dialplan is not None
                 and ch.dialplan.app_name == "Stasis"
                 and (ch.dialplan.app_data.split(",")[0] == self.ari.app)
-            )
-            if in_app or parse_channel_id(ch.id) is not None:
+            ):
                 self._orphan_candidates.add(ch.id)
         if self._orphan_candidates:
             asyncio.get_running_loop().call_later(ORPHAN_GRACE_S, lambda: self._spawn(self._reap_orphans()))
@@ -393,6 +402,11 @@ class Controller:
     async def _reap_orphans(self) -> None:
         orphans = [c for c in self._orphan_candidates if not self._follows(c) and c not in self._arriving]
         self._orphan_candidates.clear()
+        await self._reap(orphans)
+
+    async def _reap(self, orphans: list[str]) -> None:
+        """A caller gets 503 (try again: the next call finds a controller); a leg or party only
+        ends."""
         for channel_id in orphans:
             logger.warning("hanging up %s: left behind by an earlier controller", channel_id)
             code = None if parse_channel_id(channel_id) is not None else TEMPORARY_FAILURE
