@@ -9,6 +9,7 @@ import re
 import ssl
 import stat
 import subprocess
+import sys
 from pathlib import Path
 
 import aiohttp
@@ -170,3 +171,17 @@ async def test_dev_up_keeps_its_token_while_valid_and_replaces_a_revoked_one(
     finally:
         await conn.close()
         get_settings.cache_clear()
+
+
+def test_serve_refuses_an_address_beyond_loopback_without_tls_before_starting_anything() -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PBX_")}
+    env["PYTHONPATH"] = str(REPO)
+    r = subprocess.run(
+        [sys.executable, "-m", "pbxctl", "serve", "--dsn", "postgresql://nobody@127.0.0.1:1/x", "--http", "0.0.0.0:1"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert r.returncode == 2, r.stderr
+    assert r.stderr.startswith("pbxctl: address 0.0.0.0:1: not loopback") and r.stderr.count("\n") == 1, r.stderr
