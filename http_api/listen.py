@@ -56,6 +56,8 @@ def _server_context(settings: Settings) -> ssl.SSLContext | None:
 def listen_plan(addr: str, settings: Settings) -> Listen:
     """`addr` is HOST:PORT (an empty host is loopback)."""
     host, _, port = addr.rpartition(":")
+    if not port.isdigit() or not 0 < int(port) < 65536:
+        raise ListenRefused(f"address {addr}: expected HOST:PORT")
     host = host.strip("[]") or "127.0.0.1"
     ctx = _server_context(settings)
     loopback = is_loopback(host)

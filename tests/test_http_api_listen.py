@@ -45,6 +45,11 @@ def test_any_other_address_without_tls_is_refused(addr: str) -> None:
         listen_plan(addr, _settings())
 
 
+def test_an_address_without_a_port_is_refused() -> None:
+    with pytest.raises(ListenRefused, match=re.escape("address 127.0.0.1: expected HOST:PORT")):
+        listen_plan("127.0.0.1", _settings())
+
+
 def test_a_certificate_without_its_key_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ListenRefused, match="set both or neither"):
         listen_plan("127.0.0.1:1", _settings(http_tls_cert=tmp_path / "c.pem"))
