@@ -41,6 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench._common import percentile
 from devstack.ports import free_port
 from devstack.postgres import PostgresCluster
+from http_api.tokens import create_token
 from pbx_base.settings import get_settings
 from routing.stage1 import CallRequest
 from routing_store.cache import RoutingData
@@ -78,7 +79,8 @@ def model() -> dict[str, Any]:
     return {"tenants": {"bench": {"domain": "bench.example", "endpoints": endpoints, "extensions": exts}}}
 
 
-async def load_ours(dsn: str, cfg: dict[str, Any]) -> None:
+async def load_ours(dsn: str, cfg: dict[str, Any]) -> str:
+    """Load the model; returns an operator token of the HTTP API."""
     conn = await asyncpg.connect(dsn)
     try:
         await migrate(conn)
@@ -90,6 +92,7 @@ async def load_ours(dsn: str, cfg: dict[str, Any]) -> None:
             USERS,
         )
         await conn.execute("ANALYZE")  # a warm database has statistics (autovacuum would get there)
+        return await create_token(conn, "bench")
     finally:
         await conn.close()
 
@@ -213,11 +216,11 @@ async def measure_inproc(dsn: str, rounds: int) -> dict[str, Any]:
     return out
 
 
-async def wait_cached(ours_url: str) -> None:
+async def wait_cached(ours_url: str, auth: dict[str, str]) -> None:
     """pbxctl serve loads its tenants in the background: measure once the cache serves."""
     deadline = time.monotonic() + 60
     params = {"tenant": "bench", "caller": "10000", "called": "10001"}
-    async with aiohttp.ClientSession() as http:
+    async with aiohttp.ClientSession(headers=auth) as http:
         while time.monotonic() < deadline:
             async with http.get(ours_url, params=params) as r:
                 if (await r.json()).get("cached"):
@@ -226,13 +229,14 @@ async def wait_cached(ours_url: str) -> None:
     raise RuntimeError("pbxctl serve did not serve /route from its cache within 60 s")
 
 
-async def measure_http(ours_url: str, ywsd_url: str | None, rounds: int) -> dict[str, Any]:
+async def measure_http(ours_url: str, ywsd_url: str | None, rounds: int, auth: dict[str, str]) -> dict[str, Any]:
     """Like for like over HTTP, interleaved in random order per round: our /route (the decision),
     our /route?explain=1 (the decision and the whole explained tree), ywsd's /stage1 (its tree);
     and the floor: a /route refused at once (400), which is aiohttp's and the client's own cost."""
     out: dict[str, Any] = {}
     rng = random.Random(3)
-    async with aiohttp.ClientSession() as http:
+    # The token goes to ywsd too: it ignores the header, and both sides carry the same bytes.
+    async with aiohttp.ClientSession(headers=auth) as http:
 
         async def get(url: str, params: dict[str, str]) -> tuple[int, Any]:
             async with http.get(url, params=params) as r:
@@ -308,7 +312,7 @@ def main() -> int:
         cluster.create_database("ours")
         cluster.create_database("ywsd")
         cfg = model()
-        asyncio.run(load_ours(cluster.dsn("ours"), cfg))
+        auth = {"Authorization": f"Bearer {asyncio.run(load_ours(cluster.dsn('ours'), cfg))}"}
         ours_port = free_port()
         ours_log = root / "serve.log"
         procs.append(
@@ -362,9 +366,9 @@ def main() -> int:
             )
             ywsd_url = f"http://127.0.0.1:{ywsd_port}/stage1"
             asyncio.run(wait_http(ywsd_url, procs[-1], "ywsd", ylog))
-        asyncio.run(wait_cached(ours_url))
+        asyncio.run(wait_cached(ours_url, auth))
         result = asyncio.run(measure_inproc(cluster.dsn("ours"), rounds))
-        result.update(asyncio.run(measure_http(ours_url, ywsd_url, rounds)))
+        result.update(asyncio.run(measure_http(ours_url, ywsd_url, rounds, auth)))
     finally:
         for p in procs:
             p.terminate()

@@ -21,7 +21,7 @@ import asyncpg
 
 from devstack.health import log_tail, wait_gone, wait_healthy
 from devstack.ports import free_port, port_free
-from devstack.settings import StackSettings
+from devstack.settings import StackSettings, serve_port
 from pbx_base.errors import StackError
 
 __all__ = ["ServeProcess", "ServicesError", "register_node", "wait_delivered", "wait_pushed"]
@@ -81,10 +81,7 @@ class ServeProcess:
 
     @property
     def http_port(self) -> int | None:
-        try:
-            return int(json.loads(self.infofile.read_text())["http_port"])
-        except (OSError, ValueError, KeyError):
-            return None
+        return serve_port(self.settings.name)
 
     def pid(self) -> int | None:
         try:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import secrets
 from pathlib import Path
 
@@ -11,7 +12,7 @@ from pydantic import BaseModel
 from devstack.ports import free_port, rtp_range
 from pbx_base.settings import DEFAULTS, get_settings
 
-__all__ = ["StackSettings", "cache_dir", "stacks_dir"]
+__all__ = ["StackSettings", "cache_dir", "read_http_token", "serve_port", "stacks_dir", "write_http_token"]
 
 
 def cache_dir() -> Path:
@@ -21,6 +22,34 @@ def cache_dir() -> Path:
 def stacks_dir() -> Path:
     # Not under the cache dir: ~ is private to root, and the Postgres server runs as `postgres`.
     return get_settings().stacks_dir
+
+
+def serve_port(name: str) -> int | None:
+    """The port the stack's `pbxctl serve` listens on, once it has been started (serve.json)."""
+    try:
+        return int(json.loads((stacks_dir() / name / "serve.json").read_text())["http_port"])
+    except (OSError, ValueError, KeyError):
+        return None
+
+
+def _token_file(name: str) -> Path:
+    return stacks_dir() / name / "http_token"
+
+
+def read_http_token(name: str) -> str | None:
+    try:
+        return _token_file(name).read_text().strip() or None
+    except OSError:
+        return None
+
+
+def write_http_token(name: str, token: str) -> None:
+    """The stack's operator token, readable by its owner only (0600 from the first byte)."""
+    path = _token_file(name)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        os.fchmod(fd, 0o600)  # a file left by an older run may have had another mode
+        f.write(token + "\n")
 
 
 class StackSettings(BaseModel):
@@ -74,7 +103,7 @@ class StackSettings(BaseModel):
         return f"postgresql://postgres@127.0.0.1:{self.pg_port}/{self.db_name}"
 
     def exports(self) -> dict[str, str]:
-        return {
+        out = {
             "PBX_STACK": self.name,
             "PBX_DATABASE_URL": self.database_url(),
             "PBX_SIP_ADDR": self.sip_addr,
@@ -86,3 +115,11 @@ class StackSettings(BaseModel):
             "PBX_AMI_USER": self.ami_user,
             "PBX_AMI_PASSWORD": self.ami_password,
         }
+        # `pbxctl serve`'s API: its address once started, the operator token `dev up` made.
+        port = serve_port(self.name)
+        if port is not None:
+            out["PBX_HTTP_ADDR"] = f"127.0.0.1:{port}"
+        token = read_http_token(self.name)
+        if token is not None:
+            out["PBX_HTTP_TOKEN"] = token
+        return out

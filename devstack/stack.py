@@ -12,6 +12,7 @@ from pathlib import Path
 
 import asyncpg
 
+from devstack.api_token import ensure_operator_token
 from devstack.asterisk import AsteriskNode
 from devstack.chroot import asterisk_version, ensure_chroot, mount, umount
 from devstack.postgres import PostgresCluster
@@ -73,6 +74,7 @@ class Stack:
         conn = await asyncpg.connect(s.database_url())
         try:
             await migrate(conn)
+            await ensure_operator_token(conn, s.name)
             exists = await conn.fetchval("SELECT 1 FROM pg_roles WHERE rolname = $1", s.db_user)
             verb = "ALTER" if exists else "CREATE"
             await conn.execute(f"{verb} ROLE \"{s.db_user}\" LOGIN PASSWORD '{s.db_password}'")

@@ -13,12 +13,14 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Collection
 from typing import Any
 
 import asyncpg
 from aiohttp import web
 
+from http_api.auth import Verifier, auth_middleware, forbidden, principal
+from http_api.errors import json_error
 from pbx_base.errors import UnknownTenant
 from routing.explain import explain_tree
 from routing.fork import Fork, Start
@@ -53,7 +55,10 @@ async def _route(request: web.Request) -> web.Response:
     q = request.query
     missing = [k for k in ("tenant", "caller", "called") if not q.get(k)]
     if missing:
-        return web.json_response({"error": f"missing query parameters: {', '.join(missing)}"}, status=400)
+        return json_error(400, f"query: missing parameters {', '.join(missing)}")
+    who = principal(request)
+    if not who.sees_tenant(q["tenant"]):
+        return forbidden(f"tenant {q['tenant']}", who)
     kwargs: dict[str, Any] = {"endpoint": q["endpoint"]} if "endpoint" in q else {}
     call = CallRequest(q["tenant"], q["caller"], q["called"], **kwargs)
     t0 = time.perf_counter()
@@ -61,17 +66,25 @@ async def _route(request: web.Request) -> web.Response:
         try:
             data = await request.app[ROUTING].for_call(conn, call.tenant, call.caller, call.called, q.get("endpoint"))
         except UnknownTenant:
-            return web.json_response({"error": f"tenant {call.tenant}: unknown tenant"}, status=404)
+            return json_error(404, f"tenant {call.tenant}: unknown tenant")
     out = decide(data, call, explain=q.get("explain", "") not in ("", "0", "false"))
     out["cached"] = data.cached
     out["routing_time_us"] = int((time.perf_counter() - t0) * 1e6)
     return web.json_response(out)
 
 
-def make_app(pool: asyncpg.Pool, routing: RoutingData | None = None, *, listen: bool = True) -> web.Application:
-    """The routing API on `pool`. With `listen`, the app runs the routing cache's LISTEN task and
-    loads every tenant for as long as it is up; pass `routing` to share a cache with the caller."""
-    app = web.Application()
+def make_app(
+    pool: asyncpg.Pool,
+    routing: RoutingData | None = None,
+    *,
+    verify: Verifier,
+    open_paths: Collection[str] = (),
+    listen: bool = True,
+) -> web.Application:
+    """The routing API on `pool`, every route behind bearer tokens checked by `verify` (but
+    `open_paths`). With `listen`, the app runs the routing cache's LISTEN task and loads every
+    tenant for as long as it is up; pass `routing` to share a cache with the caller."""
+    app = web.Application(middlewares=[auth_middleware(verify, open_paths=open_paths)])
     app[POOL] = pool
     app[ROUTING] = routing if routing is not None else RoutingData(pool)
     app.router.add_get("/route", _route)

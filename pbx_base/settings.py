@@ -51,6 +51,22 @@ class Settings(BaseSettings):
         description="where `pbxctl serve` listens (routing API, `/calls`, `/metrics`) and where "
         "`pbxctl call add-party|list` reach it (`--http` overrides it)",
     )
+    http_token: SecretStr = Field(
+        default=SecretStr(""),
+        description="bearer token `pbxctl call add-party|list` send to `pbxctl serve` (`pbxctl token create` "
+        "prints one; `pbxctl dev up` exports an operator token)",
+    )
+    http_tls_cert: Path | None = Field(
+        default=None,
+        description="PEM certificate (chain) of `pbxctl serve`'s HTTP API: with `PBX_HTTP_TLS_KEY` it serves "
+        "HTTPS, and only then may `PBX_HTTP_ADDR` be other than loopback; `pbxctl call` trusts it",
+    )
+    http_tls_key: Path | None = Field(default=None, description="PEM private key of `PBX_HTTP_TLS_CERT`")
+    metrics_open: bool = Field(
+        default=True,
+        description="`/metrics` answers without a token while `pbxctl serve` listens on loopback "
+        "(`false`: an operator token always; never open on other addresses)",
+    )
     pool_size: int = Field(
         default=4, ge=1, description="connections in `pbxctl serve`'s pool (routing API, call lookups)"
     )

@@ -208,9 +208,15 @@ def conference(stack: Stack, parties: int) -> Bridge | None:
     return next((b for b in bridges(stack) if b.id.startswith("conf-") and len(b.channels) == parties), None)
 
 
+def api_headers(stack: Stack) -> dict[str, str]:
+    """The operator token `dev up` made for the stack."""
+    return {"Authorization": f"Bearer {stack.settings.exports()['PBX_HTTP_TOKEN']}"}
+
+
 def controller_calls(stack: Stack) -> dict[str, Any]:
     async def go() -> dict[str, Any]:
-        async with aiohttp.ClientSession() as http, http.get(f"{serve_url(stack)}/calls") as resp:
+        headers = api_headers(stack)
+        async with aiohttp.ClientSession(headers=headers) as http, http.get(f"{serve_url(stack)}/calls") as resp:
             assert resp.status == 200, await resp.text()
             body: dict[str, Any] = await resp.json()
             return body
@@ -254,6 +260,58 @@ def test_answered_call_is_a_two_party_mixing_bridge_that_takes_a_third_party(sta
     wait_for("no conference left", lambda: not any(b.id.startswith("conf-") for b in bridges(stack)))
     assert carol.wait(10) == 0 and carol.got("BYE")
     assert bob.got("BYE")
+
+
+OTHER_TENANT = """
+  other:
+    domain: other.example
+    endpoints:
+      "1003": {auth: {password: pw-other-1003}}
+    extensions:
+      "1003": {type: simple, name: Other Carol, endpoints: ["1003"]}
+"""
+
+
+def _pbxctl_as(stack: Stack, token: str | None, *args: str) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ, **stack.settings.exports())
+    env.pop("PBX_HTTP_TOKEN")
+    if token is not None:
+        env["PBX_HTTP_TOKEN"] = token
+    http = ["--http", serve_url(stack).removeprefix("http://")]
+    return subprocess.run(
+        [sys.executable, "-m", "pbxctl", *args, *http], capture_output=True, text=True, env=env, timeout=60
+    )
+
+
+def test_add_party_refuses_a_dial_string_and_another_tenants_token(
+    stack: Stack, phones: Phones, tmp_path: Path
+) -> None:
+    apply_yaml(stack, TENANT + OTHER_TENANT, tmp_path)
+    made = pbxctl(stack, "token", "create", "--name", "other-tenant", "--tenant", "other", "--json")
+    assert made.returncode == 0, made.stderr
+    other_token = json.loads(made.stdout)["token"]
+    operator_token = stack.settings.exports()["PBX_HTTP_TOKEN"]
+    phones.device("1002", {"answer_at": 0})
+    phones.call("1001", "1002", talk_s=60)  # hung up by the fixture
+    call_id = wait_for("the conference", lambda: conference(stack, 2)).id.removeprefix("conf-")
+
+    # Issue #15: this string dialed tenant other's 1003 into tenant conf's conference.
+    crafted = "1003@other.example/1003@other.example,"
+    p = _pbxctl_as(stack, operator_token, "call", "add-party", call_id, crafted)
+    assert p.returncode == 1 and "no dial-string syntax" in p.stderr and p.stderr.count("\n") == 1, p.stderr
+    p = _pbxctl_as(stack, operator_token, "call", "add-party", call_id, "1003@other.example")
+    assert p.returncode == 1 and "not of the call's tenant" in p.stderr, p.stderr
+    # Tenant other's token neither sees tenant conf's call nor adds a party to it.
+    p = _pbxctl_as(stack, other_token, "call", "list")
+    assert p.returncode == 0 and json.loads(p.stdout) == {"ringing": [], "conferences": []}, p.stderr
+    p = _pbxctl_as(stack, other_token, "call", "add-party", call_id, "1003")
+    assert p.returncode == 1 and f"call {call_id}: not visible to token other-tenant" in p.stderr, p.stderr
+    p = _pbxctl_as(stack, None, "call", "add-party", call_id, "1003")
+    assert p.returncode == 1 and "bearer token is required" in p.stderr, p.stderr
+    # Refused before any dial string was made: nobody else rings, the call still has two parties.
+    assert not [c for c in channels(stack) if "1003@" in c.name]
+    assert conference(stack, 2) is not None
+    assert [c["call_id"] for c in controller_calls(stack)["conferences"]] == [call_id]
 
 
 async def _hangup(stack: Stack, channel_id: str) -> None:

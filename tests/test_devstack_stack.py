@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
+import shlex
 import socket
+import stat
 import subprocess
 import sys
 from collections.abc import Callable
@@ -146,6 +149,18 @@ def test_dev_up_is_idempotent_and_down_leaves_no_process(stack: Stack) -> None:
         # Both stacks run at once on their own ports; the session's stack is untouched.
         assert other.settings.sip_port != stack.settings.sip_port and stack.asterisk.running()
         assert "PBX_DATABASE_URL" in first.stdout and first.stdout.startswith("export ")
+        # The API's address and an operator token, kept private in the stack's state, work as exported.
+        exported = dict(shlex.split(line)[1].split("=", 1) for line in first.stdout.splitlines())
+        assert exported["PBX_HTTP_TOKEN"].startswith("pbx_") and exported["PBX_HTTP_ADDR"].startswith("127.0.0.1:")
+        assert stat.S_IMODE((other.state_dir / "http_token").stat().st_mode) == 0o600
+        listed = subprocess.run(
+            [sys.executable, "-m", "pbxctl", "call", "list"],
+            capture_output=True,
+            text=True,
+            env={k: v for k, v in os.environ.items() if not k.startswith("PBX_")} | exported,
+            timeout=60,
+        )
+        assert listed.returncode == 0 and json.loads(listed.stdout) == {"ringing": [], "conferences": []}, listed.stderr
         down = subprocess.run([*cmd, "down"], capture_output=True, text=True, env=env, timeout=120)
         assert down.returncode == 0, down.stderr
         assert not other.asterisk.running() and not other.postgres.running()

@@ -6,8 +6,17 @@ import asyncpg
 from aiohttp.test_utils import TestClient, TestServer
 
 from http_api.route import ROUTING, make_app
+from http_api.tokens import Principal
 from sorcery_backend.apply import apply_config
 from sorcery_backend.declarative import parse_config
+
+# Authentication is tested in test_http_api_auth.py: here every request is an operator's.
+OPERATOR = {"Authorization": "Bearer operator"}
+
+
+async def _operator(token: str) -> Principal:
+    return Principal("operator")
+
 
 CONFIG = {
     "tenants": {
@@ -39,7 +48,7 @@ async def test_route_endpoint_returns_first_commands_and_the_tree_on_request(db:
     await conn.close()
     pool = await asyncpg.create_pool(db, min_size=1, max_size=3)
     try:
-        async with TestClient(TestServer(make_app(pool))) as client:
+        async with TestClient(TestServer(make_app(pool, verify=_operator)), headers=OPERATOR) as client:
             params = {"tenant": "t", "caller": "1001", "called": "2000"}
             resp = await client.get("/route", params=params)
             assert resp.status == 200
@@ -67,8 +76,8 @@ async def test_route_api_serves_from_the_cache_and_sees_an_sql_edit_at_once(db: 
         await apply_config(conn, parse_config(CONFIG))
         pool = await asyncpg.create_pool(db, min_size=1, max_size=3)
         try:
-            app = make_app(pool)
-            async with TestClient(TestServer(app)) as client:
+            app = make_app(pool, verify=_operator)
+            async with TestClient(TestServer(app), headers=OPERATOR) as client:
                 routing = app[ROUTING]
                 # The app loads every tenant once its LISTEN connection is up.
                 await routing.wait_for(lambda: routing.snapshot("t") is not None, 15)

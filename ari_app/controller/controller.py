@@ -38,6 +38,7 @@ from ari_app.controller.causes import TEMPORARY_FAILURE, caller_cause
 from ari_app.controller.conference import Conference
 from ari_app.controller.ids import call_of_bridge, call_of_channel, parse_channel_id
 from ari_app.controller.metrics import Metrics
+from ari_app.controller.party import dial_string, party_endpoint
 from ari_app.controller.presence import Presence
 from pbx_base.errors import NotFound
 from routing.fork import Fork
@@ -414,24 +415,39 @@ class Controller:
             self.metrics.inc("pbx_failures_total", kind="orphan")
 
     # -- third parties -----------------------------------------------------------------------
-    async def add_party(self, call_id: str, endpoint_name: str) -> str:
+    def _open_conference(self, call_id: str) -> Conference:
         conf = self._conference(call_id)
         if conf is None or conf.closed:
             raise NoConference(f"call {call_id}: no conference (not answered, or over)")
-        # user@endpoint: PJSIP splits a dial string at the first '@', and our endpoint ids have one.
-        return await conf.dial_party(f"PJSIP/{endpoint_name}@{endpoint_name}@{conf.domain}")
+        if not conf.domain:
+            # Adopted without a device channel to tell its tenant: no endpoint can be checked.
+            raise NoConference(f"call {call_id}: no conference of a known tenant")
+        return conf
 
-    def snapshot(self) -> dict[str, Any]:
+    def call_domain(self, call_id: str) -> str:
+        """The domain of the tenant of the call's conference (NoConference when there is none)."""
+        return self._open_conference(call_id).domain
+
+    async def add_party(self, call_id: str, endpoint: str) -> str:
+        """Dial `endpoint` (NAME or NAME@DOMAIN of the call's tenant, see party.py) into the call's
+        conference; the new party's channel id."""
+        conf = self._open_conference(call_id)
+        name = party_endpoint(endpoint, conf.domain)
+        return await conf.dial_party(dial_string(name, conf.domain))
+
+    def snapshot(self, domain: str | None = None) -> dict[str, Any]:
+        """Calls ringing and conferences up; with `domain`, only that tenant's."""
         opening = [c.conference for c in self.calls.values() if c.conference is not None]
         return {
             "ringing": [
                 {"call_id": c.call_id, "caller": c.caller.caller.number, "legs": len(c.by_channel)}
                 for c in self.calls.values()
+                if domain is None or c.domain == domain
             ],
             "conferences": [
                 {"call_id": c.call_id, "bridge_id": c.bridge_id, "parties": sorted(c.members)}
                 for c in [*self.conferences.values(), *opening]
-                if not c.closed
+                if not c.closed and (domain is None or c.domain == domain)
             ],
         }
 

@@ -7,9 +7,11 @@ import asyncio
 import json
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import aiohttp
 
+from http_api.listen import client_context
 from pbx_base.settings import get_settings
 from pbxctl.errors import CliError, Invalid, Unreachable
 
@@ -56,24 +58,44 @@ def _play(args: argparse.Namespace) -> int:
 
 
 def _base(args: argparse.Namespace) -> str:
-    addr = args.http or get_settings().http_addr
-    return f"http://{addr}"
+    settings = get_settings()
+    scheme = "https" if settings.http_tls_cert is not None else "http"
+    return f"{scheme}://{args.http or settings.http_addr}"
 
 
 async def _request(method: str, url: str, body: Any = None) -> tuple[int, Any]:
+    settings = get_settings()
+    token = settings.http_token.get_secret_value()
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    ctx = client_context(settings)
     try:
-        async with aiohttp.ClientSession() as http, http.request(method, url, json=body) as resp:
-            return resp.status, await resp.json()
+        async with (
+            aiohttp.ClientSession(headers=headers) as http,
+            http.request(method, url, json=body, ssl=ctx if ctx is not None else True) as resp,
+        ):
+            text = await resp.text()
+            status = resp.status
     except aiohttp.ClientError as exc:
         raise Unreachable(f"pbxctl serve at {url}: {exc}") from None
+    try:
+        return status, json.loads(text)
+    except ValueError:
+        raise Unreachable(f"pbxctl serve at {url}: not a JSON answer (HTTP {status})") from None
+
+
+def _refused(status: int, body: Any) -> CliError:
+    message = str(body.get("error") if isinstance(body, dict) else body)
+    if status == 401:
+        message += " (set PBX_HTTP_TOKEN: pbxctl token create)"
+    return CliError(message, 1)
 
 
 def _add_party(args: argparse.Namespace) -> int:
     status, body = asyncio.run(
-        _request("POST", f"{_base(args)}/calls/{args.call_id}/parties", {"endpoint": args.endpoint})
+        _request("POST", f"{_base(args)}/calls/{quote(args.call_id, safe='')}/parties", {"endpoint": args.endpoint})
     )
     if status != 201:
-        raise CliError(str(body.get("error") if isinstance(body, dict) else body), 1)
+        raise _refused(status, body)
     print(json.dumps(body))
     return 0
 
@@ -81,6 +103,6 @@ def _add_party(args: argparse.Namespace) -> int:
 def _list(args: argparse.Namespace) -> int:
     status, body = asyncio.run(_request("GET", f"{_base(args)}/calls"))
     if status != 200:
-        raise CliError(str(body), 1)
+        raise _refused(status, body)
     print(json.dumps(body))
     return 0

@@ -13,6 +13,7 @@ from typing import Any
 import asyncpg
 from aiohttp import web
 
+from http_api.listen import Listen, listen_plan
 from pbx_base.settings import DEFAULTS, Settings, get_settings
 from pbxctl.commands._db import add_dsn_argument
 from pbxctl.errors import EXIT_USAGE, CliError, Unreachable
@@ -27,7 +28,8 @@ def register(subparsers: Any) -> None:
     p.add_argument(
         "--http",
         metavar="HOST:PORT",
-        help=f"where the routing API listens (default: $PBX_HTTP_ADDR, else {DEFAULTS.http_addr})",
+        help=f"where the HTTP API listens (default: $PBX_HTTP_ADDR, else {DEFAULTS.http_addr}; "
+        "not loopback only with PBX_HTTP_TLS_CERT/KEY)",
     )
     p.add_argument("--no-push", action="store_true", help="do not run the change pusher (AMI)")
     p.add_argument(
@@ -43,10 +45,11 @@ def register(subparsers: Any) -> None:
     p.set_defaults(func=_serve)
 
 
-async def _run(dsn: str, host: str, port: int, settings: Settings, push: bool = True, controller: bool = True) -> None:
+async def _run(dsn: str, listen: Listen, settings: Settings, push: bool = True, controller: bool = True) -> None:
     from ari_app.controller import AriSettings, ControllerRef, run_controller
     from http_api.controller import add_routes
     from http_api.route import make_app
+    from http_api.tokens import TokenStore
     from routing_store.cache import RoutingData
     from routing_store.lookup import DbLookup
     from sorcery_backend.contacts_sync import run_contact_sync
@@ -63,7 +66,7 @@ async def _run(dsn: str, host: str, port: int, settings: Settings, push: bool = 
         raise Unreachable(f"cannot reach the database: {exc}") from None
     # One routing cache for the routing API and the controller: the API's app keeps it fresh.
     routing = RoutingData(pool, retry_max_s=settings.db_retry_max_s)
-    app = make_app(pool, routing)
+    app = make_app(pool, routing, verify=TokenStore(pool).verify, open_paths=listen.open_paths)
     ari = AriSettings.from_env(settings) if controller else None
     ref = ControllerRef()
     if ari is not None:
@@ -71,10 +74,10 @@ async def _run(dsn: str, host: str, port: int, settings: Settings, push: bool = 
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     try:
-        await web.TCPSite(runner, host, port).start()
+        await web.TCPSite(runner, listen.host, listen.port, ssl_context=listen.ssl_context).start()
     except OSError as exc:
-        raise Unreachable(f"cannot listen on {host}:{port}: {exc.strerror}") from None
-    print(f"serving the routing API on http://{host}:{port}/route", file=sys.stderr, flush=True)
+        raise Unreachable(f"cannot listen on {listen.host}:{listen.port}: {exc.strerror}") from None
+    print(f"serving the routing API on {listen.url}/route (bearer tokens)", file=sys.stderr, flush=True)
     services: list[asyncio.Task[None]] = []
     if push:
         pusher = run_pusher(dsn, stop, PusherSettings.from_settings(settings))
@@ -104,14 +107,14 @@ def _serve(args: argparse.Namespace) -> int:
     settings = get_settings()
     if args.outbox_keep is not None:
         settings = settings.model_copy(update={"outbox_keep_s": args.outbox_keep})
-    host, _, port = (args.http or settings.http_addr).rpartition(":")
+    # Refused before anything starts: no address beyond loopback without TLS.
+    listen = listen_plan(args.http or settings.http_addr, settings)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s", stream=sys.stderr)
     try:
         asyncio.run(
             _run(
                 dsn,
-                host or "127.0.0.1",
-                int(port),
+                listen,
                 settings,
                 push=not args.no_push,
                 controller=not args.no_controller,
