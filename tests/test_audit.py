@@ -237,7 +237,7 @@ def test_parse_since_and_age() -> None:
     assert parse_since("90m", now) == now - timedelta(minutes=90)
     assert parse_since("2w", now) == now - timedelta(weeks=2)
     assert parse_since("2026-01-01T00:00:00Z", now) == datetime(2026, 1, 1, tzinfo=UTC)
-    assert parse_since("2026-01-01T00:00:00").tzinfo is not None
+    assert parse_since("2026-01-01T00:00:00", now) == datetime(2026, 1, 1, tzinfo=UTC)  # no offset: UTC
     assert parse_age("7d") == timedelta(days=7)
     for bad in ("yesterday", "1y", "-1h", ""):
         with pytest.raises(ValueError):

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import sys
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 import asyncpg
@@ -15,35 +14,17 @@ import asyncpg
 from pbx_base.errors import UnknownTenant
 from pbxctl.commands._db import add_dsn_argument, run_with_connection
 from pbxctl.errors import EXIT_USAGE, CliError, Invalid
+from pbxctl.when import parse_age, parse_when
 from sorcery_backend.audit import read_audit, trim_audit
 
 __all__ = ["parse_age", "parse_since", "register"]
 
 T = TypeVar("T")
 
-_AGE = re.compile(r"^(\d+)([smhdw])$")
-_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
-
-
-def parse_age(text: str) -> timedelta:
-    """``90s``, ``30m``, ``1h``, ``7d``, ``2w``."""
-    m = _AGE.match(text.strip())
-    if m is None:
-        raise ValueError(f"{text!r}: not an age like 30m, 1h, 7d, 2w")
-    return timedelta(**{_UNITS[m.group(2)]: int(m.group(1))})
-
 
 def parse_since(text: str, now: datetime | None = None) -> datetime:
-    """An age back from ``now`` (``1h``) or an ISO-8601 time; one without an offset is local time."""
-    try:
-        return (now or datetime.now(UTC)) - parse_age(text)
-    except ValueError:
-        pass
-    try:
-        at = datetime.fromisoformat(text.strip())
-    except ValueError:
-        raise ValueError(f"{text!r}: neither an age like 1h nor an ISO-8601 time") from None
-    return at if at.tzinfo else at.astimezone()
+    """An age back from ``now`` (``1h``) or an ISO-8601 time (without an offset: UTC)."""
+    return parse_when(text, now or datetime.now(UTC), ago=True)
 
 
 def register(subparsers: Any) -> None:

@@ -8,7 +8,6 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
-import re
 from typing import Any
 
 import asyncpg
@@ -17,11 +16,9 @@ from http_api.tokens import TokenInfo, UnknownToken, create_token, list_tokens, 
 from pbx_base.errors import InvalidInput
 from pbxctl.commands._db import add_dsn_argument, run_with_connection
 from pbxctl.errors import Invalid
+from pbxctl.when import parse_when
 
 __all__ = ["parse_expiry", "register"]
-
-_DURATION = re.compile(r"^(\d+)([smhd])$")
-_UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
 def register(subparsers: Any) -> None:
@@ -49,16 +46,10 @@ def register(subparsers: Any) -> None:
 
 def parse_expiry(text: str, now: dt.datetime) -> dt.datetime:
     """`--expires`: a duration from `now` or an absolute date/time (naive = UTC), in the future."""
-    m = _DURATION.match(text)
-    if m:
-        when = now + dt.timedelta(seconds=int(m.group(1)) * _UNIT_S[m.group(2)])
-    else:
-        try:
-            when = dt.datetime.fromisoformat(text)
-        except ValueError:
-            raise Invalid(f"--expires {text}: expected a duration (90d, 12h, 30m, 45s) or an ISO date/time") from None
-        if when.tzinfo is None:
-            when = when.replace(tzinfo=dt.UTC)
+    try:
+        when = parse_when(text, now, ago=False)
+    except ValueError:
+        raise Invalid(f"--expires {text}: expected a duration (90d, 12h, 30m, 45s) or an ISO date/time") from None
     if when <= now:
         raise Invalid(f"--expires {text}: not in the future")
     return when
