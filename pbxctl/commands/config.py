@@ -13,6 +13,7 @@ import asyncpg
 from pbxctl.commands._db import add_dsn_argument, run_with_connection
 from pbxctl.errors import Invalid
 from sorcery_backend.apply import apply_config
+from sorcery_backend.db import refusal_message
 from sorcery_backend.declarative import ConfigError, load_config
 from sorcery_backend.export import UnknownTenant, export
 
@@ -33,6 +34,11 @@ def register(subparsers: Any) -> None:
     p = subparsers.add_parser("export", help="print what Asterisk sees")
     p.add_argument("--tenant", help="only this tenant")
     p.add_argument("--json", action="store_true", help="JSON output (the only format)")
+    p.add_argument(
+        "--show-secrets",
+        action="store_true",
+        help="print passwords and digests instead of <redacted> (operators only: tenant admins cannot read them)",
+    )
     add_dsn_argument(p)
     p.set_defaults(func=_export)
 
@@ -44,7 +50,12 @@ def _apply(args: argparse.Namespace) -> int:
         raise Invalid(str(exc)) from None
 
     async def body(conn: asyncpg.Connection) -> Any:
-        return await apply_config(conn, config, dry_run=args.dry_run)
+        try:
+            return await apply_config(conn, config, dry_run=args.dry_run)
+        except asyncpg.PostgresError as exc:
+            # Every refusal the database raises (its rules, a privilege, a limit) is one line and
+            # nothing changed: the transaction is gone.
+            raise Invalid(refusal_message(exc)) from None
 
     changes = run_with_connection(args, body)
     verb = "would change" if args.dry_run else "applied"
@@ -58,7 +69,7 @@ def _apply(args: argparse.Namespace) -> int:
 def _export(args: argparse.Namespace) -> int:
     async def body(conn: asyncpg.Connection) -> Any:
         try:
-            return await export(conn, args.tenant)
+            return await export(conn, args.tenant, show_secrets=args.show_secrets)
         except UnknownTenant:
             raise Invalid(f"tenant {args.tenant}: unknown tenant") from None
 
