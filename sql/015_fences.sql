@@ -104,10 +104,11 @@ $$;
 -- ---------------------------------------------------------------------------------------------
 -- Values
 
--- A value as a refusal may show it: one line, at most 40 characters.
+-- A value as a refusal may show it: one line (control characters as '?'), at most 40 characters.
 CREATE FUNCTION pbx.shown(v text) RETURNS text
 LANGUAGE sql IMMUTABLE STRICT AS $$
-    SELECT quote_literal(CASE WHEN length(v) <= 40 THEN v ELSE left(v, 37) || '...' END)
+    SELECT quote_literal(regexp_replace(CASE WHEN length(v) <= 40 THEN v ELSE left(v, 37) || '...' END,
+                                        '[\x01-\x1f\x7f-\x9f]', '?', 'g'))
            || CASE WHEN length(v) > 40 THEN ' (' || length(v) || ' characters)' ELSE '' END
 $$;
 
