@@ -37,7 +37,9 @@ INSERT INTO pbx.reserved_contexts (name) VALUES ('pbx-stasis'), ('pbx-dial-test'
 -- The operator's policy: which options a tenant's objects may set, per plan. A tenant uses the rows
 -- of its own plan, then those of plan `default`; an option without a row is allowed. `unfenced`
 -- lifts the fences on the option's values (reserved contexts, the transport list) for that plan,
--- never the format checks. Tenant admins read it and cannot change it, nor their tenant's plan.
+-- never the format checks. `forced` is a value every endpoint of the plan gets in that section's
+-- row, whatever its templates say (a tenant cannot set the option then). Tenant admins read the
+-- policy and cannot change it, nor their tenant's plan.
 ALTER TABLE pbx.tenants ADD COLUMN plan text NOT NULL DEFAULT 'default';
 
 CREATE TABLE pbx.option_policy (
@@ -46,6 +48,7 @@ CREATE TABLE pbx.option_policy (
     option    text NOT NULL,
     allowed   boolean NOT NULL DEFAULT true,
     unfenced  boolean NOT NULL DEFAULT false,
+    forced    text[],
     why       text,   -- said in the refusal
     PRIMARY KEY (plan, section, option)
 );
@@ -100,6 +103,38 @@ LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pbx, pg_temp AS $$
     WHERE p.section = sec AND p.option = opt AND p.plan IN (t.plan, 'default')
     ORDER BY p.plan = t.plan DESC LIMIT 1
 $$;
+
+-- A policy edit changes what the endpoints of its plan's tenants flatten to (forced values): they
+-- are re-flushed like any edit. So is a tenant moved to another plan.
+CREATE FUNCTION pbx.policy_changed() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pbx, pg_temp AS $$
+BEGIN
+    INSERT INTO pbx.dirty_objects (object_id) SELECT id FROM pbx.objects WHERE kind = 'endpoint'
+    ON CONFLICT DO NOTHING;
+    IF FOUND THEN
+        INSERT INTO pbx.pending_flush DEFAULT VALUES ON CONFLICT DO NOTHING;
+    END IF;
+    RETURN NULL;
+END $$;
+
+CREATE FUNCTION pbx.plan_changed() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pbx, pg_temp AS $$
+BEGIN
+    INSERT INTO pbx.dirty_objects (object_id)
+    SELECT o.id FROM pbx.objects o JOIN new_rows n ON n.id = o.tenant_id JOIN old_rows p ON p.id = n.id
+    WHERE o.kind = 'endpoint' AND n.plan IS DISTINCT FROM p.plan
+    ON CONFLICT DO NOTHING;
+    IF FOUND THEN
+        INSERT INTO pbx.pending_flush DEFAULT VALUES ON CONFLICT DO NOTHING;
+    END IF;
+    RETURN NULL;
+END $$;
+
+CREATE TRIGGER policy_changed AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON pbx.option_policy
+    FOR EACH STATEMENT EXECUTE FUNCTION pbx.policy_changed();
+CREATE TRIGGER plan_changed AFTER UPDATE ON pbx.tenants
+    REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION pbx.plan_changed();
 
 -- ---------------------------------------------------------------------------------------------
 -- Values
@@ -303,6 +338,10 @@ BEGIN
             label, NEW.section, NEW.option USING ERRCODE = 'check_violation';
     END IF;
     policy := pbx.option_policy_of(obj.tenant_id, NEW.section, NEW.option);
+    IF policy.forced IS NOT NULL THEN
+        RAISE EXCEPTION '%: % option ''%'' is set for this tenant by the operator (rule: operator policy, plan %: forced)',
+            label, NEW.section, NEW.option, policy.plan USING ERRCODE = 'check_violation';
+    END IF;
     IF policy.allowed IS FALSE THEN
         RAISE EXCEPTION '%: % option ''%'' is not allowed for this tenant (rule: operator policy, plan %: %)',
             label, NEW.section, NEW.option, policy.plan, coalesce(policy.why, 'denied') USING ERRCODE = 'check_violation';
@@ -338,6 +377,44 @@ BEGIN
     END LOOP;
     RETURN NEW;
 END $$;
+
+-- A policy row names a settable option, and a forced value is one Asterisk would take.
+CREATE FUNCTION pbx.validate_policy() RETURNS trigger
+LANGUAGE plpgsql AS $$
+DECLARE
+    opt pbx.pjsip_options;
+    item text;
+    problem text;
+BEGIN
+    SELECT * INTO opt FROM pbx.pjsip_options
+    WHERE section = pbx.catalog_section(NEW.section) AND name = NEW.option AND settable AND realtime;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'policy %: % option % is not a settable Asterisk 22 option (rule: policies name options tenants could set)',
+            NEW.plan, NEW.section, pbx.shown(NEW.option) USING ERRCODE = 'check_violation';
+    END IF;
+    IF NEW.forced IS NULL THEN
+        RETURN NEW;
+    END IF;
+    IF NEW.section = 'auth' AND NEW.option IN ('password', 'username') THEN
+        RAISE EXCEPTION 'policy %: auth option ''%'' cannot be forced (rule: inbound credentials are per endpoint)',
+            NEW.plan, NEW.option USING ERRCODE = 'check_violation';
+    END IF;
+    IF cardinality(NEW.forced) = 0 OR (cardinality(NEW.forced) > 1 AND NOT opt.multi) THEN
+        RAISE EXCEPTION 'policy %: % option ''%'' forced to % values (rule: one value, or a list for a multi-valued option)',
+            NEW.plan, NEW.section, NEW.option, cardinality(NEW.forced) USING ERRCODE = 'check_violation';
+    END IF;
+    FOREACH item IN ARRAY NEW.forced LOOP
+        problem := coalesce(pbx.value_problem(opt, NEW.section, item, false), CASE WHEN item IS NULL THEN 'is null' END);
+        IF problem IS NOT NULL THEN
+            RAISE EXCEPTION 'policy %: % option ''%'' forced to % % (rule: values Asterisk would reject are refused)',
+                NEW.plan, NEW.section, NEW.option, pbx.shown(item), problem USING ERRCODE = 'check_violation';
+        END IF;
+    END LOOP;
+    RETURN NEW;
+END $$;
+
+CREATE TRIGGER validate_policy BEFORE INSERT OR UPDATE ON pbx.option_policy
+    FOR EACH ROW EXECUTE FUNCTION pbx.validate_policy();
 
 -- The transport key of templates and endpoints (pbx.objects.transport).
 CREATE FUNCTION pbx.validate_object_transport() RETURNS trigger
@@ -585,16 +662,36 @@ END $$;
 CREATE CONSTRAINT TRIGGER digest_passwords AFTER INSERT ON pbx.pending_flush
     DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION pbx.digest_passwords();
 
--- Rule R's rows of 004, with the inbound auth row carrying the digest: auth_type md5, md5_cred,
--- realm, and never a password.
+-- Rule R's rows of 004, with the inbound auth row carrying the digest (auth_type md5, md5_cred,
+-- realm, and never a password) and the operator's forced options over what rule R resolved.
 CREATE OR REPLACE FUNCTION pbx.endpoint_rows_set(objs bigint[])
 RETURNS TABLE (object_id bigint, table_key text, id text, data jsonb)
 LANGUAGE sql STABLE AS $$
-    WITH r AS (
-        SELECT x.object_id, x.merged AS m, o.name, o.name || '@' || t.domain AS eid
+    WITH r0 AS (
+        SELECT x.object_id, x.merged AS m, o.name, o.name || '@' || t.domain AS eid, t.id AS tenant_id, t.plan
         FROM pbx.resolve_set(objs) x
         JOIN pbx.objects o ON o.id = x.object_id
         JOIN pbx.tenants t ON t.id = o.tenant_id
+    ), forced AS (
+        -- Per plan and section: the plan's own row of an option beats plan default's.
+        SELECT pl.plan, p.section, jsonb_object_agg(p.option, pbx.realtime_encode(p.forced)) AS opts
+        FROM (SELECT DISTINCT plan FROM r0) pl
+        CROSS JOIN LATERAL (
+            SELECT DISTINCT ON (q.section, q.option) q.section, q.option, q.forced
+            FROM pbx.option_policy q WHERE q.plan IN (pl.plan, 'default')
+            ORDER BY q.section, q.option, q.plan = pl.plan DESC
+        ) p
+        WHERE p.forced IS NOT NULL
+        GROUP BY pl.plan, p.section
+    ), r AS (
+        SELECT r0.object_id, r0.name, r0.eid,
+               (SELECT coalesce(jsonb_object_agg(sec.key, CASE WHEN f.opts IS NULL THEN sec.value ELSE sec.value || f.opts END), '{}')
+                FROM jsonb_each(r0.m) sec LEFT JOIN forced f ON f.plan = r0.plan AND f.section = sec.key
+                WHERE jsonb_typeof(sec.value) = 'object')
+               || coalesce(jsonb_build_object('transport', r0.m -> 'transport'), '{}')
+               || coalesce((SELECT jsonb_build_object('endpoint', f.opts) FROM forced f
+                            WHERE f.plan = r0.plan AND f.section = 'endpoint' AND NOT r0.m ? 'endpoint'), '{}') AS m
+        FROM r0
     )
     SELECT object_id, 'ps_endpoints', eid,
            coalesce(m -> 'endpoint', '{}') || jsonb_strip_nulls(jsonb_build_object(

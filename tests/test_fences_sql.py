@@ -308,3 +308,35 @@ async def test_the_operators_plan_may_lift_a_fence(db: str) -> None:
         )
     finally:
         await conn.close()
+
+
+async def test_the_operators_plan_may_force_an_option(db: str) -> None:
+    conn = await seeded(db)
+
+    async def direct_media() -> dict[str, str | None]:
+        rows = await conn.fetch("SELECT id, direct_media FROM ps_endpoints")
+        return {r["id"]: r["direct_media"] for r in rows}
+
+    try:
+        await conn.execute(
+            "INSERT INTO pbx.option_policy (plan, section, option, forced) "
+            "VALUES ('gold', 'endpoint', 'direct_media', '{no}')"
+        )
+        assert set((await direct_media()).values()) == {None}
+        await conn.execute("UPDATE pbx.tenants SET plan = 'gold' WHERE name = 'acme'")
+        assert await direct_media() == {
+            "1001@acme.example": "no",
+            "carrier@acme.example": "no",
+            "1005@beta.example": None,
+        }
+        msg = await refused(
+            conn,
+            "INSERT INTO pbx.object_options VALUES ($1, 'endpoint', 'direct_media', '{yes}')",
+            await oid(conn, "acme", "phone"),
+        )
+        assert "is set for this tenant by the operator" in msg
+        await refused(conn, "UPDATE pbx.option_policy SET forced = '{perhaps}' WHERE plan = 'gold'")
+        await conn.execute("DELETE FROM pbx.option_policy WHERE plan = 'gold'")
+        assert set((await direct_media()).values()) == {None}
+    finally:
+        await conn.close()
