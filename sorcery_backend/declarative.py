@@ -41,6 +41,9 @@ EXTENSION_NUMBER = re.compile(r"^[0-9A-Za-z*#+]{1,40}$")
 
 OptionValue = list[str]
 
+# The database keeps delays as integer milliseconds.
+MAX_DELAY_MS = 2_147_483_647
+
 
 def _option_values(raw: Any, where: str) -> OptionValue:
     """A YAML option value as the list of strings the database stores."""
@@ -88,7 +91,7 @@ class RankMember(_Strict):
 
 class Rank(_Strict):
     mode: Literal["default", "next", "drop"] = "default"
-    delay_ms: int = Field(default=0, ge=0)
+    delay_ms: int = Field(default=0, ge=0, le=MAX_DELAY_MS)
     members: list[RankMember] = Field(default_factory=list)
 
     @field_validator("members", mode="before")
@@ -102,7 +105,7 @@ class Rank(_Strict):
 class Forward(_Strict):
     mode: Literal["always", "busy", "unavailable"]
     to: str
-    delay_ms: int = Field(default=0, ge=0)
+    delay_ms: int = Field(default=0, ge=0, le=MAX_DELAY_MS)
 
 
 class Extension(_Strict):

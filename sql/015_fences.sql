@@ -270,8 +270,10 @@ BEGIN
         RETURN NULL;
     END IF;
     IF opt.name = 'match' THEN
+        -- A host name resolves to whatever its DNS says, outside the overlap check: an operator's
+        -- plan may allow them (unfenced), a tenant's matches are addresses and networks.
         FOREACH tok IN ARRAY string_to_array(v, ',') LOOP
-            IF NOT pbx.is_inet(btrim(tok)) THEN
+            IF NOT pbx.is_inet(btrim(tok)) AND (fenced OR NOT pbx.is_domain(btrim(tok))) THEN
                 RETURN 'is not an IP address or network (host names would escape the overlap check)';
             END IF;
         END LOOP;

@@ -142,3 +142,11 @@ def test_a_refusal_never_quotes_a_value(tmp_path) -> None:  # type: ignore[no-un
         with pytest.raises(ConfigError) as exc:
             load_file(tmp_path, data)
         assert "hunter2" not in str(exc.value)
+
+
+def test_a_delay_beyond_the_databases_integer_is_refused_by_name() -> None:
+    with pytest.raises(ConfigError, match=r"extension acme/1: forward\.delay_ms"):
+        parse(
+            "tenants: {acme: {domain: a.example, extensions: "
+            "{'1': {type: simple, forward: {mode: always, to: '1', delay_ms: 99999999999999999999}}}}}"
+        )

@@ -295,13 +295,21 @@ async def test_the_operators_plan_may_lift_a_fence(db: str) -> None:
         ep = await oid(conn, "acme", "1001")
         await conn.execute(
             "INSERT INTO pbx.option_policy (plan, section, option, allowed, unfenced) VALUES "
-            "('lab', 'endpoint', 'context', true, true), ('lab', 'endpoint', 'rtp_engine', true, false)"
+            "('lab', 'endpoint', 'context', true, true), ('lab', 'endpoint', 'rtp_engine', true, false), "
+            "('lab', 'identify', 'match', true, true)"
         )
         await conn.execute("UPDATE pbx.tenants SET plan = 'lab' WHERE name = 'acme'")
         await conn.execute("INSERT INTO pbx.object_options VALUES ($1, 'endpoint', 'context', '{pbx-dial-test}')", ep)
         await conn.execute("INSERT INTO pbx.object_options VALUES ($1, 'endpoint', 'rtp_engine', '{asterisk}')", ep)
         row = await conn.fetchrow("SELECT context, rtp_engine FROM ps_endpoints WHERE id = '1001@acme.example'")
         assert tuple(row) == ("pbx-dial-test", "asterisk")
+        await conn.execute(
+            "UPDATE pbx.object_options SET value = '{gw.carrier.example}' WHERE object_id = $1 AND option = 'match'",
+            await oid(conn, "acme", "carrier"),
+        )
+        assert await conn.fetchval("SELECT match FROM ps_endpoint_id_ips WHERE id = 'carrier@acme.example'") == (
+            "gw.carrier.example"
+        )
         # The format checks stay.
         await refused(
             conn, "UPDATE pbx.object_options SET value = '{\"a b\"}' WHERE object_id = $1 AND option = 'context'", ep
