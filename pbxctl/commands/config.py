@@ -37,7 +37,7 @@ def register(subparsers: Any) -> None:
     p.add_argument(
         "--show-secrets",
         action="store_true",
-        help="print passwords and digests instead of <redacted> (operators only: tenant admins cannot read them)",
+        help="print passwords and digests instead of <redacted> (for the operator)",
     )
     add_dsn_argument(p)
     p.set_defaults(func=_export)
