@@ -7,8 +7,9 @@ values are ours:
 
 - ``text`` (declarative files): every scalar is the text written, except null (``~``, ``null``,
   empty). Types come later, from the models and the database, which see what the operator wrote.
-- ``core`` (scenario files): YAML 1.2's core schema: null, ``true``/``false``, decimal, ``0o``
-  and ``0x`` integers, floats. No YAML 1.1 octal, sexagesimal or yes/no booleans.
+- ``core`` (scenario files): YAML 1.2's core schema: null, ``true``/``false``, decimal integers
+  and floats; a number with a leading zero (a phone number) stays text. No YAML 1.1 octal,
+  sexagesimal or yes/no booleans.
 
 Every refusal is a :class:`ConfigError` of one line that names the line and the rule and never
 quotes a value (it may be a password).
@@ -57,16 +58,18 @@ class _CoreResolver(BaseResolver):
     pass
 
 
-# YAML 1.2.2, section 10.3.2 (core schema tag resolution).
+# YAML 1.2.2's core schema (section 10.3.2), except that a number written with a leading zero
+# stays text, as in declarative files: scenario files hold phone numbers (0800111, 0049...).
 _CoreResolver.add_implicit_resolver(_TAG + "null", re.compile(r"^(?:~|null|Null|NULL|)$"), ["~", "n", "N", ""])
-_CoreResolver.add_implicit_resolver(_TAG + "bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF"))
 _CoreResolver.add_implicit_resolver(
-    _TAG + "int", re.compile(r"^(?:[-+]?[0-9]+|0o[0-7]+|0x[0-9a-fA-F]+)$"), list("-+0123456789")
+    _TAG + "bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
 )
+_CoreResolver.add_implicit_resolver(_TAG + "int", re.compile(r"^[-+]?(?:0|[1-9][0-9]*)$"), list("-+0123456789"))
 _CoreResolver.add_implicit_resolver(
     _TAG + "float",
     re.compile(
-        r"^(?:[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)(?:[eE][-+]?[0-9]+)?|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$"
+        r"^(?:[-+]?(?:0|[1-9][0-9]*)?\.[0-9]+(?:[eE][-+]?[0-9]+)?|[-+]?(?:0|[1-9][0-9]*)(?:\.[0-9]*)?[eE][-+]?[0-9]+"
+        r"|[-+]?(?:0|[1-9][0-9]*)\.|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$"
     ),
     list("-+.0123456789"),
 )
@@ -194,7 +197,8 @@ def _scalar(node: ScalarNode, schema: Schema, line: int) -> Any:
     value: str = node.value
     if len(value) > MAX_SCALAR:
         raise ConfigError(f"line {line}: a value of {len(value)} characters (rule: values are at most {MAX_SCALAR})")
-    m = _CONTROL.search(value)
+    # Declarative values end up in SIP headers and dialplan; a scenario's prose may span lines.
+    m = _CONTROL.search(value) if schema == "text" else None
     if m:
         raise ConfigError(
             f"line {line}: control character U+{ord(m.group()):04X} in a value "
@@ -209,7 +213,7 @@ def _scalar(node: ScalarNode, schema: Schema, line: int) -> Any:
         if tag == _TAG + "bool":
             return value.lower() == "true"
         if tag == _TAG + "int":
-            return int(value, 0) if value[:2] in ("0o", "0x") else int(value)
+            return int(value)
         if tag == _TAG + "float":
             special = value.lstrip("+-").lower()
             if special in (".inf", ".nan"):
