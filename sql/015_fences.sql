@@ -15,10 +15,10 @@ CREATE TABLE pbx.codecs (name text PRIMARY KEY);
 INSERT INTO pbx.codecs (name) VALUES
     ('ulaw'), ('alaw'), ('gsm'), ('g726'), ('g726aal2'), ('adpcm'), ('slin'), ('slin12'), ('slin16'),
     ('slin24'), ('slin32'), ('slin44'), ('slin48'), ('slin96'), ('slin192'), ('lpc10'), ('g729'),
-    ('speex'), ('speex16'), ('speex32'), ('ilbc'), ('g722'), ('siren7'), ('siren14'), ('testlaw'),
+    ('speex'), ('speex16'), ('speex32'), ('ilbc'), ('g722'), ('g723'), ('siren7'), ('siren14'), ('testlaw'),
     ('g719'), ('opus'), ('codec2'), ('silk8'), ('silk12'), ('silk16'), ('silk24'), ('jpeg'), ('png'),
     ('h261'), ('h263'), ('h263p'), ('h264'), ('h265'), ('mpeg4'), ('vp8'), ('vp9'), ('red'), ('t140'),
-    ('t38'), ('none');
+    ('t38');
 
 -- Transports are static on every node (asterisk_conf/pjsip.conf; they cannot change without a
 -- restart). The operator lists here the ones the nodes define; tests/test_fences_sql.py checks that
