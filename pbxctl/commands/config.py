@@ -55,7 +55,7 @@ def _apply(args: argparse.Namespace) -> int:
         except asyncpg.PostgresError as exc:
             # Every refusal the database raises (its rules, a privilege, a limit) is one line and
             # nothing changed: the transaction is gone.
-            raise Invalid(refusal_message(exc)) from None
+            raise Invalid(_refusal(exc)) from None
 
     changes = run_with_connection(args, body)
     verb = "would change" if args.dry_run else "applied"
@@ -66,12 +66,22 @@ def _apply(args: argparse.Namespace) -> int:
     return 0
 
 
+def _refusal(exc: asyncpg.PostgresError) -> str:
+    """The database's refusal in one line, without a check constraint's "Failing row contains
+    (...)": that detail echoes the row, which may hold a password."""
+    if (getattr(exc, "detail", None) or "").startswith("Failing row contains"):
+        exc.detail = None
+    return " ".join(refusal_message(exc).split())
+
+
 def _export(args: argparse.Namespace) -> int:
     async def body(conn: asyncpg.Connection) -> Any:
         try:
             return await export(conn, args.tenant, show_secrets=args.show_secrets)
         except UnknownTenant:
             raise Invalid(f"tenant {args.tenant}: unknown tenant") from None
+        except asyncpg.InsufficientPrivilegeError as exc:
+            raise Invalid(f"export: {_refusal(exc)} (rule: export reads what Asterisk reads)") from None
 
     json.dump(run_with_connection(args, body), sys.stdout, indent=1)
     sys.stdout.write("\n")
