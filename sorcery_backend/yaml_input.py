@@ -61,9 +61,7 @@ class _CoreResolver(BaseResolver):
 # YAML 1.2.2's core schema (section 10.3.2), except that a number written with a leading zero
 # stays text, as in declarative files: scenario files hold phone numbers (0800111, 0049...).
 _CoreResolver.add_implicit_resolver(_TAG + "null", re.compile(r"^(?:~|null|Null|NULL|)$"), ["~", "n", "N", ""])
-_CoreResolver.add_implicit_resolver(
-    _TAG + "bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
-)
+_CoreResolver.add_implicit_resolver(_TAG + "bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF"))
 _CoreResolver.add_implicit_resolver(_TAG + "int", re.compile(r"^[-+]?(?:0|[1-9][0-9]*)$"), list("-+0123456789"))
 _CoreResolver.add_implicit_resolver(
     _TAG + "float",

@@ -631,6 +631,12 @@ LANGUAGE sql IMMUTABLE AS $$
     SELECT cardinality(v) = 3 AND v[1] ~ '^md5:[0-9a-f]{32}$' AND v[2] IS NOT NULL AND v[3] IS NOT NULL
 $$;
 
+-- The stored form of an inbound password (also what `pbxctl apply` compares a file's password with).
+CREATE FUNCTION pbx.password_digest(username text, realm text, password text) RETURNS text[]
+LANGUAGE sql IMMUTABLE STRICT AS $$
+    SELECT ARRAY['md5:' || md5(username || ':' || realm || ':' || password), username, realm]
+$$;
+
 CREATE FUNCTION pbx.digest_passwords() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pbx, pg_temp AS $$
 DECLARE
@@ -653,7 +659,7 @@ BEGIN
         WHERE d.xid = me AND NOT pbx.is_password_digest(x.value)
     LOOP
         UPDATE pbx.object_options
-        SET value = ARRAY['md5:' || md5(r.username || ':' || r.domain || ':' || r.value[1]), r.username, r.domain]
+        SET value = pbx.password_digest(r.username, r.domain, r.value[1])
         WHERE object_id = r.id AND section = 'auth' AND option = 'password';
     END LOOP;
     RETURN NULL;

@@ -348,3 +348,33 @@ async def test_the_operators_plan_may_force_an_option(db: str) -> None:
         assert set((await direct_media()).values()) == {None}
     finally:
         await conn.close()
+
+
+async def test_apply_keeps_an_unchanged_password_and_rehashes_when_username_or_realm_change(db: str) -> None:
+    conn = await seeded(db)
+
+    async def stored() -> tuple[str, list[str]]:
+        r = await conn.fetchrow(
+            "SELECT xmin::text AS x, value FROM pbx.object_options WHERE object_id = $1 AND option = 'password'",
+            await oid(conn, "acme", "1001"),
+        )
+        return r["x"], list(r["value"])
+
+    async def auth_row() -> tuple[str, str, str]:
+        r = await conn.fetchrow("SELECT username, realm, md5_cred FROM ps_auths WHERE id LIKE '1001@acme%'")
+        return r["username"], r["realm"], r["md5_cred"]
+
+    try:
+        before = await stored()
+        await apply_config(conn, parse_config(load_yaml(CONFIG)))
+        assert await stored() == before  # the same password is not rewritten
+        await apply_config(conn, parse_config(load_yaml(CONFIG.replace("acme.example", "acme.test"))))
+        assert await auth_row() == ("1001", "acme.test", hashlib.md5(b"1001:acme.test:s3cret").hexdigest())
+        inherited = CONFIG.replace("acme.example", "acme.test").replace(
+            'phone: {endpoint: {context: acme-internal, allow: "!all,ulaw"}, aor: {max_contacts: 1}}',
+            "phone: {endpoint: {context: acme-internal}, auth: {username: alice}}",
+        )
+        await apply_config(conn, parse_config(load_yaml(inherited)))
+        assert await auth_row() == ("alice", "acme.test", hashlib.md5(b"alice:acme.test:s3cret").hexdigest())
+    finally:
+        await conn.close()
