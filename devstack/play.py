@@ -80,19 +80,24 @@ def _plan(scenario: Mapping[str, Any]) -> tuple[Config, _Plan]:
     return config, plan
 
 
-async def _read_credentials(conn: asyncpg.Connection, plan: _Plan) -> None:
-    """What Asterisk will check (after inheritance), from the realtime view itself."""
+async def _read_credentials(conn: asyncpg.Connection, config: Config, plan: _Plan) -> None:
+    """The auth username Asterisk checks (after inheritance) from the realtime view itself; the
+    password from the scenario, since the database keeps only its digest."""
+    tenant = config.tenants[plan.tenant]
+    assert tenant is not None
     rows = await conn.fetch(
-        "SELECT id, username, password FROM public.ps_auths WHERE id LIKE '%@' || $1 AND id NOT LIKE '%~out'",
+        "SELECT id, username FROM public.ps_auths WHERE id LIKE '%@' || $1 AND id NOT LIKE '%~out'",
         plan.domain,
     )
     for r in rows:
         name = r["id"].rsplit("@", 1)[0]
-        if r["password"]:
-            plan.passwords[name] = (r["username"] or name, r["password"])
-    for dev, endpoint in plan.devices.items():
-        if endpoint not in plan.passwords:
-            raise PlayError(f"registrations: {dev}: endpoint {endpoint} has no auth password to register with")
+        endpoint = tenant.endpoints.get(name)
+        password = endpoint.auth.get("password") if endpoint is not None else None
+        if password:
+            plan.passwords[name] = (r["username"] or name, password[0])
+    for dev, endpoint_name in plan.devices.items():
+        if endpoint_name not in plan.passwords:
+            raise PlayError(f"registrations: {dev}: endpoint {endpoint_name} has no auth password to register with")
 
 
 async def play(scenario: Mapping[str, Any], target: PlayTarget, horizon_s: float | None = None) -> dict[str, Any]:
@@ -116,7 +121,7 @@ async def play(scenario: Mapping[str, Any], target: PlayTarget, horizon_s: float
                 await wait_delivered(conn)
             except ServicesError as exc:
                 raise PlayError(f"the config change: {exc} (pbxctl push status)") from None
-            await _read_credentials(conn, plan)
+            await _read_credentials(conn, config, plan)
             if caller_endpoint not in plan.passwords:
                 raise PlayError(f"call: the caller's endpoint {caller_endpoint} has no auth password to call with")
             await _forget_contacts(conn, target, plan)

@@ -31,13 +31,28 @@ def find_bindir() -> Path:
     return candidates[0].parent
 
 
+# Written over initdb's when the cluster has a superuser password: nothing is trusted. A local
+# user who is not the `postgres` OS user gets nowhere without a role's password.
+_HBA = """\
+# Written by devstack/postgres.py: no trust. The superuser authenticates with its password over TCP,
+# or as the `postgres` OS user on the socket; every other role with its own password.
+local   all   postgres                   peer
+local   all   all                        scram-sha-256
+host    all   all        127.0.0.1/32    scram-sha-256
+host    all   all        ::1/128         scram-sha-256
+"""
+
+
 @dataclass
 class PostgresCluster:
-    """One private cluster. ``superuser`` connects over TCP on 127.0.0.1 with trust auth."""
+    """One private cluster. With a ``password`` (the dev stack's) nothing is trusted: the
+    superuser logs in over TCP with it (:meth:`dsn` carries it). Without one (a throwaway test
+    cluster), the superuser connects over TCP on 127.0.0.1 with trust auth."""
 
     root: Path
     port: int
     superuser: str = "postgres"
+    password: str | None = None
 
     @property
     def datadir(self) -> Path:
@@ -67,6 +82,8 @@ class PostgresCluster:
 
     def dsn(self, database: str = "postgres", user: str | None = None, password: str | None = None) -> str:
         auth = user or self.superuser
+        if user is None and password is None:
+            password = self.password
         if password:
             auth += f":{password}"
         return f"postgresql://{auth}@127.0.0.1:{self.port}/{database}"
@@ -77,10 +94,10 @@ class PostgresCluster:
             argv = ["runuser", "-u", "postgres", "--", *argv]
         return subprocess.run(argv, capture_output=True, text=True, check=False, **kw)  # type: ignore[call-overload,no-any-return]
 
-    def _chown(self) -> None:
+    def _chown(self, *paths: Path) -> None:
         if os.geteuid() == 0:
             pw = pwd.getpwnam("postgres")
-            for p in (self.root, self.sockdir):
+            for p in paths or (self.root, self.sockdir):
                 os.chown(p, pw.pw_uid, pw.pw_gid)
 
     def initialized(self) -> bool:
@@ -93,22 +110,37 @@ class PostgresCluster:
         if self.initialized():
             return
         bindir = find_bindir()
-        r = self._as_postgres(
-            [
-                str(bindir / "initdb"),
-                "-D",
-                str(self.datadir),
-                "-A",
-                "trust",
-                "-U",
-                self.superuser,
-                "-E",
-                "UTF8",
-                "--no-sync",
-            ]
-        )
+        auth = ["-A", "trust"]
+        pwfile = self.root / ".initdb-pw"
+        if self.password:
+            # Readable by the server's OS user for initdb only, then gone.
+            fd = os.open(pwfile, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as fh:
+                fh.write(self.password + "\n")
+            self._chown(pwfile)
+            auth = ["--auth-host=scram-sha-256", "--auth-local=peer", f"--pwfile={pwfile}"]
+        try:
+            r = self._as_postgres(
+                [
+                    str(bindir / "initdb"),
+                    "-D",
+                    str(self.datadir),
+                    *auth,
+                    "-U",
+                    self.superuser,
+                    "-E",
+                    "UTF8",
+                    "--no-sync",
+                ]
+            )
+        finally:
+            pwfile.unlink(missing_ok=True)
         if r.returncode != 0:
             raise PostgresError(f"initdb failed: {(r.stderr or r.stdout).strip().splitlines()[-1:]}")
+        if self.password:
+            hba = self.datadir / "pg_hba.conf"
+            hba.write_text(_HBA)
+            self._chown(hba)
 
     def running(self) -> bool:
         r = self._as_postgres([str(find_bindir() / "pg_ctl"), "status", "-D", str(self.datadir)])
@@ -155,11 +187,14 @@ class PostgresCluster:
             self._as_postgres([str(find_bindir() / "pg_ctl"), "stop", "-m", "fast", "-w", "-D", str(self.datadir)])
 
     def psql(self, sql: str, database: str = "postgres") -> str:
+        # The password goes by environment: a command line is readable by every local user.
+        env = dict(os.environ, PGPASSWORD=self.password) if self.password else None
         r = subprocess.run(
-            ["psql", "-X", "-v", "ON_ERROR_STOP=1", "-Atq", self.dsn(database), "-c", sql],
+            ["psql", "-X", "-v", "ON_ERROR_STOP=1", "-Atq", self.dsn(database, password=""), "-c", sql],
             capture_output=True,
             text=True,
             check=False,
+            env=env,
         )
         if r.returncode != 0:
             raise PostgresError(f"psql failed: {r.stderr.strip()}")

@@ -7,7 +7,7 @@ import os
 import secrets
 from pathlib import Path
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from devstack.ports import free_port, rtp_range
 from pbx_base.settings import DEFAULTS, get_settings
@@ -68,11 +68,14 @@ class StackSettings(BaseModel):
     ami_user: str = DEFAULTS.ami_user
     ami_password: str
     ari_app: str = DEFAULTS.ari_app
+    # The cluster's superuser password (nothing is trusted, devstack/postgres.py).
+    pg_password: str = Field(default_factory=lambda: secrets.token_hex(16))
 
     @classmethod
     def load_or_create(cls, name: str) -> StackSettings:
         path = stacks_dir() / name / "stack.json"
         if path.exists():
+            path.chmod(0o600)  # a stack.json written before it was kept private
             return cls.model_validate_json(path.read_text())
         rtp_start, rtp_end = rtp_range()
         settings = cls(
@@ -88,7 +91,10 @@ class StackSettings(BaseModel):
             ami_password=secrets.token_hex(8),
         )
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(settings.model_dump(), indent=1))
+        # It holds the AMI, ARI and database passwords: readable by its owner only.
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(json.dumps(settings.model_dump(), indent=1))
         return settings
 
     @property
@@ -100,7 +106,7 @@ class StackSettings(BaseModel):
         return f"http://127.0.0.1:{self.http_port}"
 
     def database_url(self) -> str:
-        return f"postgresql://postgres@127.0.0.1:{self.pg_port}/{self.db_name}"
+        return f"postgresql://postgres:{self.pg_password}@127.0.0.1:{self.pg_port}/{self.db_name}"
 
     def exports(self) -> dict[str, str]:
         out = {

@@ -42,7 +42,9 @@ class Stack:
 
     @property
     def postgres(self) -> PostgresCluster:
-        return PostgresCluster(root=self.state_dir / "pg", port=self.settings.pg_port)
+        return PostgresCluster(
+            root=self.state_dir / "pg", port=self.settings.pg_port, password=self.settings.pg_password
+        )
 
     @property
     def asterisk(self) -> AsteriskNode:

@@ -158,6 +158,7 @@ async def _converge_objects(conn: asyncpg.Connection, tenant_id: int, tenant: Te
                 [x[2] for x in links],
             )
 
+    await _recognize_passwords(conn, tenant, desired, stored)
     reoptioned = [k for k, o in desired.items() if stored[k].options != o.sections()]
     if reoptioned:
         await conn.execute(
@@ -181,6 +182,46 @@ async def _converge_objects(conn: asyncpg.Connection, tenant_id: int, tenant: Te
                 [r[2] for r in rows],
                 [r[3] for r in rows],
             )
+
+
+async def _recognize_passwords(
+    conn: asyncpg.Connection, tenant: Tenant, desired: dict[ObjKey, PjsipObject], stored: dict[ObjKey, _StoredObject]
+) -> None:
+    """The database keeps an inbound password as its digest only (sql/015_fences.sql): where the
+    file's password has the stored digest, for the username and realm the endpoint now has, count
+    it as unchanged, or every run would rewrite (and re-flush) every endpoint with a password."""
+    # Without a username of its own, an endpoint's is its name unless a template sets one (then
+    # inheritance decides, and the object is simply rewritten).
+    inherited = any("username" in t.auth for t in tenant.templates.values())
+    candidates = []
+    for key, obj in desired.items():
+        password = obj.auth.get("password")
+        own = obj.auth.get("username")
+        current = stored.get(key)
+        if key[0] != "endpoint" or not password or current is None or "password" not in current.options.get("auth", {}):
+            continue
+        if own or not inherited:
+            candidates.append((current.id, own[0] if own else key[1], password[0], key))
+    if not candidates:
+        return
+    same = {
+        r["o"]
+        for r in await conn.fetch(
+            """
+            SELECT x.o FROM unnest($1::bigint[], $2::text[], $3::text[]) AS x(o, u, p)
+            JOIN pbx.objects ob ON ob.id = x.o
+            JOIN pbx.tenants t ON t.id = ob.tenant_id
+            JOIN pbx.object_options s ON s.object_id = x.o AND s.section = 'auth' AND s.option = 'password'
+            WHERE s.value = pbx.password_digest(x.u, t.domain, x.p)
+            """,
+            [c[0] for c in candidates],
+            [c[1] for c in candidates],
+            [c[2] for c in candidates],
+        )
+    }
+    for object_id, _user, plaintext, key in candidates:
+        if object_id in same:
+            stored[key].options["auth"]["password"] = [plaintext]
 
 
 async def _delete_unwanted_objects(conn: asyncpg.Connection, tenant_id: int, tenant: Tenant) -> None:

@@ -10,10 +10,9 @@ import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from pbx_base.errors import InvalidInput
+from sorcery_backend.yaml_input import ConfigError, decode_utf8, load_yaml, shorten
 
 __all__ = [
     "OPTION_SECTIONS",
@@ -40,45 +39,13 @@ OBJECT_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.+-]{0,62}$")
 EXTENSION_NUMBER = re.compile(r"^[0-9A-Za-z*#+]{1,40}$")
 
 
-class ConfigError(InvalidInput, ValueError):
-    """A refused declarative file; the message is one line naming the object and the rule."""
-
-
-# ---------------------------------------------------------------------------------------------
-# YAML loading
-
-
-class _StrictLoader(yaml.SafeLoader):
-    """SafeLoader that refuses duplicate keys (PyYAML silently keeps the last one)."""
-
-
-def _construct_mapping(loader: _StrictLoader, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
-    loader.flatten_mapping(node)
-    mapping: dict[Any, Any] = {}
-    for key_node, value_node in node.value:
-        key = loader.construct_object(key_node, deep=deep)
-        if key in mapping:
-            mark = key_node.start_mark
-            raise ConfigError(f"duplicate key {key!r} at line {mark.line + 1} (rule: keys must be unique)")
-        mapping[key] = loader.construct_object(value_node, deep=deep)
-    return mapping
-
-
-_StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
-
-
-def load_yaml(text: str, source: str = "<input>") -> Any:
-    try:
-        return yaml.load(text, Loader=_StrictLoader)
-    except yaml.YAMLError as exc:
-        first = str(exc).strip().splitlines()
-        raise ConfigError(f"{source}: malformed YAML: {' '.join(x.strip() for x in first[:3])}") from None
-
-
 # ---------------------------------------------------------------------------------------------
 # Models
 
 OptionValue = list[str]
+
+# The database keeps delays as integer milliseconds.
+MAX_DELAY_MS = 2_147_483_647
 
 
 def _option_values(raw: Any, where: str) -> OptionValue:
@@ -91,8 +58,9 @@ def _option_values(raw: Any, where: str) -> OptionValue:
         elif isinstance(item, (int, float, str)):
             out.append(str(item))
         else:
+            # The value is not quoted: it may be a password.
             raise ConfigError(
-                f"{where}: value {item!r} is not a string or number "
+                f"{where}: a value is a {type(item).__name__}, not a string or number "
                 "(rule: option values are scalars or lists of scalars)"
             )
     return out
@@ -126,7 +94,7 @@ class RankMember(_Strict):
 
 class Rank(_Strict):
     mode: Literal["default", "next", "drop"] = "default"
-    delay_ms: int = Field(default=0, ge=0)
+    delay_ms: int = Field(default=0, ge=0, le=MAX_DELAY_MS)
     members: list[RankMember] = Field(default_factory=list)
 
     @field_validator("members", mode="before")
@@ -140,7 +108,7 @@ class Rank(_Strict):
 class Forward(_Strict):
     mode: Literal["always", "busy", "unavailable"]
     to: str
-    delay_ms: int = Field(default=0, ge=0)
+    delay_ms: int = Field(default=0, ge=0, le=MAX_DELAY_MS)
 
 
 MAX_RING_TIMEOUT_MS = 86_400_000  # a day
@@ -333,7 +301,7 @@ def _normalize(doc: Any) -> dict[str, Any]:
 
 def _describe(err: ValidationError) -> str:
     first = err.errors()[0]
-    loc = [str(x) for x in first["loc"]]
+    loc = [str(x) if len(str(x)) <= 64 else shorten(x) for x in first["loc"]]
     where = ".".join(loc) if loc else "file"
     if len(loc) >= 4 and loc[0] == "tenants" and loc[2] in ("templates", "endpoints", "extensions"):
         kind = {"templates": "template", "endpoints": "endpoint", "extensions": "extension"}[loc[2]]
@@ -360,11 +328,13 @@ def parse_config(doc: Any) -> Config:
 
 
 def load_config(path: Path) -> Config:
+    """A declarative file as the operator wrote it: every scalar stays the text written
+    (``0123``, ``no``, ``1:30``); the models and the database type and check it."""
     try:
-        text = path.read_text()
+        data = path.read_bytes()
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read ({exc.strerror})") from None
-    return parse_config(load_yaml(text, str(path)))
+    return parse_config(load_yaml(decode_utf8(data, str(path)), str(path), schema="text"))
 
 
 def _check_names_and_references(config: Config) -> None:
@@ -372,15 +342,17 @@ def _check_names_and_references(config: Config) -> None:
     domains: dict[str, str] = {}
     for tname, tenant in config.tenants.items():
         if not TENANT_NAME.match(tname):
-            raise ConfigError(f"tenant {tname!r}: name must match [a-z0-9][a-z0-9-]* (rule: tenant names)")
+            raise ConfigError(f"tenant {shorten(tname)!r}: name must match [a-z0-9][a-z0-9-]* (rule: tenant names)")
         if tenant is None:
             continue
-        if tenant.domain in domains:
+        # SIP compares host names case-insensitively: PB.EXAMPLE is pb.example.
+        domain = tenant.domain.lower()
+        if domain in domains:
             raise ConfigError(
-                f"tenant {tname}: domain {tenant.domain} is also tenant {domains[tenant.domain]}'s "
-                "(rule: SIP domains are unique)"
+                f"tenant {tname}: domain {shorten(tenant.domain)} is also tenant {domains[domain]}'s "
+                "(rule: SIP domains are unique, compared case-insensitively)"
             )
-        domains[tenant.domain] = tname
+        domains[domain] = tname
         _check_tenant(tname, tenant, present)
         _check_trunks(tname, tenant)
 
@@ -395,7 +367,9 @@ def _check_tenant(tname: str, tenant: Tenant, present: dict[str, Tenant]) -> Non
         for name, obj in getattr(tenant, group).items():
             label = f"{kind} {tname}/{name}"
             if not OBJECT_NAME.match(name):
-                raise ConfigError(f"{label}: name must match [A-Za-z0-9_][A-Za-z0-9_.+-]* (rule: object names)")
+                raise ConfigError(
+                    f"{kind} {tname}/{shorten(name)}: name must match [A-Za-z0-9_][A-Za-z0-9_.+-]* (rule: object names)"
+                )
             refs = obj.parents if kind == "template" else obj.templates
             wrong = obj.templates if kind == "template" else obj.parents
             if wrong:
@@ -408,18 +382,21 @@ def _check_tenant(tname: str, tenant: Tenant, present: dict[str, Tenant]) -> Non
             for ref in refs:
                 if ref not in tenant.templates:
                     raise ConfigError(
-                        f"{label}: unknown template {ref!r}"
+                        f"{label}: unknown template {shorten(ref)!r}"
                         f"{_elsewhere(ref, 'templates', tname, present)} (rule: parents must be "
                         "templates of the same tenant)"
                     )
     for number, ext in tenant.extensions.items():
         label = f"extension {tname}/{number}"
         if not EXTENSION_NUMBER.match(number):
-            raise ConfigError(f"{label}: number must match [0-9A-Za-z*#+]{{1,40}} (rule: extension numbers)")
+            raise ConfigError(
+                f"extension {tname}/{shorten(number)}: number must match [0-9A-Za-z*#+]{{1,40}} "
+                "(rule: extension numbers)"
+            )
         for ep in ext.endpoints:
             if ep not in tenant.endpoints:
                 raise ConfigError(
-                    f"{label}: unknown endpoint {ep!r}{_elsewhere(ep, 'endpoints', tname, present)} "
+                    f"{label}: unknown endpoint {shorten(ep)!r}{_elsewhere(ep, 'endpoints', tname, present)} "
                     "(rule: extensions use endpoints of the same tenant)"
                 )
         if len(set(ext.endpoints)) != len(ext.endpoints):
@@ -430,7 +407,7 @@ def _check_tenant(tname: str, tenant: Tenant, present: dict[str, Tenant]) -> Non
         for target in targets:
             if target not in tenant.extensions:
                 raise ConfigError(
-                    f"{label}: unknown extension {target!r}"
+                    f"{label}: unknown extension {shorten(target)!r}"
                     f"{_elsewhere(target, 'extensions', tname, present)} (rule: members and "
                     "forward targets are extensions of the same tenant)"
                 )

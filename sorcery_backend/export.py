@@ -9,11 +9,17 @@ import asyncpg
 from pbx_base.errors import UnknownTenant
 from sorcery_backend.changes import REALTIME_VIEWS
 
-__all__ = ["UnknownTenant", "export"]
+__all__ = ["REDACTED", "SECRET_COLUMNS", "UnknownTenant", "export"]
+
+# Columns that hold a credential or what stands for one (a digest is as good as the password for
+# this realm). Printed only to an operator who asks (--show-secrets).
+SECRET_COLUMNS = frozenset({"password", "md5_cred", "oauth_secret", "refresh_token", "password_digest"})
+REDACTED = "<redacted>"
 
 
-async def export(conn: asyncpg.Connection, tenant: str | None = None) -> dict[str, Any]:
-    """{"tenants": {tenant: {"endpoints": {name: {table key: row}}}}}; rows exactly as the views return them."""
+async def export(conn: asyncpg.Connection, tenant: str | None = None, *, show_secrets: bool = False) -> dict[str, Any]:
+    """{"tenants": {tenant: {"endpoints": {name: {table key: row}}}}}; rows exactly as the views
+    return them, but secret columns that are set read ``"<redacted>"`` unless ``show_secrets``."""
     tenants = await conn.fetch(
         "SELECT id, name FROM pbx.tenants WHERE $1::text IS NULL OR name = $1 ORDER BY name", tenant
     )
@@ -36,7 +42,11 @@ async def export(conn: asyncpg.Connection, tenant: str | None = None) -> dict[st
             tenant,
         )
         for r in rows:
-            row = {k: v for k, v in r.items() if not k.startswith("__")}
+            row = {
+                k: REDACTED if v is not None and k in SECRET_COLUMNS and not show_secrets else v
+                for k, v in r.items()
+                if not k.startswith("__")
+            }
             eps = out[r["__tenant"]]["endpoints"]
             eps.setdefault(r["__endpoint"], {})[r["__key"]] = row
     return {"tenants": out}

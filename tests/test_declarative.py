@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from sorcery_backend.declarative import ConfigError, load_yaml, parse_config
+from sorcery_backend.declarative import ConfigError, load_config, load_yaml, parse_config
 
 
 def parse(text: str):  # type: ignore[no-untyped-def]
@@ -73,7 +73,7 @@ def test_null_tenant_means_delete() -> None:
         ("tenants: {acme: {domain: a.example, bogus: 1}}", "tenant acme: bogus: unknown key"),
         (
             "tenants: {acme: {domain: a.example, endpoints: {e: {aor: {max_contacts: {x: 1}}}}}}",
-            "is not a string or number",
+            "not a string or number",
         ),
         ("tenants: {a: {domain: same.example}, b: {domain: same.example}}", "SIP domains are unique"),
     ],
@@ -83,3 +83,70 @@ def test_refusals_name_the_object_and_rule(text: str, message: str) -> None:
         parse(text)
     assert message in str(exc.value)
     assert "\n" not in str(exc.value)
+
+
+# ---------------------------------------------------------------------------------------------
+# The operator's file is read as text (load_config): YAML 1.1 conversions and hostile input
+
+
+def load_file(tmp_path, data: bytes):  # type: ignore[no-untyped-def]
+    f = tmp_path / "c.yaml"
+    f.write_bytes(data)
+    return load_config(f)
+
+
+def test_scalars_keep_the_text_written(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    cfg = load_file(
+        tmp_path,
+        b"tenants:\n  acme:\n    domain: acme.example\n    endpoints:\n"
+        b"      0777: {auth: {password: 0123}, endpoint: {language: no, accountcode: 1:30, dtmf_mode: on}}\n"
+        b"    extensions:\n      0777: {type: simple, endpoints: [0777], call_waiting: no, ranks: []}\n",
+    )
+    tenant = cfg.tenants["acme"]
+    assert tenant is not None
+    ep = tenant.endpoints["0777"]
+    assert ep.auth == {"password": ["0123"]}
+    assert ep.endpoint == {"language": ["no"], "accountcode": ["1:30"], "dtmf_mode": ["on"]}
+    assert tenant.extensions["0777"].endpoints == ["0777"]
+    assert tenant.extensions["0777"].call_waiting is False
+
+
+@pytest.mark.parametrize(
+    ("data", "rule"),
+    [
+        (b"tenants:\n  ? [a, b]\n  : {domain: a.example}\n", "keys are scalars"),
+        (b"tenants: " + b"[" * 5000 + b"]" * 5000, "nesting depth is limited"),
+        (b"".join(b" " * i + b"a:\n" for i in range(5000)), "nesting depth is limited"),
+        (b"tenants: {acme: {domain: \xff\xfe.example}}", "files are UTF-8"),
+        (b"tenants: {acme: {domain: " + b"a" * 200_000 + b".example}}", "values are at most"),
+        (b"a: &x [1, 2]\nb: *x\n", "anchors and aliases are not accepted"),
+        (b"tenants: !!python/object:os.system {}", "only plain YAML mappings"),
+        (b"tenants: {acme: {domain: !!binary YQ==}}", "only plain YAML scalars"),
+        (b'tenants: {acme: {domain: a.example, extensions: {"1": {type: simple, name: "A\\r\\nB"}}}}', "line breaks"),
+        (b"tenants: {acme: {domain: a.example}, beta: {domain: A.EXAMPLE}}", "compared case-insensitively"),
+    ],
+)
+def test_hostile_files_are_one_line_refusals(tmp_path, data: bytes, rule: str) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(ConfigError) as exc:
+        load_file(tmp_path, data)
+    assert rule in str(exc.value)
+    assert "\n" not in str(exc.value) and len(str(exc.value)) < 300
+
+
+def test_a_refusal_never_quotes_a_value(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    for data in (
+        b"tenants: {acme: {domain: a.example, endpoints: {e: {auth: {password: {hunter2: x}}}}}}",
+        b'tenants: {acme: {domain: a.example, endpoints: {e: {auth: {password: "hunter2\\t"}}}}}',
+        b"tenants: {acme: {domain: a.example, endpoints: {e: {auth: {password: [hunter2}}}}}",
+    ):
+        with pytest.raises(ConfigError) as exc:
+            load_file(tmp_path, data)
+        assert "hunter2" not in str(exc.value)
+
+
+def test_a_delay_beyond_the_databases_integer_is_refused_by_name() -> None:
+    with pytest.raises(ConfigError, match=r"extension acme/1: forward\.delay_ms"):
+        parse(
+            "tenants: {acme: {domain: a.example, extensions: "
+            "{'1': {type: simple, forward: {mode: always, to: '1', delay_ms: 99999999999999999999}}}}}"
+        )
