@@ -12,7 +12,8 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from devstack.postgres import PostgresCluster, free_port
+from devstack.ports import free_port
+from devstack.postgres import PostgresCluster
 from devstack.settings import StackSettings
 
 

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from routing.explain import explain, render_text
+from routing.explain import explain
 from routing.model import directory_from_config
 from routing.stage1 import CallRequest
+from routing_store.render import render_text
 
 EXTS = {
     "1001": {"type": "simple", "name": "Alice", "endpoints": ["1001"], "dialout": True},
