@@ -233,6 +233,23 @@ END $$;
 CREATE CONSTRAINT TRIGGER write_audit AFTER INSERT OR UPDATE ON pbx.audit_pending
     DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION pbx.write_audit();
 
+-- The change set is read from the outbox, so the write that counts must come after the flush,
+-- whatever order the transaction's statements queued their events in (and under SET CONSTRAINTS
+-- ALL IMMEDIATE, where the flush's deferred work and ours fire as they are reached). Constraint
+-- triggers on one event fire in name order: this one follows `flush_dirty` on the same row of
+-- pbx.pending_flush and queues one more write, which sees the flushed outbox.
+CREATE FUNCTION pbx.audit_after_flush() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pbx, pg_temp AS $$
+BEGIN
+    IF to_regclass('pg_temp.pbx_audit_notes') IS NOT NULL THEN
+        PERFORM pbx.audit_queue();
+    END IF;
+    RETURN NULL;
+END $$;
+
+CREATE CONSTRAINT TRIGGER zz_audit_after_flush AFTER INSERT ON pbx.pending_flush
+    DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION pbx.audit_after_flush();
+
 -- Readable per tenant: a tenant admin sees the rows of its own tenants, and writes none.
 GRANT SELECT ON pbx.audit TO pbx_tenant_admin;
 ALTER TABLE pbx.audit ENABLE ROW LEVEL SECURITY;

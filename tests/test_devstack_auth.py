@@ -15,6 +15,7 @@ import pytest
 from devstack.ports import free_port
 from devstack.postgres import PostgresCluster
 from devstack.settings import StackSettings
+from pbx_base.settings import get_settings
 
 
 @pytest.fixture(scope="module")
@@ -55,10 +56,14 @@ def test_stack_json_is_private_and_its_url_carries_the_password(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("PBX_STACKS_DIR", str(tmp_path))
-    settings = StackSettings.load_or_create("private")
-    path = tmp_path / "private" / "stack.json"
-    assert stat.S_IMODE(path.stat().st_mode) == 0o600
-    assert f":{settings.pg_password}@" in settings.database_url()
-    path.chmod(0o644)
-    assert StackSettings.load_or_create("private") == settings
-    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    get_settings.cache_clear()  # the settings are read once per process
+    try:
+        settings = StackSettings.load_or_create("private")
+        path = tmp_path / "private" / "stack.json"
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600
+        assert f":{settings.pg_password}@" in settings.database_url()
+        path.chmod(0o644)
+        assert StackSettings.load_or_create("private") == settings
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    finally:
+        get_settings.cache_clear()
