@@ -90,6 +90,28 @@ def test_answers_rejects_and_busy_phones_played_live_match_the_simulator(
     _check_live(stack, shared_dir, files, tmp_path)
 
 
+# Our own trunk scenarios left out live: T13's only event is at its 120 s horizon.
+TRUNKS_NOT_LIVE = {"T13"}
+
+
+def test_trunk_scenarios_played_live_give_the_simulated_timeline(
+    stack: Stack, shared_dir: Path, tmp_path: Path
+) -> None:
+    """Static contacts ring as sipp devices at their loopback addresses (request-URI user = the
+    number dialed out, From = the caller), carriers call in from their identify address through
+    the DID rules, fallbacks, and the ring timeout (480, noanswer)."""
+    files = sorted((shared_dir / "scenarios" / "trunks").glob("*.yaml"))
+    own = sorted((REPO / "tests" / "scenarios" / "trunks").glob("T*.yaml"))
+    _check_live(stack, shared_dir, files + [p for p in own if p.stem not in TRUNKS_NOT_LIVE], tmp_path)
+
+
+def test_unauthenticated_and_impersonating_callers_played_live(stack: Stack, shared_dir: Path, tmp_path: Path) -> None:
+    """S35a: an INVITE without credentials is challenged and goes no further (error:noauth).
+    S35b: a phone presenting another user's number is refused by the controller (403)."""
+    files = [shared_dir / "scenarios" / "routing" / f"{sid}.yaml" for sid in ("S35a", "S35b")]
+    _check_live(stack, shared_dir, files, tmp_path)
+
+
 # --- live calls held open by the test ----------------------------------------------------------
 
 TENANT = """
