@@ -10,9 +10,12 @@ request-URI user as `dialed` on a trunk's devices; CANCEL = stop; their own 200 
 own 486 = rejected) is the timeline, with times from the caller's first INVITE, in the JSON of
 `route simulate`.
 
-Live, an INVITE Asterisk cannot tie to an endpoint (no credentials, no identify match) is
-challenged (401) and never reaches the controller: there is no anonymous endpoint, so such a
-caller gets `error:noauth` where the simulator routes an outside caller (`call.endpoint: null`).
+Live, an INVITE without credentials that no identify matches is challenged (401) and never
+reaches the controller: there is no anonymous endpoint, so such a caller gets `error:noauth`
+(where the simulator routes an outside caller, `call.endpoint: null`, e.g. S48). A phone that
+presents another user's number (From) with its own credentials is refused by Asterisk itself (it
+identifies the endpoint by the From user, whose password it does not have: 401 again), which is
+`error:forbidden`; the controller refuses the same (403) when the endpoint is identified otherwise.
 A 480 after devices rang and were cancelled is `noanswer` (the ring timeout); without any device
 cancelled it is `unavailable` (SIP has one code for both).
 """
@@ -361,10 +364,12 @@ def _timeline(
     for m in caller:
         code = status_code(m.first_line)
         if m.direction == "received" and code is not None and code >= 200 and "INVITE" in m.headers.get("cseq", ""):
-            if code == 401 and challenged:
-                continue  # the challenge a caller with credentials answered
             if code == 401:
-                status, result = "error:noauth", "noroute"
+                if m.headers.get("cseq", "").startswith("1 "):
+                    continue  # the challenge a caller with credentials answers
+                # Refused credentials: they are not those of the endpoint the From names (a phone
+                # presenting another user's number). None sent: nothing names an endpoint.
+                status, result = ("error:forbidden" if challenged else "error:noauth"), "noroute"
             elif code == 480:
                 result = "noanswer" if cancelled else "unavailable"
             elif code == 404:

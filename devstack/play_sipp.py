@@ -135,7 +135,7 @@ def caller_xml(horizon_ms: int, talk_ms: int = 1000, *, auth: bool = True) -> st
     """The caller: INVITE with digest auth; stays until a final answer or the horizon, then CANCEL;
     once answered, ``talk_ms`` of talk and BYE. Fields: 0 from user, 1 domain, 2 [authentication],
     3 number, 4 display name. Without ``auth`` (a carrier, known by its address; or nobody), the
-    INVITE goes without credentials, and a 401 to it is a final answer."""
+    INVITE goes without credentials. A 401 to the INVITE that carries them (or would) is final."""
     invite = (
         """
   <send retrans="500"{rtd}>
@@ -169,11 +169,8 @@ def caller_xml(horizon_ms: int, talk_ms: int = 1000, *, auth: bool = True) -> st
     ]]>
   </send>"""
     until = f' timeout="{horizon_ms}" ontimeout="horizon"'
-    codes = (
-        (403, 404, 408, 480, 486, 487, 488, 500, 503, 603)
-        if auth
-        else (401, 403, 404, 408, 480, 486, 487, 488, 500, 503, 603)
-    )
+    # 401 here: credentials refused (or, without auth, none sent): final either way.
+    codes = (401, 403, 404, 408, 480, 486, 487, 488, 500, 503, 603)
     finals = "".join(f'\n  <recv response="{code}" optional="true" next="failed"/>' for code in codes)
     challenge = [
         invite.format(cseq=1, auth="", rtd=""),

@@ -93,9 +93,14 @@ def test_finals_without_credentials_and_after_a_ring_timeout() -> None:
     invite = Message(t0, "sent", "INVITE sip:1002@t SIP/2.0", {"cseq": "2 INVITE"})
     challenged = Message(t0 + 0.01, "received", "SIP/2.0 401 Unauthorized", {"cseq": "2 INVITE"})
     assert _timeline([invite, challenged], {}, 10)[("status")] == "error:noauth"
-    # With credentials sent, a 401 is the challenge they answered.
+    # With credentials: the first 401 is the challenge; one to the INVITE that carried them refuses them.
+    first = Message(t0, "sent", "INVITE sip:1002@t SIP/2.0", {"cseq": "1 INVITE"})
+    challenge = Message(t0, "received", "SIP/2.0 401 Unauthorized", {"cseq": "1 INVITE"})
     authorized = Message(t0, "sent", "INVITE sip:1002@t SIP/2.0", {"cseq": "2 INVITE", "authorization": "Digest"})
-    assert _timeline([invite, challenged, authorized], {}, 10)["status"] == "ok"
+    ok = Message(t0 + 1, "received", "SIP/2.0 200 OK", {"cseq": "2 INVITE"})
+    assert _timeline([first, challenge, authorized, ok], {}, 10)["status"] == "ok"
+    refused = _timeline([first, challenge, authorized, challenged], {}, 10)
+    assert (refused["status"], refused["result"]) == ("error:forbidden", "noroute")
     unavailable = Message(t0 + 20, "received", "SIP/2.0 480 Temporarily Unavailable", {"cseq": "2 INVITE"})
     assert _timeline([invite, unavailable], {}, 30)["result"] == "unavailable"
     rung = [
