@@ -1,21 +1,35 @@
 """`pbxctl call play`: a routing scenario played live on the running stack, seen from the devices.
 
 The scenario's config is applied to the stack's database; every device in `registrations` is a sipp
-UAS that registers from its own port and then behaves as `behaviour` says; `in_use` becomes real
-calls held up on those endpoints; a sipp caller dials `called`. What the devices received (INVITE =
-ring, CANCEL = stop, their own 200 = answer, their own 486 = rejected) is the timeline, with times
-from the caller's first INVITE, in the JSON of `route simulate`.
+UAS that registers from its own port and then behaves as `behaviour` says; every static contact (an
+AOR's `contact`, device `<endpoint>/<n>`) is a sipp UAS listening at that address (loopback only);
+`in_use` becomes real calls held up on those endpoints; a sipp caller dials `called`: with the
+endpoint's password, or for a trunk endpoint (no password) from its `identify` address, or for
+`endpoint: null` with no credentials at all. What the devices received (INVITE = ring, with the
+request-URI user as `dialed` on a trunk's devices; CANCEL = stop; their own 200 = answer, their
+own 486 = rejected) is the timeline, with times from the caller's first INVITE, in the JSON of
+`route simulate`.
+
+Live, an INVITE without credentials that no identify matches is challenged (401) and never
+reaches the controller: there is no anonymous endpoint, so such a caller gets `error:noauth`
+(where the simulator routes an outside caller, `call.endpoint: null`, e.g. S48). A phone that
+presents another user's number (From) with its own credentials is refused by Asterisk itself (it
+identifies the endpoint by the From user, whose password it does not have: 401 again), which is
+`error:forbidden`; the controller refuses the same (403) when the endpoint is identified otherwise.
+A 480 after devices rang and were cancelled is `noanswer` (the ring timeout); without any device
+cancelled it is `unavailable` (SIP has one code for both).
 """
 
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import os
 import re
 import shutil
 import tempfile
 import time
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,6 +43,8 @@ from devstack.services import ServicesError, wait_delivered
 from devstack.sipp import Message, SippProcess, read_trace, status_code
 from pbx_base.errors import InvalidInput
 from pbx_base.settings import get_settings
+from routing.model import directory_from_config, static_contacts_from_config
+from routing.stage2 import static_device_name
 from sorcery_backend.apply import apply_config
 from sorcery_backend.declarative import Config, parse_config
 
@@ -63,7 +79,29 @@ class _Plan:
     tenant: str
     domain: str
     passwords: dict[str, tuple[str, str]]  # endpoint -> (auth user, password)
-    devices: dict[str, str] = field(default_factory=dict)  # device -> endpoint
+    devices: dict[str, str] = field(default_factory=dict)  # registering device -> endpoint
+    static: dict[str, tuple[str, str, int]] = field(default_factory=dict)  # static device -> (endpoint, ip, port)
+    trunk_endpoints: set[str] = field(default_factory=set)  # their devices report `dialed`
+
+
+@dataclass(frozen=True)
+class _Caller:
+    endpoint: str | None  # None: unauthenticated
+    ip: str = "127.0.0.1"
+    credentials: tuple[str, str] | None = None  # (auth user, password); None: sends none
+
+
+_CONTACT_HOST = re.compile(r"^sips?:(?:[^@;>]*@)?(\[[^\]]+\]|[^:;>]+)(?::(\d+))?")
+
+
+def _loopback(address: str, what: str) -> str:
+    try:
+        ip = ipaddress.ip_address(address.strip("[]"))
+    except ValueError:
+        ip = None
+    if ip is None or ip.version != 4 or not ip.is_loopback:
+        raise PlayError(f"{what}: {address} is not a 127.0.0.0/8 address (live play binds loopback addresses only)")
+    return str(ip)
 
 
 def _plan(scenario: Mapping[str, Any]) -> tuple[Config, _Plan]:
@@ -77,6 +115,17 @@ def _plan(scenario: Mapping[str, Any]) -> tuple[Config, _Plan]:
     for endpoint, devices in (scenario.get("registrations") or {}).items():
         for dev in devices or ():
             plan.devices[str(dev)] = str(endpoint)
+    # The simulator's own reading of the file: the same devices, named alike.
+    raw = scenario["config"]["tenants"][tenant]
+    for endpoint, contacts in static_contacts_from_config(raw).items():
+        for i, contact in enumerate(contacts, start=1):
+            m = _CONTACT_HOST.match(contact.uri)
+            what = f"endpoint {endpoint}: contact {contact.uri}"
+            if m is None:
+                raise PlayError(f"{what}: no host to listen at")
+            plan.static[static_device_name(endpoint, i)] = (endpoint, _loopback(m[1], what), int(m[2] or 5060))
+    directory = directory_from_config(tenant, raw)
+    plan.trunk_endpoints = {ep for n in directory.trunks for ep in directory.extensions[n].endpoints}
     return config, plan
 
 
@@ -105,9 +154,10 @@ async def play(scenario: Mapping[str, Any], target: PlayTarget, horizon_s: float
         raise PlayError("sipp is not installed (apt-get install sip-tester)")
     config, plan = _plan(scenario)
     call = scenario["call"]
-    if "endpoint" in call and call["endpoint"] is None:
-        raise PlayError("call.endpoint null: an unauthenticated caller cannot be played live (no anonymous endpoint)")
-    caller_endpoint = str(call.get("endpoint") or _first_endpoint(config, plan.tenant, str(call["caller"])))
+    anonymous = "endpoint" in call and call["endpoint"] is None
+    caller_endpoint = (
+        None if anonymous else str(call.get("endpoint") or _first_endpoint(config, plan.tenant, str(call["caller"])))
+    )
     horizon = float(horizon_s if horizon_s is not None else scenario.get("horizon_s") or 120)
     behaviour = {str(k): v or {} for k, v in (scenario.get("behaviour") or {}).items()}
 
@@ -122,10 +172,10 @@ async def play(scenario: Mapping[str, Any], target: PlayTarget, horizon_s: float
             except ServicesError as exc:
                 raise PlayError(f"the config change: {exc} (pbxctl push status)") from None
             await _read_credentials(conn, config, plan)
-            if caller_endpoint not in plan.passwords:
-                raise PlayError(f"call: the caller's endpoint {caller_endpoint} has no auth password to call with")
+            caller = await _caller(conn, plan, caller_endpoint)
             await _forget_contacts(conn, target, plan)
             devices = await _register_devices(target, plan, Path(tmp))
+            devices.update(_static_devices(plan, Path(tmp)))
             async with HttpAriTransport(target.ari_url, target.ari_user, target.ari_password) as transport:
                 ari = AriClient(transport, "pbx-play")
                 holders: list[tuple[str, SippProcess]] = []
@@ -134,7 +184,7 @@ async def play(scenario: Mapping[str, Any], target: PlayTarget, horizon_s: float
                         for i in range(int(count or 0)):
                             holders.append(await _hold_a_call(ari, target, plan, str(endpoint), i, Path(tmp)))
                     return await asyncio.to_thread(
-                        _run_call, target, plan, devices, behaviour, caller_endpoint, call, horizon, Path(tmp)
+                        _run_call, target, plan, devices, behaviour, caller, call, horizon, Path(tmp)
                     )
                 finally:
                     for channel_id, holder in holders:
@@ -148,6 +198,32 @@ async def play(scenario: Mapping[str, Any], target: PlayTarget, horizon_s: float
                 await _forget_contacts(conn, target, plan)
             finally:
                 await conn.close()
+
+
+async def _caller(conn: asyncpg.Connection, plan: _Plan, endpoint: str | None) -> _Caller:
+    """How the caller presents itself: the endpoint's password, else its identify address (a
+    trunk: the carrier calls from there), else nothing (unauthenticated)."""
+    if endpoint is None:
+        return _Caller(None)
+    if endpoint in plan.passwords:
+        return _Caller(endpoint, credentials=plan.passwords[endpoint])
+    match = await conn.fetchval(
+        "SELECT match FROM public.ps_endpoint_id_ips WHERE endpoint = $1 ORDER BY id LIMIT 1",
+        f"{endpoint}@{plan.domain}",
+    )
+    if not match:
+        raise PlayError(f"call: the caller's endpoint {endpoint} has neither an auth password nor an identify match")
+    first = str(match).split(",")[0].strip().split("/")[0]
+    return _Caller(endpoint, _loopback(first, f"endpoint {endpoint}: identify match"))
+
+
+def _static_devices(plan: _Plan, tmp: Path) -> dict[str, SippProcess]:
+    out = {}
+    for i, (dev, (_endpoint, ip, port)) in enumerate(plan.static.items()):
+        d = tmp / f"static-{i}"
+        d.mkdir()
+        out[dev] = SippProcess(dev, port, d, ip=ip)
+    return out
 
 
 def _first_endpoint(config: Config, tenant: str, caller: str) -> str:
@@ -234,7 +310,7 @@ def _run_call(
     plan: _Plan,
     devices: dict[str, SippProcess],
     behaviour: Mapping[str, Mapping[str, Any]],
-    caller_endpoint: str,
+    who: _Caller,
     call: Mapping[str, Any],
     horizon: float,
     tmp: Path,
@@ -245,18 +321,16 @@ def _run_call(
         proc.start(target.sip_addr, device_xml(behaviour.get(dev) or {}, t0_ms), ["-"], horizon + 60)
     d = tmp / "caller"
     d.mkdir()
-    caller = SippProcess("caller", sipp.free_udp_port(), d, movable=True)
-    user, password = plan.passwords[caller_endpoint]
+    caller = SippProcess("caller", sipp.free_udp_port(), d, movable=True, ip=who.ip)
     name = str(call.get("callername") or "")
-    row = [
-        str(call["caller"]),
-        plan.domain,
-        f"[authentication username={user} password={password}]",
-        str(call["called"]),
-        name,
-    ]
+    auth = ""
+    if who.credentials is not None:
+        user, password = who.credentials
+        auth = f"[authentication username={user} password={password}]"
+    row = [str(call["caller"]), plan.domain, auth, str(call["called"]), name]
     time.sleep(max(0.0, t0 - time.time()))  # the agreed start time, not a wait for some state
-    caller.start(target.sip_addr, caller_xml(int(horizon * 1000)), row, horizon + 30)
+    xml = caller_xml(int(horizon * 1000), auth=who.credentials is not None)
+    caller.start(target.sip_addr, xml, row, horizon + 30)
     try:
         assert caller.proc is not None
         caller.proc.wait(timeout=horizon + 40)
@@ -271,25 +345,39 @@ def _run_call(
         caller.stop()
         for proc in devices.values():
             proc.stop()
-    return _timeline(caller.messages(), {dev: p.messages() for dev, p in devices.items()}, horizon)
+    endpoints = {**plan.devices, **{dev: ep for dev, (ep, _, _) in plan.static.items()}}
+    trunk_devices = {dev for dev, ep in endpoints.items() if ep in plan.trunk_endpoints}
+    return _timeline(caller.messages(), {dev: p.messages() for dev, p in devices.items()}, horizon, trunk_devices)
 
 
 _FINALS = {200: "answered", 486: "busy", 600: "busy", 480: "unavailable", 408: "noanswer", 487: "noanswer"}
 
 
-def _timeline(caller: list[Message], devices: Mapping[str, list[Message]], horizon: float) -> dict[str, Any]:
+def _timeline(
+    caller: list[Message], devices: Mapping[str, list[Message]], horizon: float, trunk_devices: Collection[str] = ()
+) -> dict[str, Any]:
     invites = [m for m in caller if m.direction == "sent" and m.first_line.startswith("INVITE ")]
     if not invites:
         raise PlayError("the caller sent no INVITE (is sipp able to reach the stack?)")
     t0 = invites[0].at
     hangup_at = next((m.at for m in caller if m.direction == "sent" and m.first_line.startswith("CANCEL ")), None)
     status, result = "ok", "noanswer"
+    challenged = any(m.direction == "sent" and "authorization" in m.headers for m in caller)
+    cancelled = any(
+        m.direction == "received" and m.first_line.startswith("CANCEL ") for ms in devices.values() for m in ms
+    )
     for m in caller:
         code = status_code(m.first_line)
         if m.direction == "received" and code is not None and code >= 200 and "INVITE" in m.headers.get("cseq", ""):
             if code == 401:
-                continue
-            if code == 404:
+                if m.headers.get("cseq", "").startswith("1 "):
+                    continue  # the challenge a caller with credentials answers
+                # Refused credentials: they are not those of the endpoint the From names (a phone
+                # presenting another user's number). None sent: nothing names an endpoint.
+                status, result = ("error:forbidden" if challenged else "error:noauth"), "noroute"
+            elif code == 480:
+                result = "noanswer" if cancelled else "unavailable"
+            elif code == 404:
                 status, result = "noroute", "noroute"
             elif code == 403:
                 status, result = "error:forbidden", "noroute"
@@ -310,7 +398,10 @@ def _timeline(caller: list[Message], devices: Mapping[str, list[Message]], horiz
                 and "tag=" not in m.headers.get("to", "")
             ):
                 display, user = _from(m.headers.get("from", ""))
-                events.append({"t": t(m), "ring": dev, "caller": user, "callername": display})
+                ring = {"t": t(m), "ring": dev, "caller": user, "callername": display}
+                if dev in trunk_devices:
+                    ring["dialed"] = _request_user(m.first_line)
+                events.append(ring)
             elif m.direction == "received" and m.first_line.startswith("CANCEL "):
                 why = "drop"
                 if "cause=200" in m.headers.get("reason", ""):
@@ -326,6 +417,12 @@ def _timeline(caller: list[Message], devices: Mapping[str, list[Message]], horiz
                     events.append({"t": t(m), "stop": dev, "why": "rejected"})
     events.sort(key=lambda e: (e["t"], 0 if "ring" in e else 1))
     return {"status": status, "result": result, "timeline": events, "horizon_s": horizon}
+
+
+def _request_user(first_line: str) -> str:
+    """``INVITE sip:+4930123@127.0.0.2:5070 SIP/2.0`` → ``+4930123`` (the number a trunk sends out)."""
+    m = re.match(r"INVITE sips?:([^@;>\s]+)@", first_line)
+    return m.group(1) if m else ""
 
 
 def _from(value: str) -> tuple[str, str]:

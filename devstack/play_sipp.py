@@ -131,10 +131,11 @@ def device_xml(behaviour: Mapping[str, Any], t0_ms: int) -> str:
     return "".join(parts)
 
 
-def caller_xml(horizon_ms: int, talk_ms: int = 1000) -> str:
+def caller_xml(horizon_ms: int, talk_ms: int = 1000, *, auth: bool = True) -> str:
     """The caller: INVITE with digest auth; stays until a final answer or the horizon, then CANCEL;
     once answered, ``talk_ms`` of talk and BYE. Fields: 0 from user, 1 domain, 2 [authentication],
-    3 number, 4 display name."""
+    3 number, 4 display name. Without ``auth`` (a carrier, known by its address; or nobody), the
+    INVITE goes without credentials. A 401 to the INVITE that carries them (or would) is final."""
     invite = (
         """
   <send retrans="500"{rtd}>
@@ -168,19 +169,22 @@ def caller_xml(horizon_ms: int, talk_ms: int = 1000) -> str:
     ]]>
   </send>"""
     until = f' timeout="{horizon_ms}" ontimeout="horizon"'
-    finals = "".join(
-        f'\n  <recv response="{code}" optional="true" next="failed"/>'
-        for code in (403, 404, 408, 480, 486, 487, 488, 500, 503, 603)
-    )
+    # 401 here: credentials refused (or, without auth, none sent): final either way.
+    codes = (401, 403, 404, 408, 480, 486, 487, 488, 500, 503, 603)
+    finals = "".join(f'\n  <recv response="{code}" optional="true" next="failed"/>' for code in codes)
+    challenge = [
+        invite.format(cseq=1, auth="", rtd=""),
+        '\n  <recv response="100" optional="true"/>',
+        '\n  <recv response="401" auth="true"/>',
+        ack.format(uri="sip:[field3]@[field1]", cseq=1, branch=_INV.format(1)),
+    ]
     return "".join(
         [
             _HEAD,
             '<scenario name="caller">',
-            invite.format(cseq=1, auth="", rtd=""),
-            '\n  <recv response="100" optional="true"/>',
-            '\n  <recv response="401" auth="true"/>',
-            ack.format(uri="sip:[field3]@[field1]", cseq=1, branch=_INV.format(1)),
-            invite.format(cseq=2, auth="      [field2]\n", rtd=' start_rtd="setup"'),
+            *(challenge if auth else []),
+            # Without auth the INVITE still has CSeq 2: the CANCEL and ACKs below name it.
+            invite.format(cseq=2, auth="      [field2]\n" if auth else "", rtd=' start_rtd="setup"'),
             # sipp times only the recv the call waits at, optional ones included: every recv
             # of the ringing phase carries the horizon (provisionals arrive within milliseconds).
             f'\n  <recv response="100" optional="true"{until}/>',

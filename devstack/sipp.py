@@ -125,6 +125,7 @@ class SippProcess:
     dir: Path
     proc: subprocess.Popen[bytes] | None = None
     movable: bool = False
+    ip: str = "127.0.0.1"  # the loopback address it binds (a carrier's: 127.0.0.2 and so on)
 
     @property
     def trace_path(self) -> Path:
@@ -155,7 +156,7 @@ class SippProcess:
             if self._spawn(sip_addr, timeout_s, calls, extra):
                 return
             if not self.movable:
-                raise SippError(f"sipp {self.name}: UDP port {self.port} on 127.0.0.1 is taken")
+                raise SippError(f"sipp {self.name}: UDP port {self.port} on {self.ip} is taken")
             self.port = free_udp_port()
         raise SippError(f"sipp {self.name}: no UDP port it could bind in {_START_ATTEMPTS} attempts")
 
@@ -163,7 +164,7 @@ class SippProcess:
         """Start sipp; False when it could not bind its port."""
         argv = [
             "sipp", sip_addr, "-sf", "scenario.xml", "-inf", "rows.csv", "-m", str(calls), "-l", str(min(calls, 2000)),
-            "-i", "127.0.0.1", "-p", str(self.port), "-t", "u1", "-nostdin",
+            "-i", self.ip, "-p", str(self.port), "-t", "u1", "-nostdin",
             "-timeout", f"{int(timeout_s)}s", "-trace_msg", "-message_file", "messages.log",
             "-trace_err", "-error_file", "errors.log", *extra,
         ]  # fmt: skip

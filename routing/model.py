@@ -20,6 +20,7 @@ __all__ = [
     "StaticContact",
     "directory_from_config",
     "static_contacts_from_config",
+    "trunk_keys",
 ]
 
 ExtensionType = Literal["simple", "multiring", "group", "external", "trunk"]
@@ -256,7 +257,6 @@ def _did(raw: Mapping[str, Any]) -> DidRule:
 
 def _extension(number: str, raw: Mapping[str, Any]) -> Extension:
     fwd = raw.get("forward")
-    out = raw.get("outbound")
     return Extension(
         number=number,
         type=raw["type"],
@@ -276,11 +276,20 @@ def _extension(number: str, raw: Mapping[str, Any]) -> Extension:
             )
             for r in raw.get("ranks") or ()
         ),
-        ring_timeout_ms=_optional_int(raw.get("ring_timeout_ms")),
-        outbound=Outbound(int(out.get("strip") or 0), str(out.get("prepend") or "")) if out else None,
-        fallback=tuple(str(n) for n in raw.get("fallback") or ()),
-        dids=tuple(_did(r) for r in raw.get("dids") or ()),
+        **trunk_keys(raw),
     )
+
+
+def trunk_keys(raw: Mapping[str, Any]) -> dict[str, Any]:
+    """The `Extension` fields of an extension's trunk keys and ring timeout (contract section 2),
+    from its section-2 mapping or from pbx.routing_trunk_keys (the same shape)."""
+    out = raw.get("outbound")
+    return {
+        "ring_timeout_ms": _optional_int(raw.get("ring_timeout_ms")),
+        "outbound": Outbound(int(out.get("strip") or 0), str(out.get("prepend") or "")) if out else None,
+        "fallback": tuple(str(n) for n in raw.get("fallback") or ()),
+        "dids": tuple(_did(r) for r in raw.get("dids") or ()),
+    }
 
 
 def _as_list(raw: Any) -> list[str]:

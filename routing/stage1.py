@@ -280,14 +280,17 @@ def reachable(d: Directory, caller: str, called: str, endpoint_owners: Iterable[
     """Every extension `build_tree` may read for this call, and the trunks: a store that loads only
     these for a call routes it as on the whole directory.
 
-    Seeds: the caller, the called number, every trunk (prefix routing), and `endpoint_owners`, the
-    extensions listing the endpoint the call arrived on (so that its owner is the same as in the
-    whole directory). From them, rank members and forward targets, one step past MAX_DEPTH (the
-    tree prunes there by number alone). routing_store.loader's per-call statement recurses by the
+    Seeds: the caller, the called number, every trunk (prefix routing, and so every fallback), and
+    `endpoint_owners`, the extensions listing the endpoint the call arrived on (so that its owner is
+    the same as in the whole directory), and what their DID rules map the called number to. From
+    them, rank members and forward targets, one step past MAX_DEPTH (the tree prunes there by
+    number alone). routing_store.loader's per-call statement recurses by the
     same rule in SQL (one round trip); its tests check both load the same extensions.
     """
     exts = d.extensions
-    seen = {n for n in (caller, called, *endpoint_owners) if n in exts}
+    # A call from a carrier: what the DID rules of the endpoint's trunks map `called` to.
+    dids = [t for o in endpoint_owners if o in exts for r in exts[o].dids if (t := r.target(called)) is not None]
+    seen = {n for n in (caller, called, *endpoint_owners, *dids) if n in exts}
     seen.update(d.trunks)
     frontier = list(seen)
     for _ in range(MAX_DEPTH + 1):

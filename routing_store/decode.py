@@ -10,17 +10,20 @@ gives it to the first).
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Sequence
 from operator import itemgetter
 from typing import Any
 
-from routing.model import Directory, Extension, Forward, Member, Rank
+from routing.model import Directory, Extension, Forward, Member, Rank, static_contacts_from_config, trunk_keys
 
 __all__ = [
     "ENDPOINT_COLUMNS",
     "EXTENSION_COLUMNS",
     "MEMBER_COLUMNS",
     "RANK_COLUMNS",
+    "SETTINGS",
+    "STATIC_COLUMNS",
     "decode_contacts",
     "decode_directory",
 ]
@@ -39,12 +42,25 @@ EXTENSION_COLUMNS = ", ".join(
         "e.forward_to",
         "coalesce(e.forward_delay_ms, 0)",
         *(f"e.{c}" for c in _PLAIN),
+        # Trunk keys and the ring timeout, in the shape of the configuration (routing.model.trunk_keys);
+        # asked only where there can be any, so a whole tenant's load stays one pass.
+        "CASE WHEN e.type = 'trunk' OR e.ring_timeout_ms IS NOT NULL"
+        " THEN pbx.routing_trunk_keys(e.tenant_id, e.number) END",
     )
 )
 # pbx.extension_endpoints (alias x) joined to the endpoint's pbx.objects row (alias o).
 ENDPOINT_COLUMNS = "x.number, x.ordinal, o.name"
 RANK_COLUMNS = "r.number, r.ordinal, r.mode, r.delay_ms"  # pbx.ranks (alias r)
 MEMBER_COLUMNS = "m.number, m.rank_ordinal, m.ordinal, m.member, m.active"  # pbx.rank_members (alias m)
+# The rows of pbx.routing_static_contacts (alias s): (endpoint name, its merged `aor` section).
+STATIC_COLUMNS = "s.endpoint, s.config"
+# The tenant's settings object, for a tenant id in `ten.id`.
+SETTINGS = "pbx.routing_settings(ten.id)"
+
+
+def _json(raw: Any) -> Any:
+    # asyncpg hands jsonb over as its text unless a codec is set on the connection.
+    return json.loads(raw) if isinstance(raw, str) else raw
 
 
 def _number_order(row: Row) -> tuple[int, str]:
@@ -61,7 +77,8 @@ def _extension(row: Row, endpoints: tuple[str, ...], ranks: tuple[Rank, ...]) ->
         endpoints=endpoints,
         forward=Forward(row[2], row[3], row[4]) if row[2] is not None else None,
         ranks=ranks,
-        **dict(zip(_PLAIN, row[5:], strict=True)),
+        **dict(zip(_PLAIN, row[5:-1], strict=True)),
+        **trunk_keys(_json(row[-1]) or {}),
     )
 
 
@@ -71,9 +88,16 @@ _MEMBER_ORDER = itemgetter(0, 1, 2)
 
 
 def decode_directory(
-    tenant: str, extensions: Iterable[Row], endpoints: Iterable[Row], ranks: Iterable[Row], members: Iterable[Row]
+    tenant: str,
+    extensions: Iterable[Row],
+    endpoints: Iterable[Row],
+    ranks: Iterable[Row],
+    members: Iterable[Row],
+    static: Iterable[Row] = (),
+    settings: Any = None,
 ) -> Directory:
-    """Rows of the four column lists above (any order, any subset of a tenant's extensions)."""
+    """Rows of the column lists above (any order, any subset of a tenant's extensions; `static`:
+    STATIC_COLUMNS rows of at least their endpoints), and the value of SETTINGS."""
     eps: dict[str, list[str]] = {}
     for number, _, name in sorted(endpoints, key=_BY_ORDINAL):
         eps.setdefault(number, []).append(name)
@@ -87,7 +111,10 @@ def decode_directory(
     for row in sorted(extensions, key=_number_order):
         n = row[0]
         out[n] = _extension(row, tuple(eps.get(n, ())), tuple(rks.get(n, ())))
-    return Directory.build(tenant, out)
+    # The model's own converter reads the merged AOR sections, as the simulator reads a file's.
+    contacts = static_contacts_from_config({"endpoints": {name: _json(config) for name, config in static}})
+    ring_timeout_ms = (_json(settings) or {}).get("ring_timeout_ms")
+    return Directory.build(tenant, out, static_contacts=contacts, ring_timeout_ms=ring_timeout_ms)
 
 
 _CONTACT_ID = itemgetter(1)

@@ -18,6 +18,8 @@ from routing_store.decode import (
     EXTENSION_COLUMNS,
     MEMBER_COLUMNS,
     RANK_COLUMNS,
+    SETTINGS,
+    STATIC_COLUMNS,
     decode_contacts,
     decode_directory,
 )
@@ -48,6 +50,8 @@ WHERE x.tenant_id = $1
 """
 _RANKS = f"SELECT {RANK_COLUMNS} FROM pbx.ranks r WHERE r.tenant_id = $1"
 _MEMBERS = f"SELECT {MEMBER_COLUMNS} FROM pbx.rank_members m WHERE m.tenant_id = $1"
+_STATIC = f"SELECT {STATIC_COLUMNS} FROM pbx.routing_static_contacts($1) s"
+_SETTINGS = f"SELECT {SETTINGS} FROM (SELECT $1::bigint AS id) ten"
 
 
 async def load_tenant(conn: asyncpg.Connection, tenant: str) -> Tenant:
@@ -63,6 +67,8 @@ async def load_tenant(conn: asyncpg.Connection, tenant: str) -> Tenant:
             await conn.fetch(_ENDPOINTS, tid),
             await conn.fetch(_RANKS, tid),
             await conn.fetch(_MEMBERS, tid),
+            await conn.fetch(_STATIC, tid),
+            await conn.fetchval(_SETTINGS, tid),
         )
     return Tenant(tid, t["name"], t["domain"], t["version"], directory)
 
@@ -83,6 +89,14 @@ WITH RECURSIVE ten AS (
         UNION ALL
         SELECT x.number FROM pbx.objects o JOIN pbx.extension_endpoints x ON x.endpoint_id = o.id
         WHERE o.tenant_id = ten.id AND o.kind = 'endpoint' AND o.name = $4
+        UNION ALL
+        -- A call from a carrier: what the DID rules of the trunks listing its endpoint map the
+        -- called number to (every matching rule: the decoder's model picks the longest).
+        SELECT coalesce(d.target_extension, substr($3, length(d.match) + 1))
+        FROM pbx.objects o JOIN pbx.extension_endpoints x ON x.endpoint_id = o.id
+        JOIN pbx.trunk_dids d ON (d.tenant_id, d.number) = (x.tenant_id, x.number)
+        WHERE o.tenant_id = ten.id AND o.kind = 'endpoint' AND o.name = $4
+          AND ((d.kind = 'number' AND d.match = $3) OR (d.kind = 'prefix' AND left($3, length(d.match)) = d.match))
     ) e
 ), reach(number, depth) AS (
     SELECT number, 0 FROM seed
@@ -106,6 +120,9 @@ WITH RECURSIVE ten AS (
     ) x JOIN pbx.objects o ON o.id = x.endpoint_id
 )
 SELECT (SELECT domain FROM ten) AS domain,
+       (SELECT {SETTINGS} FROM ten) AS settings,
+       array(SELECT ROW({STATIC_COLUMNS}) FROM ten, pbx.routing_static_contacts(
+           ten.id, array(SELECT DISTINCT name FROM eps)) s) AS static,
        array(SELECT ROW({EXTENSION_COLUMNS}) FROM exts e) AS extensions,
        array(SELECT x FROM eps x) AS endpoints,
        array(SELECT ROW({RANK_COLUMNS}) FROM exts e, LATERAL (
@@ -128,7 +145,9 @@ async def load_for_call(
     if row is None or row["domain"] is None:
         raise UnknownTenant(tenant)
     domain = row["domain"]
-    directory = decode_directory(tenant, row["extensions"], row["endpoints"], row["ranks"], row["members"])
+    directory = decode_directory(
+        tenant, row["extensions"], row["endpoints"], row["ranks"], row["members"], row["static"], row["settings"]
+    )
     contacts, uris = decode_contacts(row["contacts"], domain)
     return CallData(directory, contacts, domain, contact_uris=uris)
 

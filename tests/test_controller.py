@@ -311,6 +311,7 @@ async def test_the_app_gets_only_the_event_types_the_controller_handles(rig: Rig
         "ChannelHangupRequest",
         "ChannelDestroyed",
         "EndpointStateChange",
+        "ContactStatusChange",
         "ApplicationReplaced",
     }
     assert request.json["disallowed"] == []
@@ -429,3 +430,35 @@ async def test_endpoint_watch_refused_on_a_fresh_node_is_retried_by_the_first_ca
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
+
+
+async def test_a_static_contact_asterisk_reports_unreachable_is_offline_and_the_fallback_dials(
+    rig: Rig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    trunks = {
+        "1001": {"type": "simple", "name": "Alice", "endpoints": ["1001"], "dialout": True},
+        "0": {"type": "trunk", "name": "Main", "endpoints": ["carrier"], "fallback": ["8"], "outbound": {"strip": 1}},
+        "8": {"type": "trunk", "name": "Backup", "endpoints": ["backup"], "outbound": {"prepend": "+"}},
+    }
+    qualified = {"qualify_frequency": "30"}
+    endpoints = {
+        "carrier": {"aor": {"contact": ["sip:127.0.0.2:5070"], **qualified}},
+        "backup": {"aor": {"contact": ["sip:127.0.0.4:5070"], **qualified}},
+    }
+    monkeypatch.setitem(TENANT, "extensions", trunks)
+    monkeypatch.setitem(TENANT, "endpoints", endpoints)
+    rig.fake.push(
+        {
+            "type": "ContactStatusChange",
+            "application": "pbx",
+            "endpoint": {"technology": "PJSIP", "resource": "carrier@t.example", "state": "offline"},
+            "contact_info": {"uri": "sip:127.0.0.2:5070", "contact_status": "Unreachable", "aor": "carrier@t.example"},
+        }
+    )
+    await rig.until(
+        "the report", lambda: not rig.controller.reachability.reachable("carrier@t.example", "sip:127.0.0.2:5070")
+    )
+    rig.fake.push(stasis_start("A", "0301234"))
+    [leg] = await rig.until("the fallback's ring", rig.originates)
+    # The backup's own rule on the number as dialed, in the request URI's user part.
+    assert leg.params["endpoint"] == "PJSIP/backup@t.example/sip:+0301234@127.0.0.4:5070"

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import re
 import xml.etree.ElementTree as ET
 from datetime import datetime
 
 import pytest
 
-from devstack.play import Message, _timeline, read_trace
+from devstack.play import Message, PlayError, _plan, _timeline, read_trace
 from devstack.play_sipp import caller_xml, device_xml
 
 TRACE = """----------------------------------------------- 2026-11-30 04:47:50.044657
@@ -73,3 +74,61 @@ def test_caller_scenario_is_well_formed_and_times_the_horizon_everywhere_it_wait
     ringing = [e for e in recvs if e.get("response") in ("180", "183", "486")]
     ringing.append(next(e for e in recvs if e.get("response") == "200"))  # the answer
     assert len(ringing) == 4 and all(e.get("timeout") == "7000" for e in ringing)
+
+
+def test_trunk_devices_report_the_request_uri_user_as_dialed() -> None:
+    t0 = ts("2026-11-30 04:47:50.000000")
+    caller = [Message(t0, "sent", "INVITE sip:0030123@t SIP/2.0", {"cseq": "2 INVITE"})]
+    carrier = [
+        Message(t0 + 0.1, "received", "INVITE sip:+4930123@127.0.0.2:5070 SIP/2.0", {"from": '"Alice" <sip:1001@t>'})
+    ]
+    out = _timeline(caller, {"carrier/1": carrier}, 10, {"carrier/1"})
+    assert out["timeline"] == [
+        {"t": 0.1, "ring": "carrier/1", "caller": "1001", "callername": "Alice", "dialed": "+4930123"}
+    ]
+
+
+def test_finals_without_credentials_and_after_a_ring_timeout() -> None:
+    t0 = ts("2026-11-30 04:47:50.000000")
+    invite = Message(t0, "sent", "INVITE sip:1002@t SIP/2.0", {"cseq": "2 INVITE"})
+    challenged = Message(t0 + 0.01, "received", "SIP/2.0 401 Unauthorized", {"cseq": "2 INVITE"})
+    assert _timeline([invite, challenged], {}, 10)[("status")] == "error:noauth"
+    # With credentials: the first 401 is the challenge; one to the INVITE that carried them refuses them.
+    first = Message(t0, "sent", "INVITE sip:1002@t SIP/2.0", {"cseq": "1 INVITE"})
+    challenge = Message(t0, "received", "SIP/2.0 401 Unauthorized", {"cseq": "1 INVITE"})
+    authorized = Message(t0, "sent", "INVITE sip:1002@t SIP/2.0", {"cseq": "2 INVITE", "authorization": "Digest"})
+    ok = Message(t0 + 1, "received", "SIP/2.0 200 OK", {"cseq": "2 INVITE"})
+    assert _timeline([first, challenge, authorized, ok], {}, 10)["status"] == "ok"
+    refused = _timeline([first, challenge, authorized, challenged], {}, 10)
+    assert (refused["status"], refused["result"]) == ("error:forbidden", "noroute")
+    unavailable = Message(t0 + 20, "received", "SIP/2.0 480 Temporarily Unavailable", {"cseq": "2 INVITE"})
+    assert _timeline([invite, unavailable], {}, 30)["result"] == "unavailable"
+    rung = [
+        Message(t0 + 0.1, "received", "INVITE sip:1002@x SIP/2.0", {"from": "<sip:1001@t>"}),
+        Message(t0 + 20, "received", "CANCEL sip:1002@x SIP/2.0", {}),
+    ]
+    assert _timeline([invite, unavailable], {"dev-1002": rung}, 30)["result"] == "noanswer"
+
+
+def test_caller_without_credentials_sends_one_invite_and_takes_401_as_final() -> None:
+    root = ET.fromstring(caller_xml(7000, auth=False))
+    sends = [e for e in root if e.tag == "send" and "INVITE sip:" in (e.text or "")]
+    assert len(sends) == 1 and "[field2]" not in (sends[0].text or "")
+    assert any(e.get("response") == "401" and e.get("next") == "failed" for e in root if e.tag == "recv")
+
+
+def test_plan_static_devices_on_loopback_only() -> None:
+    tenant = {
+        "domain": "t.example",
+        "endpoints": {"carrier": {"aor": {"contact": ["sip:127.0.0.2:5070", "sip:gw@127.0.0.4"]}}},
+        "extensions": {"0": {"type": "trunk", "name": "C", "endpoints": ["carrier"]}},
+    }
+    scenario = {"config": {"tenants": {"t": tenant}}, "call": {"tenant": "t", "caller": "1", "called": "2"}}
+    _, plan = _plan(scenario)
+    assert plan.static == {"carrier/1": ("carrier", "127.0.0.2", 5070), "carrier/2": ("carrier", "127.0.0.4", 5060)}
+    assert plan.trunk_endpoints == {"carrier"}
+    tenant["endpoints"]["carrier"]["aor"]["contact"] = ["sip:192.0.2.1:5060"]  # type: ignore[index]
+    with pytest.raises(
+        PlayError, match=re.escape("carrier: contact sip:192.0.2.1:5060: 192.0.2.1 is not a 127.0.0.0/8")
+    ):
+        _plan(scenario)

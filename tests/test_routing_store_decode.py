@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import random
 
-from routing.model import Forward, Member, Rank
+from routing.model import DidRule, Forward, Member, Outbound, Rank, StaticContact
 from routing_store.decode import decode_contacts, decode_directory
 
 EXTENSIONS = [
-    # number, name, forward mode, to, delay, then the plain columns (type, short_name, ...)
-    ("10", "Ten", None, None, 0, "simple", None, True, False, None, None, None, None),
-    ("9", "Nine", "busy", "10", 0, "simple", "N", False, True, "99", "Out", "tone-de", "de"),
-    ("200", "Group", None, None, 0, "group", None, True, False, None, None, None, None),
+    # number, name, forward mode, to, delay, then the plain columns (type, short_name, ...), then
+    # the trunk keys (jsonb: asyncpg's text, or already decoded)
+    ("10", "Ten", None, None, 0, "simple", None, True, False, None, None, None, None, None),
+    ("9", "Nine", "busy", "10", 0, "simple", "N", False, True, "99", "Out", "tone-de", "de", '{"ring_timeout_ms": 5}'),
+    ("200", "Group", None, None, 0, "group", None, True, False, None, None, None, None, None),
 ]
 ENDPOINTS = [("10", 1, "shared"), ("10", 0, "ten"), ("9", 0, "shared")]
 RANKS = [("200", 1, "next", 500), ("200", 0, "default", 0)]
@@ -50,3 +51,15 @@ def test_contacts_by_id_with_their_uris() -> None:
     contacts, uris = decode_contacts([*rows, (None, None, None)], "t.example")
     assert contacts == {"e1": ["a0", "b"], "e2": ["a"]}
     assert uris == {"a": "sip:a", "a0": "sip:a0", "b": "sip:b"}
+
+
+def test_trunk_keys_static_contacts_and_settings() -> None:
+    keys = {"outbound": {"strip": 1, "prepend": "+49"}, "fallback": ["8"], "dids": [{"prefix": "0301", "to": "{rest}"}]}
+    trunk = ("0", "Carrier", None, None, 0, "trunk", None, True, False, None, None, None, None, keys)
+    static = [("gw", '{"aor": {"contact": ["sip:127.0.0.2:5070"], "qualify_frequency": "30"}}'), ("x", {"aor": {}})]
+    d = decode_directory("t", [trunk], [("0", 0, "gw")], [], [], static, '{"ring_timeout_ms": 20000}')
+    t = d.extensions["0"]
+    assert (t.outbound, t.fallback, t.dids) == (Outbound(1, "+49"), ("8",), (DidRule("{rest}", prefix="0301"),))
+    assert d.static_contacts == {"gw": (StaticContact("sip:127.0.0.2:5070", qualified=True),)}
+    assert d.ring_timeout_ms == 20000
+    assert decode_directory("t", [], [], [], [], [], None).ring_timeout_ms == 180_000

@@ -25,6 +25,8 @@ __all__ = [
     "ChannelLeftBridge",
     "ChannelStateChange",
     "ChannelVarset",
+    "ContactInfo",
+    "ContactStatusChange",
     "Dial",
     "EndpointStateChange",
     "Event",
@@ -125,6 +127,19 @@ class EndpointStateChange(Event):
     endpoint: Endpoint
 
 
+class ContactInfo(AriModel):
+    uri: str
+    contact_status: str  # Reachable | Unreachable | Unknown | NonQualified | Removed | Updated
+    aor: str = ""
+
+
+class ContactStatusChange(Event):
+    """A contact's qualify status changed (with an ``endpoint:`` event source subscription)."""
+
+    endpoint: Endpoint
+    contact_info: ContactInfo
+
+
 class PlaybackStarted(Event):
     playback: Playback
 
@@ -159,6 +174,7 @@ _TYPES: dict[str, type[Event]] = {
         ChannelLeftBridge,
         ChannelVarset,
         EndpointStateChange,
+        ContactStatusChange,
         PlaybackStarted,
         PlaybackFinished,
         ApplicationReplaced,

@@ -26,6 +26,7 @@ from ari_app.ari import (
     ChannelHangupRequest,
     ChannelStateChange,
     Connected,
+    ContactStatusChange,
     Disconnected,
     EndpointStateChange,
     Event,
@@ -40,6 +41,7 @@ from ari_app.controller.ids import call_of_bridge, call_of_channel, parse_channe
 from ari_app.controller.metrics import Metrics
 from ari_app.controller.party import dial_string, party_endpoint
 from ari_app.controller.presence import Presence
+from ari_app.controller.reachability import ContactReachability
 from pbx_base.errors import NotFound
 from routing.fork import Fork
 from routing.lookup import CallLookup, split_endpoint_id
@@ -101,6 +103,7 @@ class Controller:
         self.lookup = lookup
         self.metrics = metrics or Metrics()
         self.presence = Presence()
+        self.reachability = ContactReachability()
         self.calls: dict[str, LiveCall] = {}
         self.conferences: dict[str, Conference] = {}
         self._arriving: dict[str, bool] = {}  # caller channel id -> hung up during lookup
@@ -118,6 +121,7 @@ class Controller:
             ChannelStateChange: self._on_state_change,
             ChannelDestroyed: self._on_destroyed,
             EndpointStateChange: self._on_endpoint_state,
+            ContactStatusChange: self._on_contact_status,
         }
 
     # -- running ------------------------------------------------------------------------------
@@ -174,6 +178,12 @@ class Controller:
         ep = item.endpoint
         if ep.technology == "PJSIP":
             self.presence.report(ep.resource, ep.channel_ids)
+            self.reachability.endpoint_state(ep.resource, ep.state)
+
+    async def _on_contact_status(self, item: ContactStatusChange) -> None:
+        if item.endpoint.technology == "PJSIP":
+            info = item.contact_info
+            self.reachability.contact_status(item.endpoint.resource, info.uri, info.contact_status)
 
     # -- new calls, legs and parties ---------------------------------------------------------
     async def _on_stasis_start(self, event: StasisStart) -> None:
@@ -231,7 +241,9 @@ class Controller:
             call_id=ch.id,
             ari=self.ari,
             caller=ch,
-            fork=Fork(routed.tree, routed.request.called, devices),
+            fork=Fork(
+                routed.tree, routed.request.called, devices, reachability=self.reachability.of_domain(routed.domain)
+            ),
             domain=routed.domain,
             contact_uris=routed.contact_uris,
             presence=self.presence,
@@ -398,6 +410,7 @@ class Controller:
         self._subscribed = True
         endpoints = await self.ari.endpoints.list("PJSIP")
         self.presence.reset((e.resource, e.channel_ids) for e in endpoints)
+        self.reachability.reset([(e.resource, e.state) for e in endpoints])
         return True
 
     async def _reap_orphans(self) -> None:
