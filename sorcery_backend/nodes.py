@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -59,6 +60,8 @@ class NodeStatus:
     last_error_at: datetime | None
     actions_sent: int
     rows_delivered: int
+    # What the node refused (object -> "Action: message"); each was counted delivered so the rest flows.
+    refused: dict[str, str] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -72,6 +75,7 @@ class NodeStatus:
             "last_error_at": self.last_error_at.isoformat() if self.last_error_at else None,
             "actions_sent": self.actions_sent,
             "rows_delivered": self.rows_delivered,
+            "refused": self.refused,
         }
 
 
@@ -125,7 +129,9 @@ async def push_status(conn: asyncpg.Connection) -> list[NodeStatus]:
         SELECT n.name, n.ami_host, n.ami_port, coalesce(s.connected, false) AS connected,
                p.undelivered, coalesce(extract(epoch FROM now() - p.oldest), 0)::float8 AS lag_s,
                s.last_delivery_at, s.last_error, s.last_error_at,
-               coalesce(s.actions_sent, 0) AS actions_sent, coalesce(s.rows_delivered, 0) AS rows_delivered
+               coalesce(s.actions_sent, 0) AS actions_sent, coalesce(s.rows_delivered, 0) AS rows_delivered,
+               (SELECT jsonb_object_agg(r.object, r.action || ': ' || r.message) FROM pbx.push_refusals r
+                WHERE r.node_id = n.id) AS refused
         FROM pbx.nodes n
         LEFT JOIN pbx.node_state s ON s.node_id = n.id
         CROSS JOIN LATERAL (
@@ -147,6 +153,7 @@ async def push_status(conn: asyncpg.Connection) -> list[NodeStatus]:
             last_error_at=r["last_error_at"],
             actions_sent=r["actions_sent"],
             rows_delivered=r["rows_delivered"],
+            refused=json.loads(r["refused"]) if r["refused"] else {},
         )
         for r in rows
     ]

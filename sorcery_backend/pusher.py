@@ -172,6 +172,7 @@ class NodeWorker:
         self._first_notify: float | None = None
         self._last_notify = 0.0
         self._contexts: set[str] = set()  # ensured on the current AMI session
+        self.refused: list[tuple[CacheAction, AmiError]] = []  # answered with an error, not yet recorded
 
     def notify(self) -> None:
         now = time.monotonic()
@@ -255,6 +256,9 @@ class NodeWorker:
             done = await self._send_all(session, actions)
         except _PartlyDone as partly:
             raise partly.cause from None
+        refused, self.refused = self.refused, []
+        if refused:  # a node whose caches could not be emptied may serve anything: try again
+            raise refused[0][1]
         await self._acknowledge(conn, seqs, len(done))
         log.info("node %s: first contact, every cache expired (%d pending changes covered)", self.node.name, len(seqs))
 
@@ -357,33 +361,34 @@ class NodeWorker:
             except _PartlyDone as partly:
                 # What Asterisk confirmed is delivered, even though the session is going down.
                 await self._acknowledge(conn, [s for a in partly.done for s in a.seqs], len(partly.done))
+                await self._note_refusals(conn, partly.done)
                 raise partly.cause from None
             await self._acknowledge(conn, [s for a in done for s in a.seqs], len(done))
+            await self._note_refusals(conn, done)
             await asyncio.sleep(0)  # let other nodes and services run between chunks
 
     async def _send_all(self, session: AmiSession, actions: list[CacheAction]) -> list[CacheAction]:
-        """Send pipelined; all of them when every one is confirmed, else :class:`_PartlyDone`."""
+        """Send pipelined; every action the node answered (confirmed, or refused and recorded in
+        :attr:`refused`), else :class:`_PartlyDone` when the session was lost on the way."""
         window = asyncio.Semaphore(self.settings.window)
-        failures: list[Exception] = []
+        lost: list[Exception] = []
 
         async def one(action: CacheAction) -> bool:
             async with window:
                 try:
                     await session.send(action.as_dict)
                 except AmiError as exc:
-                    if any(b in exc.message for b in _BENIGN):
-                        return True
-                    failures.append(exc)
-                    return False
+                    if not any(b in exc.message for b in _BENIGN):
+                        self.refused.append((action, exc))
                 except AmiDisconnected as exc:
-                    failures.append(exc)
+                    lost.append(exc)
                     return False
             return True
 
         results = await asyncio.gather(*(one(a) for a in actions))
         done = [a for a, ok in zip(actions, results, strict=True) if ok]
-        if failures:
-            raise _PartlyDone(done, failures[0])
+        if lost:
+            raise _PartlyDone(done, lost[0])
         return done
 
     async def _acknowledge(self, conn: asyncpg.Connection, seqs: list[int], actions: int) -> None:
@@ -403,6 +408,30 @@ class NodeWorker:
                 actions,
                 deleted,
             )
+
+    async def _note_refusals(self, conn: asyncpg.Connection, answered: list[CacheAction]) -> None:
+        """Record what the node refused among ``answered``; forget earlier refusals of the others."""
+        refused, self.refused = self.refused, []
+        bad = {id(a) for a, _ in refused}
+        fine = [_object_of(a.as_dict) for a in answered if id(a) not in bad]
+        if fine:
+            await conn.execute(
+                "DELETE FROM pbx.push_refusals WHERE node_id = $1 AND object = ANY($2::text[])", self.node.id, fine
+            )
+        for action, exc in refused:
+            await self._record_refusal(conn, action.as_dict, exc)
+
+    async def _record_refusal(self, conn: asyncpg.Connection, fields: dict[str, str], exc: AmiError) -> None:
+        obj = _object_of(fields)
+        log.warning("node %s: refused %s for %s: %s", self.node.name, fields["Action"], obj, exc.message)
+        await conn.execute(
+            "INSERT INTO pbx.push_refusals (node_id, object, action, message) VALUES ($1, $2, $3, $4) "
+            "ON CONFLICT (node_id, object) DO UPDATE SET action = $3, message = $4, at = now()",
+            self.node.id,
+            obj,
+            fields["Action"],
+            exc.message[:500],
+        )
 
     async def _ensure_contexts(
         self, conn: asyncpg.Connection, session: AmiSession, endpoint_ids: list[str] | None
@@ -429,31 +458,32 @@ class NodeWorker:
                 self._contexts.add(context)
                 continue
             extens = {e for e, _a, _d in have or ()}
+            adds = []
             if _PATTERN not in extens:
-                await session.send(
-                    {
-                        "Action": "DialplanExtensionAdd",
-                        "Context": context,
-                        "Extension": _PATTERN,
-                        "Priority": "1",
-                        "Application": "Goto",
-                        "ApplicationData": f"{DIALPLAN_TARGET},${{EXTEN}},1",
-                    }
-                )
+                adds.append((_PATTERN, "Goto", f"{DIALPLAN_TARGET},${{EXTEN}},1"))
             if "h" not in extens:
-                # An exact h, or the pattern above would also run at hangup.
-                await session.send(
-                    {
-                        "Action": "DialplanExtensionAdd",
-                        "Context": context,
-                        "Extension": "h",
-                        "Priority": "1",
-                        "Application": "NoOp",
-                        "ApplicationData": "",
-                    }
-                )
+                adds.append(("h", "NoOp", ""))  # an exact h, or the pattern would also run at hangup
+            self._contexts.add(context)  # refused or not: not asked again until the next check
+            try:
+                for exten, app, data in adds:
+                    await session.send(
+                        {
+                            "Action": "DialplanExtensionAdd",
+                            "Context": context,
+                            "Extension": exten,
+                            "Priority": "1",
+                            "Application": app,
+                            "ApplicationData": data,
+                        }
+                    )
+            except AmiError as exc:
+                # One endpoint's context the node will not take must not hold back every other change.
+                await self._record_refusal(conn, {"Action": "DialplanExtensionAdd", "Context": context}, exc)
+                continue
+            await conn.execute(
+                "DELETE FROM pbx.push_refusals WHERE node_id = $1 AND object = $2", self.node.id, _context_key(context)
+            )
             log.info("node %s: dialplan context %s leads to %s", self.node.name, context, DIALPLAN_TARGET)
-            self._contexts.add(context)
 
     async def _record_error(self, conn: asyncpg.Connection, message: str) -> None:
         with contextlib.suppress(Exception):
@@ -464,6 +494,19 @@ class NodeWorker:
                 self.node.id,
                 message[:500],
             )
+
+
+def _context_key(context: str) -> str:
+    return f"context:{context}"
+
+
+def _object_of(fields: dict[str, str]) -> str:
+    """What a refusal is recorded against: the object, else the cache, else the dialplan context."""
+    if "Object" in fields:
+        return fields["Object"]
+    if "Context" in fields:
+        return _context_key(fields["Context"])
+    return fields.get("Cache") or fields.get("Module") or fields["Action"]
 
 
 class _PartlyDone(Exception):

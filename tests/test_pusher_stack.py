@@ -14,7 +14,7 @@ from pathlib import Path
 
 import asyncpg
 import pytest
-from stack import apply_yaml
+from stack import apply_yaml, pbxctl
 
 from devstack import sipp
 from devstack.stack import Stack, run_sql
@@ -410,3 +410,26 @@ def test_an_unreachable_node_shows_in_push_status_and_catches_up(stack: Stack, t
         move_node(port)
     wait_delivered(stack)
     assert asyncio.run(callerids(stack, ["1000@away.example"])) == {"1000@away.example": '"Away" <7>'}
+
+
+def test_an_object_the_node_refuses_is_reported_and_holds_back_nothing(stack: Stack, tmp_path: Path) -> None:
+    """The probe's 1,100-character context (before the fences refused it at input) made
+    DialplanExtensionAdd fail on every round, so no tenant's change reached Asterisk. The pusher
+    now records such a refusal per object and delivers the rest."""
+    apply_yaml(stack, tenant("refuse", 2), tmp_path)
+    wait_delivered(stack)
+    long_context = "x" * 1100
+    # Written behind the fences, as data from before them would be: the flat row and its change.
+    run_sql(stack, "UPDATE pbx.rt_ps_endpoints SET context = $1 WHERE id = '1000@refuse.example'", long_context)
+    run_sql(
+        stack, "INSERT INTO pbx.outbox (view, object_id, op) VALUES ('ps_endpoints', '1000@refuse.example', 'changed')"
+    )
+    set_option(stack, "refuse", "1001", "endpoint", "callerid", "After <1001>")
+    wait_delivered(stack)
+    assert asyncio.run(callerids(stack, ["1001@refuse.example"])) == {"1001@refuse.example": '"After" <1001>'}
+    status = pbxctl(stack, "push", "status", "--json")
+    assert status.returncode == 0, status.stderr
+    [node] = json.loads(status.stdout)["nodes"]
+    assert node["connected"] and node["undelivered"] == 0
+    assert list(node["refused"]) == [f"context:{long_context}"], node["refused"]
+    assert node["refused"][f"context:{long_context}"].startswith("DialplanExtensionAdd: ")

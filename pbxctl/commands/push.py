@@ -30,4 +30,6 @@ def _status(args: argparse.Namespace) -> int:
     for s in statuses:
         error = f"{s.last_error} ({s.last_error_at:%Y-%m-%d %H:%M:%S})" if s.last_error and s.last_error_at else "-"
         print(f"{s.name}\t{'yes' if s.connected else 'no'}\t{s.undelivered}\t{s.lag_s:.3f}\t{error}")
+        for obj, why in sorted(s.refused.items()):
+            print(f"  refused {obj}: {why}")
     return 0
