@@ -48,7 +48,7 @@ def config(registrar: sipp.SippProcess, password: str, static_port: int) -> str:
           carrier:
             templates: [carrier]
             registration: {{server_uri: "{server}", client_uri: "sip:user@{registrar.ip}:{registrar.port}",
-                            retry_interval: 5, expiration: 60}}
+                            retry_interval: 5, expiration: 60, line: "yes"}}
             outbound_auth: {{username: user, password: {password}}}
           static:
             templates: [carrier]
@@ -102,10 +102,12 @@ def test_trunk_registers_shows_in_status_and_a_new_password_reregisters(stack: S
     eid = "carrier@rg.example"
     try:
         apply_yaml(stack, config(registrar, "pw1", sipp.free_udp_port()), tmp_path)
-        wait_for(
-            f"{eid} Registered ({registrar.stderr()[-300:]})",
-            lambda: asyncio.run(outbound_registrations(stack)).get(eid) == "Registered",
-        )
+        try:
+            wait_for(f"{eid} Registered", lambda: asyncio.run(outbound_registrations(stack)).get(eid) == "Registered")
+        except AssertionError as exc:
+            seen = [m.first_line for m in registrar.messages()]
+            shown = stack.asterisk.rx("pjsip show registrations")
+            raise AssertionError(f"{exc}; registrar saw {seen}, {registrar.stderr()[-300:]}; node: {shown}") from None
         first = authorized_registers(registrar)
         assert first and all(digest_matches(h, "REGISTER", "user", "pw1") for h in first)
 
@@ -162,7 +164,7 @@ def test_status_json_shape() -> None:
     ]
     up = NodeView(
         "n1",
-        registrations={"carrier@t.example": {"Status": "Registered", "NextReg": "55", "ServerUri": "sip:c"}},
+        registrations={"carrier@t.example": {"Status": "Registered", "NextIn": "55", "ServerUri": "sip:c"}},
         contacts={
             "backup@t.example": [
                 {"URI": "sip:127.0.0.4:5070", "Status": "Reachable", "RoundtripUsec": "1500"},

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,10 +20,15 @@ import asyncpg
 from pbxctl.commands._db import add_dsn_argument, run_with_connection
 from sorcery_backend.ami import AmiDisconnected, AmiError, AmiSession, AmiUnreachable
 from sorcery_backend.nodes import Node, list_nodes
+from sorcery_backend.pusher import _command_output
 
 __all__ = ["NodeView", "TrunkEndpoint", "register", "report"]
 
 AMI_TIMEOUT_S = 5.0
+# A row of `pjsip show registrations`: "<id>/<server uri>  <auth>  <status>  (exp. Ns)". AMI's NextReg
+# is pjsip's own refresh timer, which Asterisk does not use (always 0); the CLI's "exp." is the time
+# to Asterisk's next REGISTER (a refresh, or the retry after a failure).
+_CLI_NEXT = re.compile(r"^\s*([^/\s]+)/\S+.*\(exp\. (-?\d+)s\)\s*$", re.M)
 
 _TRUNK_ENDPOINTS = """
 SELECT t.name AS tenant, x.number, x.name AS trunk_name, o.name AS endpoint, o.name || '@' || t.domain AS eid,
@@ -94,9 +100,13 @@ async def ask_node(node: Node, endpoints: Sequence[TrunkEndpoint], timeout: floa
         await session.connect(timeout)
         if any(e.registers for e in endpoints):
             events = await session.send_list({"Action": "PJSIPShowRegistrationsOutbound"}, timeout)
+            cli = await session.send({"Action": "Command", "Command": "pjsip show registrations"}, timeout)
+            next_in = dict(_CLI_NEXT.findall(_command_output(cli)))
             for ev in events:
                 if ev.get("Event") == "OutboundRegistrationDetail":
-                    view.registrations[str(ev.get("ObjectName"))] = ev
+                    rid = str(ev.get("ObjectName"))
+                    fields = {k: str(ev.get(k)) for k in ("Status", "ServerUri") if ev.get(k) is not None}
+                    view.registrations[rid] = fields | ({"NextIn": next_in[rid]} if rid in next_in else {})
         for e in endpoints:
             if e.static_contacts:
                 events = await session.send_list({"Action": "PJSIPShowEndpoint", "Endpoint": e.asterisk_id}, timeout)
@@ -109,6 +119,8 @@ async def ask_node(node: Node, endpoints: Sequence[TrunkEndpoint], timeout: floa
 
 
 def _int(value: object) -> int | None:
+    if value is None:
+        return None
     try:
         return int(str(value))
     except ValueError:
@@ -120,7 +132,7 @@ def _registration(fields: Mapping[str, str] | None) -> dict[str, Any] | None:
         return {"status": "absent"}  # the database has it, the node has not loaded it
     return {
         "status": fields.get("Status"),
-        "next_refresh_s": _int(fields.get("NextReg")),
+        "next_refresh_s": _int(fields.get("NextIn")),
         # Asterisk 22 keeps the last response code to itself (neither AMI nor CLI shows it).
         "last_response": None,
         "server_uri": fields.get("ServerUri"),
