@@ -44,7 +44,12 @@ DIALPLAN_TARGET = "pbx-stasis"
 _PATTERN = "_[+*#0-9a-zA-Z]!"
 _LOCK_CLASS = 0x70757368  # "push": advisory lock class, the node id is the key
 # Errors that mean "nothing to expire": the object was not cached, or the node runs without caches.
-_BENIGN = ("could not be expired from the cache", "The provided cache does not exist")
+# The last: PJSIPRegister for an outbound auth that no registration uses (one for outgoing calls only).
+_BENIGN = (
+    "could not be expired from the cache",
+    "The provided cache does not exist",
+    "Unable to retrieve registration entry",
+)
 _CACHE_COUNT = re.compile(r"Number of objects within cache:\s*(\d+)")
 
 

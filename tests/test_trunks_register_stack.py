@@ -12,6 +12,7 @@ import re
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from stack import apply_yaml, pbxctl
@@ -48,13 +49,16 @@ def config(registrar: sipp.SippProcess, password: str, static_port: int) -> str:
           carrier:
             templates: [carrier]
             registration: {{server_uri: "{server}", client_uri: "sip:user@{registrar.ip}:{registrar.port}",
-                            retry_interval: 5, expiration: 60, line: "yes"}}
+                            retry_interval: 5, expiration: 3600, line: "yes"}}
             outbound_auth: {{username: user, password: {password}}}
+          dialout:
+            templates: [carrier]
+            outbound_auth: {{username: d, password: {password}}}
           static:
             templates: [carrier]
             aor: {{contact: ["sip:127.0.0.3:{static_port}"], qualify_frequency: 0}}
         extensions:
-          "0": {{type: trunk, name: Carrier, endpoints: [carrier, static]}}
+          "0": {{type: trunk, name: Carrier, endpoints: [carrier, dialout, static]}}
     """
 
 
@@ -67,6 +71,13 @@ async def outbound_registrations(stack: Stack) -> dict[str, str]:
     finally:
         session.close()
     return {str(e["ObjectName"]): str(e["Status"]) for e in events if e.get("Event") == "OutboundRegistrationDetail"}
+
+
+def push_status(stack: Stack) -> dict[str, Any]:
+    p = pbxctl(stack, "push", "status", "--json")
+    assert p.returncode == 0, p.stderr
+    (node,) = [n for n in json.loads(p.stdout)["nodes"] if n["name"] == stack.settings.name]
+    return dict(node)
 
 
 def digest_params(header: str) -> dict[str, str]:
@@ -115,10 +126,10 @@ def test_trunk_registers_shows_in_status_and_a_new_password_reregisters(stack: S
         assert p.returncode == 0, p.stderr
         (trunk,) = [t for t in json.loads(p.stdout)["trunks"] if t["tenant"] == "rg"]
         assert (trunk["extension"], trunk["name"]) == ("0", "Carrier")
-        carrier, static = trunk["endpoints"]
+        carrier, _dialout, static = trunk["endpoints"]
         (node,) = carrier["nodes"]
         assert node["reachable"] and node["registration"]["status"] == "Registered"
-        assert 0 < node["registration"]["next_refresh_s"] <= 60
+        assert 3000 < node["registration"]["next_refresh_s"] <= 3600
         assert node["contacts"] == []
         (snode,) = static["nodes"]
         assert static["registers"] is False and snode["registration"] is None
@@ -129,11 +140,17 @@ def test_trunk_registers_shows_in_status_and_a_new_password_reregisters(stack: S
 
         seen = len(first)
         apply_yaml(stack, config(registrar, "pw2", sipp.free_udp_port()), tmp_path)
+        # Well before the refresh (an hour away): the push itself re-registers.
         wait_for(
             "a REGISTER authorized with the new password",
             lambda: any(digest_matches(h, "REGISTER", "user", "pw2") for h in authorized_registers(registrar)[seen:]),
+            timeout=20,
         )
         wait_for(f"{eid} Registered again", lambda: asyncio.run(outbound_registrations(stack)).get(eid) == "Registered")
+        # The outbound auth of an endpoint that does not register changed too: nothing to re-register,
+        # and not a refusal either.
+        wait_for("every change delivered", lambda: push_status(stack)["undelivered"] == 0)
+        assert not [o for o in push_status(stack)["refused"] if o.startswith("dialout@")]
     finally:
         registrar.stop()
 
