@@ -506,12 +506,13 @@ def _context_key(context: str) -> str:
 
 
 def _object_of(fields: dict[str, str]) -> str:
-    """What a refusal is recorded against: the object, else the cache, else the dialplan context."""
+    """What a refusal is recorded against: the object, else the cache, else the dialplan context, else
+    the registration."""
     if "Object" in fields:
         return fields["Object"]
     if "Context" in fields:
         return _context_key(fields["Context"])
-    return fields.get("Cache") or fields.get("Module") or fields["Action"]
+    return fields.get("Cache") or fields.get("Module") or fields.get("Registration") or fields["Action"]
 
 
 class _PartlyDone(Exception):
