@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
-import os
 import re
 import time
 from collections.abc import Callable
@@ -156,22 +155,36 @@ def test_trunk_registers_shows_in_status_and_a_new_password_reregisters(stack: S
 
 
 @pytest.mark.stack
-def test_a_node_that_cannot_be_asked_is_shown_unreachable(stack: Stack, tmp_path: Path) -> None:
+def test_a_node_that_cannot_be_asked_is_shown_unreachable(
+    stack: Stack, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     port = sipp.free_udp_port()  # nothing listens on TCP there
-    env_secret = {"PBX_AMI_PASSWORD": "nope"}
-    os.environ.update(env_secret)
+    monkeypatch.setenv("PBX_AMI_PASSWORD", "nope")
+    apply_yaml(
+        stack,
+        """
+        tenants:
+          rgu:
+            domain: rgu.example
+            endpoints:
+              carrier: {transport: transport-udp, aor: {contact: ["sip:127.0.0.3:5070"]}}
+            extensions:
+              "0": {type: trunk, name: Carrier, endpoints: [carrier]}
+        """,
+        tmp_path,
+    )
     try:
         p = pbxctl(stack, "nodes", "add", "ghost", "--ami", f"127.0.0.1:{port}", "--user", "x")
         assert p.returncode == 0, p.stderr
         p = pbxctl(stack, "trunks", "status", "--json")
         assert p.returncode == 0, p.stderr
-        for trunk in json.loads(p.stdout)["trunks"]:
-            for e in trunk["endpoints"]:
-                ghost = next(n for n in e["nodes"] if n["node"] == "ghost")
-                assert ghost["reachable"] is False and ghost["error"]
+        (trunk,) = [t for t in json.loads(p.stdout)["trunks"] if t["tenant"] == "rgu"]
+        nodes = {n["node"]: n for n in trunk["endpoints"][0]["nodes"]}
+        assert nodes["ghost"]["reachable"] is False and nodes["ghost"]["error"]
+        assert nodes[stack.settings.name]["reachable"] is True
+        assert "unreachable" in pbxctl(stack, "trunks", "status").stdout
     finally:
         pbxctl(stack, "nodes", "remove", "ghost")
-        os.environ.pop("PBX_AMI_PASSWORD", None)
 
 
 def test_status_json_shape() -> None:
