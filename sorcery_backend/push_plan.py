@@ -103,14 +103,14 @@ def plan_batch(
     per_cache: dict[str, dict[str, list[int]]] = {}
     full: dict[str, list[int]] = {}
     registrations: list[int] = []
-    reregister: dict[str, list[int]] = {}
+    reregister: dict[str, None] = {}  # ordered set of registration ids
     plan = Plan()
     for row in rows:
         if row.view == "ps_registrations":
             registrations.append(row.seq)
             continue
         if row.view == "ps_auths" and row.object_id.endswith(OUTBOUND_AUTH_SUFFIX) and row.op != "deleted":
-            reregister.setdefault(row.object_id.removesuffix(OUTBOUND_AUTH_SUFFIX), [])
+            reregister[row.object_id.removesuffix(OUTBOUND_AUTH_SUFFIX)] = None
         cache = CACHE_OF_VIEW.get(row.view)
         if cache is None:
             plan.unknown_views.add(row.view)
