@@ -17,7 +17,20 @@ from pbxctl.errors import EXIT_USAGE, exit_code_for
 
 __all__ = ["build_parser", "main"]
 
-COMMAND_MODULES = ("db", "config", "route", "dev", "call", "serve", "nodes", "push", "audit", "objects", "token")
+COMMAND_MODULES = (
+    "db",
+    "config",
+    "route",
+    "dev",
+    "call",
+    "serve",
+    "nodes",
+    "push",
+    "audit",
+    "objects",
+    "token",
+    "trunks",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -13,6 +13,10 @@ one batch. Rows for the same object coalesce into one action.
   re-reads it in one query.
 - registrations: not cached; res_pjsip_outbound_registration reads them only when it loads, so one
   reload of that module (not of res_pjsip) per batch applies them.
+- an endpoint's outbound auth (``N@D~out``, the one its registration sends): besides the cache expiry,
+  ``PJSIPRegister`` for registration ``N@D``. A module reload would not do: it keeps the state of a
+  registration whose own row did not change, so the new password would only go out when the registrar
+  next challenges a refresh.
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ CACHE_OF_VIEW: Mapping[str, str] = {
 PER_OBJECT_CACHES = ("res_pjsip/endpoint", "res_pjsip/aor", "res_pjsip/auth")
 FULL_CACHES = ("res_pjsip/identify",)
 REGISTRATION_MODULE = "res_pjsip_outbound_registration.so"
+OUTBOUND_AUTH_SUFFIX = "~out"
 
 # Measured on the dev stack (bench/push.py, expire_to_reread_cost 0.21-0.26): one pipelined ExpireObject
 # costs about a quarter of re-reading one object from Postgres, so expiring the whole cache pays off
@@ -98,11 +103,14 @@ def plan_batch(
     per_cache: dict[str, dict[str, list[int]]] = {}
     full: dict[str, list[int]] = {}
     registrations: list[int] = []
+    reregister: dict[str, None] = {}  # ordered set of registration ids
     plan = Plan()
     for row in rows:
         if row.view == "ps_registrations":
             registrations.append(row.seq)
             continue
+        if row.view == "ps_auths" and row.object_id.endswith(OUTBOUND_AUTH_SUFFIX) and row.op != "deleted":
+            reregister[row.object_id.removesuffix(OUTBOUND_AUTH_SUFFIX)] = None
         cache = CACHE_OF_VIEW.get(row.view)
         if cache is None:
             plan.unknown_views.add(row.view)
@@ -132,4 +140,7 @@ def plan_batch(
     if registrations:
         reload = (("Action", "Command"), ("Command", f"module reload {REGISTRATION_MODULE}"))
         plan.actions.append(CacheAction(reload, tuple(registrations), 1))
+    # After the auth expiry above, so the REGISTER it sends reads the new credentials.
+    for registration in reregister:
+        plan.actions.append(CacheAction((("Action", "PJSIPRegister"), ("Registration", registration)), (), 1))
     return plan

@@ -44,7 +44,12 @@ DIALPLAN_TARGET = "pbx-stasis"
 _PATTERN = "_[+*#0-9a-zA-Z]!"
 _LOCK_CLASS = 0x70757368  # "push": advisory lock class, the node id is the key
 # Errors that mean "nothing to expire": the object was not cached, or the node runs without caches.
-_BENIGN = ("could not be expired from the cache", "The provided cache does not exist")
+# The last: PJSIPRegister for an outbound auth that no registration uses (one for outgoing calls only).
+_BENIGN = (
+    "could not be expired from the cache",
+    "The provided cache does not exist",
+    "Unable to retrieve registration entry",
+)
 _CACHE_COUNT = re.compile(r"Number of objects within cache:\s*(\d+)")
 
 
@@ -501,12 +506,13 @@ def _context_key(context: str) -> str:
 
 
 def _object_of(fields: dict[str, str]) -> str:
-    """What a refusal is recorded against: the object, else the cache, else the dialplan context."""
+    """What a refusal is recorded against: the object, else the cache, else the dialplan context, else
+    the registration."""
     if "Object" in fields:
         return fields["Object"]
     if "Context" in fields:
         return _context_key(fields["Context"])
-    return fields.get("Cache") or fields.get("Module") or fields["Action"]
+    return fields.get("Cache") or fields.get("Module") or fields.get("Registration") or fields["Action"]
 
 
 class _PartlyDone(Exception):

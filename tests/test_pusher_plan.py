@@ -88,3 +88,22 @@ def test_break_even_rule() -> None:
 def test_unknown_views_are_reported_not_sent() -> None:
     plan = plan_batch(rows(("ps_something_new", "x", "changed"), ("ps_aors", "1@a", "changed")))
     assert plan.unknown_views == {"ps_something_new"} and len(plan.actions) == 1
+
+
+def test_a_changed_outbound_auth_reregisters_its_registration_after_the_auth_expiry() -> None:
+    plan = plan_batch(
+        rows(
+            ("ps_auths", "t1@a~out", "changed"),
+            ("ps_auths", "t1@a~out", "changed"),
+            ("ps_auths", "t2@a~out", "deleted"),
+            ("ps_auths", "1001@a", "changed"),
+        )
+    )
+    assert [a.as_dict for a in plan.actions] == [
+        {"Action": "SorceryMemoryCacheExpireObject", "Cache": "res_pjsip/auth", "Object": "t1@a~out"},
+        {"Action": "SorceryMemoryCacheExpireObject", "Cache": "res_pjsip/auth", "Object": "t2@a~out"},
+        {"Action": "SorceryMemoryCacheExpireObject", "Cache": "res_pjsip/auth", "Object": "1001@a"},
+        # A module reload keeps a registration whose own row is unchanged: only this sends the new password.
+        {"Action": "PJSIPRegister", "Registration": "t1@a"},
+    ]
+    assert sorted(plan.seqs) == [1, 2, 3, 4]
