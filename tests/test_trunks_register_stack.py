@@ -48,7 +48,7 @@ def config(registrar: sipp.SippProcess, password: str, static_port: int) -> str:
           carrier:
             templates: [carrier]
             registration: {{server_uri: "{server}", client_uri: "sip:user@{registrar.ip}:{registrar.port}",
-                            retry_interval: 5, expiration: 3600, line: "yes"}}
+                            retry_interval: 5, expiration: 3600}}
             outbound_auth: {{username: user, password: {password}}}
           dialout:
             templates: [carrier]
