@@ -641,27 +641,31 @@ CREATE FUNCTION pbx.digest_passwords() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pbx, pg_temp AS $$
 DECLARE
     me xid8 := pg_current_xact_id();
-    r record;
 BEGIN
     IF NOT EXISTS (SELECT 1 FROM pbx.pending_flush WHERE xid = me) THEN
         RETURN NULL;  -- flushed already
     END IF;
-    -- A plaintext password was just written, so its endpoint is dirty in this transaction.
-    FOR r IN
-        SELECT o.id, t.domain, x.value,
-               coalesce((SELECT u.value[1] FROM pbx.linearize_set(ARRAY[o.id]) l
-                         JOIN pbx.object_options u ON u.object_id = l.node AND u.section = 'auth' AND u.option = 'username'
-                         ORDER BY l.lvl DESC LIMIT 1), o.name) AS username
-        FROM pbx.dirty_objects d
+    -- A plaintext password was just written, so its endpoint is dirty in this transaction. One
+    -- statement for all of them: a row-by-row loop fires the tables' statement triggers once per
+    -- endpoint, which made a 3,000-endpoint apply quadratic (minutes).
+    WITH eps AS (
+        SELECT o.id, o.name, t.domain
+        FROM (SELECT DISTINCT object_id FROM pbx.dirty_objects WHERE xid = me) d
         JOIN pbx.objects o ON o.id = d.object_id AND o.kind = 'endpoint'
         JOIN pbx.tenants t ON t.id = o.tenant_id
         JOIN pbx.object_options x ON x.object_id = o.id AND x.section = 'auth' AND x.option = 'password'
-        WHERE d.xid = me AND NOT pbx.is_password_digest(x.value)
-    LOOP
-        UPDATE pbx.object_options
-        SET value = pbx.password_digest(r.username, r.domain, r.value[1])
-        WHERE object_id = r.id AND section = 'auth' AND option = 'password';
-    END LOOP;
+        WHERE NOT pbx.is_password_digest(x.value)
+    ), usernames AS (
+        -- The auth username after inheritance: the deepest level of the linearization that sets it.
+        SELECT DISTINCT ON (l.root) l.root, u.value[1] AS username
+        FROM pbx.linearize_set(ARRAY(SELECT id FROM eps)) l
+        JOIN pbx.object_options u ON u.object_id = l.node AND u.section = 'auth' AND u.option = 'username'
+        ORDER BY l.root, l.lvl DESC
+    )
+    UPDATE pbx.object_options x
+    SET value = pbx.password_digest(coalesce(n.username, e.name), e.domain, x.value[1])
+    FROM eps e LEFT JOIN usernames n ON n.root = e.id
+    WHERE x.object_id = e.id AND x.section = 'auth' AND x.option = 'password';
     RETURN NULL;
 END $$;
 
