@@ -1,5 +1,6 @@
 # The two commands of the README: `make demo` and `make test`. Both install what is missing.
-# The venv and the Asterisk chroot are cached outside the clone so a second run is warm.
+# The venv and the Asterisk chroot are cached outside the clone so a second run is warm. The venv's
+# editable install points at one checkout: a clone elsewhere installs itself again (its path is in the stamp).
 SHELL := /bin/bash
 CACHE ?= $(HOME)/.cache/pbx
 VENV ?= $(CACHE)/venv
@@ -17,7 +18,7 @@ deps:
 
 venv: deps
 	@test -x $(PY) || python3 -m venv $(VENV)
-	@stamp=$(VENV)/.installed-$$(sha1sum pyproject.toml | cut -c1-12); \
+	@stamp=$(VENV)/.installed-$$( (cat pyproject.toml; pwd) | sha1sum | cut -c1-12); \
 	if [ ! -f $$stamp ]; then \
 	  $(PY) -m pip install -q --upgrade pip && \
 	  $(PY) -m pip install -q -e '.[dev]' && rm -f $(VENV)/.installed-* && touch $$stamp; \
