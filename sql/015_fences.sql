@@ -736,8 +736,10 @@ LANGUAGE sql STABLE AS $$
     SELECT object_id, 'ps_endpoint_id_ips', eid, (m -> 'identify') || jsonb_build_object('id', eid, 'endpoint', eid)
     FROM r WHERE m ? 'identify'
     UNION ALL
+    -- Every registration carries its endpoint, and Asterisk 22 refuses such a row at load unless
+    -- `line` is on (the registration then silently never exists): on unless the file says otherwise.
     SELECT object_id, 'ps_registrations', eid,
-           jsonb_strip_nulls(jsonb_build_object('transport', m ->> 'transport'))
+           jsonb_strip_nulls(jsonb_build_object('transport', m ->> 'transport', 'line', 'yes'))
            || (m -> 'registration')
            || jsonb_strip_nulls(jsonb_build_object('id', eid, 'endpoint', eid,
                                                    'outbound_auth', CASE WHEN m ? 'outbound_auth' THEN eid || '~out' END))
