@@ -17,38 +17,48 @@ from pbxctl.errors import EXIT_USAGE, exit_code_for
 
 __all__ = ["build_parser", "main"]
 
-COMMAND_MODULES = (
-    "db",
-    "config",
-    "route",
-    "dev",
-    "call",
-    "serve",
-    "nodes",
-    "push",
-    "audit",
-    "objects",
-    "token",
-    "trunks",
-)
+# Which module registers each command. A run imports only its command's module: importing them all
+# (asyncpg, aiohttp, pydantic-settings, ...) cost every `pbxctl route simulate` more than the
+# simulation itself, and the scenario checker starts pbxctl once per scenario. The help lists all.
+COMMANDS = {
+    "db": "db",
+    "apply": "config",
+    "plan": "config",
+    "export": "config",
+    "route": "route",
+    "dev": "dev",
+    "call": "call",
+    "serve": "serve",
+    "nodes": "nodes",
+    "push": "push",
+    "audit": "audit",
+    "tenant": "objects",
+    "template": "objects",
+    "endpoint": "objects",
+    "extension": "objects",
+    "token": "token",
+    "trunks": "trunks",
+}
+COMMAND_MODULES = tuple(dict.fromkeys(COMMANDS.values()))
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The parser of every command, or only of the module that registers ``command``."""
     parser = argparse.ArgumentParser(prog="pbxctl", description="Multi-tenant Asterisk control plane")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name in COMMAND_MODULES:
-        try:
-            module = importlib.import_module(f"pbxctl.commands.{name}")
-        except ModuleNotFoundError as exc:
-            if exc.name == f"pbxctl.commands.{name}":
-                continue  # a command group not built yet
-            raise
-        module.register(subparsers)
+    for name in (COMMANDS[command],) if command in COMMANDS else COMMAND_MODULES:
+        importlib.import_module(f"pbxctl.commands.{name}").register(subparsers)
     return parser
 
 
+def _command_of(argv: Sequence[str]) -> str | None:
+    """The command word of ``argv``: its first argument (pbxctl itself takes no options but -h)."""
+    return argv[0] if argv and not argv[0].startswith("-") else None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser(_command_of(argv))
     args = parser.parse_args(argv)
     func = getattr(args, "func", None)
     if func is None:
