@@ -31,7 +31,7 @@ demo: chroot
 	@$(PY) -m devstack.demo
 
 test: chroot lint typecheck
-	@PBX_SHARED_DIR=$(SHARED) $(PY) -m pytest -q -p no:cacheprovider
+	@PBX_SHARED_DIR=$(SHARED) $(PY) -m pytest -q -p no:cacheprovider --durations=15
 
 unit: venv
 	@$(PY) -m pytest -q -p no:cacheprovider -m 'not stack'
