@@ -442,6 +442,23 @@ def test_a_phone_that_registered_during_an_outage_is_routable_after_it(stack: St
     call_rings(stack, "1001", moved)
 
 
+@pytest.mark.stack
+def test_a_phone_that_unregistered_during_an_outage_is_not_routed_to_after_it(stack: Stack, tmp_path: Path) -> None:
+    apply_yaml(stack, TENANT, tmp_path)
+    wait_delivered(stack)
+    port = sipp.free_udp_port()
+    register(stack, "1001", port)
+    wait_row(stack, "1001@sync.example", port, 5)
+    stack.postgres.stop()
+    try:
+        r = sipp.unregister_all(stack.settings.sip_addr, "1001", "sync.example", "pw-1001")
+        assert r.final == 200, (r.responses, r.stderr)
+    finally:
+        stack.postgres.start()
+    # Postgres missed the removal; no node holds the contact, so the sync removes its row.
+    wait_gone(stack, "1001@sync.example", port, 5)
+
+
 async def test_a_role_that_may_not_write_ps_contacts_is_reported_and_nothing_else_breaks(
     db: str, node_ami: FakeAmi, caplog: pytest.LogCaptureFixture
 ) -> None:
