@@ -7,7 +7,7 @@
    bindings made before, plus a few phones that move to a new port, a new binding) and one phone
    calls another (~5/s, each call talking 0.5 s). Figures: registrations that got 200 but are not
    in ps_contacts 10 s after Postgres is back (the new bindings among them are counted apart too:
-   Asterisk 22 answers 200 and stores them nowhere, see tests/test_contacts_sync.py); how long
+   the node keeps them in its astdb and the contact sync writes them back); how long
    after Postgres was back a call still failed; channels left once the traffic ended.
 2. The node's AMI unreachable (the node moved to a port nothing listens on, as an AMI that refuses
    would look to the pusher) during 1,000 edits, then back: edits never delivered, and endpoints

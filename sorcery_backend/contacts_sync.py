@@ -1,14 +1,18 @@
-"""Contacts the nodes hold, written back into ps_contacts when Postgres lost them.
+"""Contacts the nodes hold, written back into ps_contacts when Postgres lost or missed them.
 
 Routing reads registered devices from ``public.ps_contacts``; each node also keeps the contacts it
 took in its astdb (``contact/cache = astdb,registrar`` in asterisk_conf/sorcery.conf). The table is
-unlogged (sql/011), so a Postgres crash empties it, and a row can also go missing by hand. Asterisk
-re-creates a missing row only at the contact's next refresh, up to one registration interval later.
+unlogged (sql/011), so a Postgres crash empties it, and a row can also go missing by hand. While
+Postgres is down, the node goes on taking REGISTERs, refreshes and removals in its astdb only (the
+``memory_cache`` contact wizard of sorcery.conf makes Sorcery accept them), so its astdb is the
+journal of what Postgres missed. Asterisk itself re-creates a missing row only at the contact's next
+refresh, up to one registration interval later.
 
 This service reads each node's astdb contacts over AMI (``DBGetTree`` of ``registrar/contact``:
 exactly the node's cache, as the JSON object set Asterisk itself writes to realtime) and upserts the
-rows Postgres lacks or holds older, one transaction per node. It runs when the database connection
-comes (back), when a node's AMI session (re)connects, and every ``interval_s``.
+rows Postgres lacks or holds older, one transaction per node; then it removes the rows no node holds
+any more (a removal Postgres missed). It runs when the database connection comes (back), when a
+node's AMI session (re)connects, and every ``interval_s``.
 
 Why not ``PJSIPShowContacts``: when a node's astdb holds no contact, Sorcery falls through to the
 realtime backend and the action lists Postgres' rows, every node's: it cannot tell what the node
@@ -20,12 +24,14 @@ Rules (several nodes share the table):
 - a missing row is not re-created when Postgres holds another contact of the same AOR, not held by
   this node, that expires later: another node superseded it (``remove_existing``) and this node's
   astdb copy is stale until its own expiry;
-- rows are never deleted here: Asterisk deletes on expiry and on ``Expires: 0``.
-
-Known limit (Asterisk 22.10, measured): a REGISTER that arrives while Postgres is unreachable gets
-200 but its binding is stored nowhere ("Unable to bind contact": Sorcery creates an object in its
-caches only when a backend took it), and a refresh is not written to astdb either. So there is
-nothing on the node to restore for those; see tests/test_contacts_sync.py.
+- a row is deleted only when, with every node answering, no node held it both before Postgres was
+  read and after (Asterisk writes a contact to Postgres before its astdb, and removes it from
+  Postgres first: a binding in the making is held by the second look), it has not expired (the
+  sweep's), and it still has the expiry seen (a refresh since then wins). That is an unregister,
+  an expiry or a ``remove_existing`` replacement that happened while Postgres was down;
+- a written row that its node no longer holds when looked at again is deleted the same way: the
+  phone unregistered between the two reads, and the write must not bring it back.
+Rows without an expiry (made by hand) are never deleted.
 """
 
 from __future__ import annotations
@@ -35,7 +41,7 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -54,6 +60,7 @@ __all__ = [
     "StoredContact",
     "node_contacts",
     "parse_tree",
+    "plan_deletes",
     "plan_writes",
     "realtime_encode",
     "run_contact_sync",
@@ -87,6 +94,7 @@ _NUMERIC = frozenset({"expiration_time", "qualify_frequency", "qualify_timeout",
 _ID_DELIM = "^3B@"  # `<aor>;@<hash>` as realtime stores it
 
 RESTORED = Counter("pbx_contacts_restored", "ps_contacts rows written back from a node's astdb")
+REMOVED = Counter("pbx_contacts_removed", "ps_contacts rows deleted because no node holds them any more")
 
 # jsonb_populate_recordset casts Asterisk's strings ("3.000000", "45001") to the column types.
 _UPSERT = f"""
@@ -94,6 +102,13 @@ INSERT INTO public.ps_contacts AS p ({", ".join(COLUMNS)})
 SELECT {", ".join(COLUMNS)} FROM jsonb_populate_recordset(NULL::public.ps_contacts, $1::jsonb)
 ON CONFLICT (id) DO UPDATE SET {", ".join(f"{c} = excluded.{c}" for c in COLUMNS[1:])}
 WHERE p.expiration_time IS NULL OR p.expiration_time < excluded.expiration_time
+RETURNING p.id
+"""
+# Only the version seen: a row refreshed (or re-created) since then has another expiry and stays.
+_DELETE = """
+DELETE FROM public.ps_contacts AS p
+USING jsonb_to_recordset($1::jsonb) AS g(id text, expiration_time bigint)
+WHERE p.id = g.id AND p.expiration_time = g.expiration_time
 RETURNING p.id
 """
 
@@ -185,6 +200,12 @@ def plan_writes(held: Sequence[Contact], stored: Mapping[str, StoredContact], no
     return out
 
 
+def plan_deletes(seen: Mapping[str, StoredContact], held: Iterable[Iterable[Contact]], now: int) -> list[StoredContact]:
+    """Rows of Postgres (as ``seen``) that no node holds: every look at every node is in ``held``."""
+    held_ids = {c.id for contacts in held for c in contacts}
+    return [s for s in seen.values() if s.expiration_time > now and s.id not in held_ids]
+
+
 async def node_contacts(session: AmiSession, timeout: float = 60.0) -> list[Contact]:
     return parse_tree(await session.send_list({"Action": "DBGetTree", "Family": _FAMILY}, timeout=timeout))
 
@@ -192,6 +213,16 @@ async def node_contacts(session: AmiSession, timeout: float = 60.0) -> list[Cont
 async def stored_contacts(conn: asyncpg.Connection) -> dict[str, StoredContact]:
     rows = await conn.fetch("SELECT id, coalesce(expiration_time, 0) AS exp FROM public.ps_contacts")
     return {r["id"]: StoredContact(r["id"], r["exp"]) for r in rows}
+
+
+async def delete_contacts(conn: asyncpg.Connection, rows: Sequence[StoredContact]) -> int:
+    """Delete each row if it still has the expiry given; returns how many were deleted."""
+    if not rows:
+        return 0
+    payload = json.dumps([{"id": r.id, "expiration_time": r.expiration_time} for r in rows])
+    deleted = len(await conn.fetch(_DELETE, payload))
+    REMOVED.inc(deleted)
+    return deleted
 
 
 async def write_contacts(conn: asyncpg.Connection, contacts: Sequence[Contact]) -> int:
@@ -276,25 +307,51 @@ class ContactSync:
         stored = await stored_contacts(conn)
         now = int(self.clock())
         total = 0
+        suspects: list[StoredContact] = []  # rows to delete unless a node holds them at the second look
         for node, contacts in zip(chosen, held, strict=True):
             if contacts is None:
                 continue
             todo = plan_writes(contacts, stored, now)
             if not todo:
                 continue
-            try:
-                async with conn.transaction():
-                    written = await write_contacts(conn, todo)
-            except asyncpg.InsufficientPrivilegeError as exc:
-                # A role without the right: retrying would not help and reconnecting would churn.
-                if not self._refused:
-                    log.error("contacts: cannot write ps_contacts (%s); %d rows stay missing", exc, len(todo))
-                self._refused = True
-                continue
+            written = await self._guarded(conn, write_contacts, todo, "write")
             total += written
+            suspects += (StoredContact(c.id, c.expiration_time) for c in todo)
             if written:
                 log.info("contacts: node %s: restored %d of %d held", node.name, written, len(contacts))
+        if only is None and nodes and all(h is not None for h in held):
+            suspects += plan_deletes(stored, (h for h in held if h is not None), now)
+        if suspects:
+            await self._delete_unheld(conn, chosen, suspects)
         return total
+
+    async def _delete_unheld(
+        self, conn: asyncpg.Connection, chosen: Sequence[Node], suspects: list[StoredContact]
+    ) -> None:
+        again = await asyncio.gather(*(self._held(n) for n in chosen))
+        if any(h is None for h in again):
+            return  # a node that did not answer may hold any of them
+        gone = plan_deletes({s.id: s for s in suspects}, (h for h in again if h is not None), -1)
+        deleted = await self._guarded(conn, delete_contacts, gone, "delete from")
+        if deleted:
+            log.info("contacts: removed %d rows no node holds any more", deleted)
+
+    async def _guarded(
+        self,
+        conn: asyncpg.Connection,
+        change: Callable[[asyncpg.Connection, Any], Awaitable[int]],
+        rows: Sequence[Any],
+        verb: str,
+    ) -> int:
+        try:
+            async with conn.transaction():
+                return await change(conn, rows)
+        except asyncpg.InsufficientPrivilegeError as exc:
+            # A role without the right: retrying would not help and reconnecting would churn.
+            if not self._refused:
+                log.error("contacts: cannot %s ps_contacts (%s); %d rows stay as they are", verb, exc, len(rows))
+            self._refused = True
+            return 0
 
     async def _held(self, node: Node) -> list[Contact] | None:
         try:

@@ -17,6 +17,17 @@ one batch. Rows for the same object coalesce into one action.
   ``PJSIPRegister`` for registration ``N@D``. A module reload would not do: it keeps the state of a
   registration whose own row did not change, so the new password would only go out when the registrar
   next challenges a refresh.
+- an AOR with static contacts: Asterisk qualifies the contacts of the AORs it knew at start or reload,
+  and a cache expiry does not tell its qualifier (res_pjsip/pjsip_options.c learns of AORs only from
+  Sorcery observers, which a realtime change never fires). So after the expiry, ``Command: pjsip
+  reload qualify aor <id>`` (cli_reload_qualify_aor: re-reads the AOR and starts, re-times or stops
+  its OPTIONS) for an AOR created with static contacts and ``qualify_frequency`` > 0, or changed to
+  have either (a change may also have turned qualifying off). Not for other AORs: for an AOR the
+  qualifier never saw, that command reads every endpoint (sip_options_aor_observer_modified_task).
+  A deleted AOR cannot be named to it (the command needs the object): the node keeps qualifying its
+  former contacts until its next ``module reload res_pjsip.so`` or restart, which is harmless as
+  no endpoint routes to them; nor can an AOR that lost its static contacts and its
+  ``qualify_frequency`` in the same change.
 """
 
 from __future__ import annotations
@@ -26,10 +37,12 @@ from dataclasses import dataclass, field
 
 __all__ = [
     "CACHE_OF_VIEW",
+    "AorQualify",
     "CacheAction",
     "PendingRow",
     "Plan",
     "plan_batch",
+    "qualify_reload_needed",
     "whole_cache_is_cheaper",
 ]
 
@@ -56,6 +69,23 @@ class PendingRow:
     view: str
     object_id: str
     op: str
+
+
+@dataclass(frozen=True)
+class AorQualify:
+    """What an AOR's qualifying depends on, as its row reads now."""
+
+    qualify_frequency: int
+    static_contacts: bool
+
+
+def qualify_reload_needed(ops: set[str], now: AorQualify | None) -> bool:
+    """Whether the node's qualifier must re-read an AOR that had the outbox ``ops`` (see module doc)."""
+    if now is None:
+        return False
+    if now.static_contacts and now.qualify_frequency > 0:
+        return True
+    return "changed" in ops and (now.static_contacts or now.qualify_frequency > 0)
 
 
 @dataclass(frozen=True)
@@ -96,16 +126,21 @@ def plan_batch(
     cached_count: Callable[[str], int | None] | None = None,
     *,
     whole_cache_min: int = 200,
+    aors: Mapping[str, AorQualify] | None = None,
 ) -> Plan:
     """Coalesce ``rows`` into actions. ``cached_count(cache)`` tells how many objects a cache holds
     (None: unknown); it is only asked when at least ``whole_cache_min`` objects of that cache changed,
-    so small batches never cost an extra round trip."""
+    so small batches never cost an extra round trip. ``aors`` holds the current row of each changed
+    AOR that still exists."""
     per_cache: dict[str, dict[str, list[int]]] = {}
     full: dict[str, list[int]] = {}
     registrations: list[int] = []
     reregister: dict[str, None] = {}  # ordered set of registration ids
+    aor_ops: dict[str, set[str]] = {}
     plan = Plan()
     for row in rows:
+        if row.view == "ps_aors":
+            aor_ops.setdefault(row.object_id, set()).add(row.op)
         if row.view == "ps_registrations":
             registrations.append(row.seq)
             continue
@@ -143,4 +178,9 @@ def plan_batch(
     # After the auth expiry above, so the REGISTER it sends reads the new credentials.
     for registration in reregister:
         plan.actions.append(CacheAction((("Action", "PJSIPRegister"), ("Registration", registration)), (), 1))
+    # After the AOR expiry above, so the qualifier reads the new row.
+    for aor, ops in aor_ops.items():
+        if qualify_reload_needed(ops, (aors or {}).get(aor)):
+            command = (("Action", "Command"), ("Command", f"pjsip reload qualify aor {aor}"))
+            plan.actions.append(CacheAction(command, (), 1))
     return plan

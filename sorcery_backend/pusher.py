@@ -33,7 +33,15 @@ from pbx_base.retry import Backoff
 from pbx_base.settings import DEFAULTS, Settings
 from sorcery_backend.ami import AmiDisconnected, AmiError, AmiSession, AmiUnreachable
 from sorcery_backend.nodes import Node, list_nodes
-from sorcery_backend.push_plan import CACHE_OF_VIEW, PER_OBJECT_CACHES, CacheAction, PendingRow, Plan, plan_batch
+from sorcery_backend.push_plan import (
+    CACHE_OF_VIEW,
+    PER_OBJECT_CACHES,
+    AorQualify,
+    CacheAction,
+    PendingRow,
+    Plan,
+    plan_batch,
+)
 
 __all__ = ["DIALPLAN_TARGET", "Pusher", "PusherSettings", "run_pusher"]
 
@@ -320,7 +328,8 @@ class NodeWorker:
                 return
             t1 = time.perf_counter()
             counts = await self._cache_counts(session, rows)
-            plan = plan_batch(rows, counts.get, whole_cache_min=self.settings.whole_cache_min)
+            aors = await aor_qualify(conn, [r.object_id for r in rows if r.view == "ps_aors" and r.op != "deleted"])
+            plan = plan_batch(rows, counts.get, whole_cache_min=self.settings.whole_cache_min, aors=aors)
             await self._ensure_contexts(conn, session, [r.object_id for r in rows if r.view == "ps_endpoints"])
             t2 = time.perf_counter()
             await self._run_plan(conn, session, plan, rows)
@@ -499,6 +508,19 @@ class NodeWorker:
                 self.node.id,
                 message[:500],
             )
+
+
+async def aor_qualify(conn: asyncpg.Connection, ids: Sequence[str]) -> dict[str, AorQualify]:
+    """The qualify settings of the AORs of ``ids`` that exist, as the node will read them."""
+    if not ids:
+        return {}
+    rows = await conn.fetch(
+        # Both columns are text in the realtime view, as Asterisk reads them.
+        "SELECT id, CASE WHEN qualify_frequency ~ '^[0-9]+$' THEN qualify_frequency::int ELSE 0 END AS f, "
+        "coalesce(contact, '') <> '' AS s FROM public.ps_aors WHERE id = ANY($1::text[])",
+        sorted(set(ids)),
+    )
+    return {r["id"]: AorQualify(r["f"], r["s"]) for r in rows}
 
 
 def _context_key(context: str) -> str:

@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
-from sorcery_backend.push_plan import PendingRow, plan_batch, whole_cache_is_cheaper
+from sorcery_backend.push_plan import (
+    AorQualify,
+    PendingRow,
+    Plan,
+    plan_batch,
+    qualify_reload_needed,
+    whole_cache_is_cheaper,
+)
 
 
 def rows(*specs: tuple[str, str, str]) -> list[PendingRow]:
@@ -107,3 +114,42 @@ def test_a_changed_outbound_auth_reregisters_its_registration_after_the_auth_exp
         {"Action": "PJSIPRegister", "Registration": "t1@a"},
     ]
     assert sorted(plan.seqs) == [1, 2, 3, 4]
+
+
+QUALIFY_AOR = "pjsip reload qualify aor"
+
+
+def qualify_commands(plan: Plan) -> list[str]:
+    return [a.as_dict["Command"] for a in plan.actions if a.as_dict.get("Command", "").startswith(QUALIFY_AOR)]
+
+
+def test_an_aor_created_with_qualified_static_contacts_is_qualified_after_its_expiry() -> None:
+    batch = rows(("ps_aors", "trunk@a", "created"), ("ps_aors", "phone@a", "created"))
+    aors = {"trunk@a": AorQualify(30, True), "phone@a": AorQualify(0, False)}
+    plan = plan_batch(batch, aors=aors)
+    assert [a.as_dict for a in plan.actions] == [
+        {"Action": "SorceryMemoryCacheExpireObject", "Cache": "res_pjsip/aor", "Object": "trunk@a"},
+        {"Action": "SorceryMemoryCacheExpireObject", "Cache": "res_pjsip/aor", "Object": "phone@a"},
+        {"Action": "Command", "Command": f"{QUALIFY_AOR} trunk@a"},
+    ]
+    assert plan.actions[-1].seqs == ()  # the expiry delivers the rows
+
+
+def test_which_changes_make_the_qualifier_re_read_an_aor() -> None:
+    # Created: only static contacts with a frequency (anything else the qualifier would not qualify;
+    # for an AOR it never saw, the command reads every endpoint).
+    assert qualify_reload_needed({"created"}, AorQualify(30, True))
+    assert not qualify_reload_needed({"created"}, AorQualify(0, True))
+    assert not qualify_reload_needed({"created"}, AorQualify(30, False))
+    # Changed: qualifying may have been turned off (frequency 0, or the static contacts removed).
+    assert qualify_reload_needed({"changed"}, AorQualify(0, True))
+    assert qualify_reload_needed({"changed"}, AorQualify(30, False))
+    assert not qualify_reload_needed({"changed"}, AorQualify(0, False))
+    # Gone by the time the batch is planned: the command could not name it.
+    assert not qualify_reload_needed({"created", "deleted"}, None)
+    assert not qualify_reload_needed({"deleted"}, None)
+
+
+def test_a_deleted_aor_gets_no_qualify_command() -> None:
+    plan = plan_batch(rows(("ps_aors", "trunk@a", "deleted")), aors={})
+    assert qualify_commands(plan) == []
