@@ -5,7 +5,8 @@ RUN apt-get update -qq \
  && apt-get install -y -qq --no-install-recommends python3 python3-venv ca-certificates >/dev/null \
  && rm -rf /var/lib/apt/lists/* \
  && python3 -m venv /opt/venv
-ENV PATH=/opt/venv/bin:$PATH
+# pip trusts the system store, which carries any CA of the site the base image was built on.
+ENV PATH=/opt/venv/bin:$PATH PIP_CERT=/etc/ssl/certs/ca-certificates.crt
 WORKDIR /opt/pbx
 # What `pip install .` needs: the packages, and the folders pyproject.toml maps into pbx_base as
 # package data (tests/test_packaging.py builds its wheel from exactly these COPY lines).

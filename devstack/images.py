@@ -63,9 +63,15 @@ def _import_tree(root: Path, image: str, excludes: tuple[str, ...] = ()) -> None
         raise ImageError(f"importing {root} as {image} failed: {done.stderr.decode(errors='replace').strip()[-200:]}")
 
 
+# Certificate authorities this host trusts beyond Debian's set (a site's TLS-inspecting proxy, for
+# one): an image built here must reach the same registries the host reaches.
+SITE_CAS = Path("/usr/local/share/ca-certificates")
+
+
 def _bookworm_tree() -> Path:
     root = cache_dir() / "bookworm-minbase"
     if (root / "etc" / "debian_version").exists():
+        _copy_site_cas(root)
         return root
     tmp = root.with_name(root.name + ".building")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -75,7 +81,14 @@ def _bookworm_tree() -> Path:
     if done.returncode != 0:
         raise ImageError(f"debootstrap bookworm failed: {done.stderr.decode(errors='replace').strip()[-200:]}")
     tmp.rename(root)
+    _copy_site_cas(root)
     return root
+
+
+def _copy_site_cas(root: Path) -> None:
+    """The host's own CAs into the tree, where a Dockerfile's ``ca-certificates`` picks them up."""
+    if SITE_CAS.is_dir():
+        shutil.copytree(SITE_CAS, root / SITE_CAS.relative_to("/"), dirs_exist_ok=True)
 
 
 def asterisk_base(chroot: Path) -> str:

@@ -8,9 +8,10 @@ from typing import Any
 
 import asyncpg
 
+from pbx_base.settings import get_settings
 from pbxctl.commands._db import add_dsn_argument, run_with_connection
 from pbxctl.errors import EXIT_USAGE, CliError
-from sorcery_backend.schema import MigrationRefused, migrate, reset
+from sorcery_backend.schema import MigrationRefused, ensure_asterisk_login, migrate, reset
 
 __all__ = ["register"]
 
@@ -19,7 +20,11 @@ def register(subparsers: Any) -> None:
     db = subparsers.add_parser("db", help="schema management")
     sub = db.add_subparsers(dest="db_command", metavar="ACTION", required=True)
 
-    p = sub.add_parser("migrate", help="create or upgrade the schema (idempotent)")
+    p = sub.add_parser(
+        "migrate",
+        help="create or upgrade the schema (idempotent); with PBX_ASTERISK_DB_PASSWORD set, also the login "
+        "role Asterisk reads with (PBX_ASTERISK_DB_USER)",
+    )
     add_dsn_argument(p)
     p.set_defaults(func=_migrate)
 
@@ -30,11 +35,22 @@ def register(subparsers: Any) -> None:
 
 
 def _migrate(args: argparse.Namespace) -> int:
+    settings = get_settings()
+    password = settings.asterisk_db_password.get_secret_value()
+
+    async def body(conn: asyncpg.Connection) -> list[str]:
+        applied = await migrate(conn)
+        if password:
+            await ensure_asterisk_login(conn, settings.asterisk_db_user, password)
+        return applied
+
     try:
-        applied = run_with_connection(args, migrate)
+        applied = run_with_connection(args, body)
     except MigrationRefused as exc:
         raise CliError(str(exc)) from None
     print(f"applied {', '.join(applied)}" if applied else "schema is up to date", file=sys.stderr)
+    if password:
+        print(f"login role {settings.asterisk_db_user} is ready for Asterisk", file=sys.stderr)
     return 0
 
 
