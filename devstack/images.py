@@ -14,16 +14,31 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 from devstack.chroot import MIRROR, asterisk_version, ensure_chroot
 from devstack.settings import cache_dir
 from pbx_base.errors import StackError
 
-__all__ = ["BOOKWORM", "ImageError", "asterisk_base", "containers_env", "ensure_base_images", "podman"]
+__all__ = [
+    "BOOKWORM",
+    "COMPOSE_FILE",
+    "ImageError",
+    "asterisk_base",
+    "build_compose_images",
+    "compose_command",
+    "containers_env",
+    "ensure_base_images",
+    "podman",
+]
 
 BOOKWORM = "localhost/pbx-bookworm:12"
-CONTAINERS_CONF = Path(__file__).resolve().parent.parent / "compose" / "containers.conf"
+COMPOSE_DIR = Path(__file__).resolve().parent.parent / "compose"
+CONTAINERS_CONF = COMPOSE_DIR / "containers.conf"
+COMPOSE_FILE = COMPOSE_DIR / "docker-compose.yml"
+# The secrets the compose file requires; a build reads none of them.
+_BUILD_PLACEHOLDERS = ("PBX_DB_ADMIN_PASSWORD", "PBX_ASTERISK_DB_PASSWORD", "PBX_ARI_PASSWORD", "PBX_AMI_PASSWORD")
 # The chroot's mount points and per-stack state are the host's business, not the image's.
 _NOT_IN_IMAGE = ("./proc/*", "./sys/*", "./dev/*", "./run/*", "./tmp/*", "./stacks", "./var/cache/apt/archives/*.deb")
 
@@ -104,3 +119,23 @@ def ensure_base_images(chroot: Path) -> dict[str, str]:
     if not _exists(asterisk):
         _import_tree(ensure_chroot(chroot), asterisk, _NOT_IN_IMAGE)
     return {"PBX_BOOKWORM_IMAGE": BOOKWORM, "PBX_ASTERISK_IMAGE": asterisk}
+
+
+def compose_command(project: str) -> list[str]:
+    """podman-compose for ``project`` (no pod: the services share the host's network anyway)."""
+    return [sys.executable, "-m", "podman_compose", "--in-pod", "false", "-f", str(COMPOSE_FILE), "-p", project]
+
+
+def build_compose_images(chroot: Path, log: Path) -> dict[str, str]:
+    """Every image of compose/docker-compose.yml, up to date (unchanged layers come from podman's
+    cache); returns the environment naming the base images, which `up` needs too."""
+    images = ensure_base_images(chroot)
+    env = dict(containers_env(), **images, **dict.fromkeys(_BUILD_PLACEHOLDERS, "unused-at-build"))
+    with open(log, "w") as out:
+        done = subprocess.run(
+            [*compose_command("pbx-build"), "build"], env=env, stdout=out, stderr=subprocess.STDOUT, check=False
+        )
+    if done.returncode != 0:
+        tail = " | ".join(log.read_text(errors="replace").strip().splitlines()[-3:])
+        raise ImageError(f"building the compose images failed (exit {done.returncode}): {tail} (log: {log})")
+    return images

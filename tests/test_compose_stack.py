@@ -12,27 +12,25 @@ import secrets
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from compose_build import built_images
 
 from devstack import sipp
-from devstack.images import containers_env, ensure_base_images
+from devstack.images import compose_command, containers_env
 from devstack.ports import free_port
-from devstack.settings import cache_dir
 from pbx_base import resources
 
 pytestmark = pytest.mark.stack
 
-ROOT = Path(__file__).resolve().parent.parent
-COMPOSE = ROOT / "compose" / "docker-compose.yml"
 TENANT = """
 tenants:
   box:
     domain: box.example
     templates:
-      phone: {endpoint: {allow: "!all,ulaw", direct_media: "no"}, aor: {max_contacts: 1}}
+      phone: {endpoint: {context: box-internal, allow: "!all,ulaw", direct_media: "no"}, aor: {max_contacts: 1}}
     endpoints:
       "1001": {templates: [phone], auth: {password: pw-1001}}
       "1002": {templates: [phone], auth: {password: pw-1002}}
@@ -45,11 +43,11 @@ tenants:
 class Compose:
     def __init__(self) -> None:
         self.project = f"pbxtest{os.getpid()}"
-        ports = {name: free_port(kind) for name, kind in (("DB", "tcp"), ("ARI", "tcp"), ("AMI", "tcp"), ("HTTP", "tcp"))}
+        ports = {name: free_port("tcp") for name in ("DB", "ARI", "AMI", "HTTP")}
         self.sip_port = free_port("udp")
         self.env = dict(
             containers_env(),
-            **ensure_base_images(cache_dir() / "chroot-sid"),
+            **built_images(timeout=1500),
             PBX_DB_ADMIN_PASSWORD=secrets.token_hex(12),
             PBX_ASTERISK_DB_PASSWORD=secrets.token_hex(12),
             PBX_ARI_PASSWORD=secrets.token_hex(12),
@@ -60,13 +58,11 @@ class Compose:
             PBX_HTTP_PORT=str(ports["HTTP"]),
             PBX_SIP_PORT=str(self.sip_port),
         )
-        self.database_url = (
-            f"postgresql://pbx_admin:{self.env['PBX_DB_ADMIN_PASSWORD']}@127.0.0.1:{ports['DB']}/pbx"
-        )
+        self.database_url = f"postgresql://pbx_admin:{self.env['PBX_DB_ADMIN_PASSWORD']}@127.0.0.1:{ports['DB']}/pbx"
         self.http_port = ports["HTTP"]
 
     def run(self, *args: str, timeout: float = 900) -> subprocess.CompletedProcess[str]:
-        argv = [sys.executable, "-m", "podman_compose", "-f", str(COMPOSE), "-p", self.project, *args]
+        argv = [*compose_command(self.project), *args]
         return subprocess.run(argv, env=self.env, capture_output=True, text=True, timeout=timeout, check=False)
 
     def pbxctl(self, *args: str) -> subprocess.CompletedProcess[str]:
@@ -82,7 +78,7 @@ class Compose:
 @pytest.fixture(scope="module")
 def compose() -> Iterator[Compose]:
     c = Compose()
-    up = c.run("up", "-d", "--build")
+    up = c.run("up", "-d")  # the images: built by tests/compose_build.py while the suite ran
     try:
         assert up.returncode == 0, (up.stdout + up.stderr)[-3000:]
         yield c
@@ -90,10 +86,10 @@ def compose() -> Iterator[Compose]:
         c.run("down", "-v", timeout=300)
 
 
-def _wait(what: str, probe: object, timeout: float, logs: Compose) -> None:
+def _wait(what: str, probe: Callable[[], bool], timeout: float, logs: Compose) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if probe():  # type: ignore[operator]
+        if probe():
             return
         time.sleep(0.5)
     pytest.fail(f"compose: {what} not within {timeout:g}s\n{logs.logs()}")
@@ -112,7 +108,8 @@ def test_a_call_through_the_compose_stack_is_answered(compose: Compose, tmp_path
 
     def node_connected() -> bool:
         p = compose.pbxctl("push", "status", "--json")
-        return p.returncode == 0 and all(n.get("connected") for n in json.loads(p.stdout or "[]")) and p.stdout != "[]\n"
+        nodes = json.loads(p.stdout)["nodes"] if p.returncode == 0 else []
+        return bool(nodes) and all(n["connected"] for n in nodes)
 
     _wait("pbxctl serve answering", serving, 120, compose)
     _wait("the pusher connected to the node's AMI", node_connected, 120, compose)

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from typing import Any
 
 import asyncpg
 
 from pbx_base.settings import get_settings
 from pbxctl.commands._db import add_dsn_argument, run_with_connection
-from pbxctl.errors import EXIT_USAGE, CliError
+from pbxctl.errors import EXIT_USAGE, CliError, Unreachable
 from sorcery_backend.schema import MigrationRefused, ensure_asterisk_login, migrate, reset
 
 __all__ = ["register"]
@@ -24,6 +25,13 @@ def register(subparsers: Any) -> None:
         "migrate",
         help="create or upgrade the schema (idempotent); with PBX_ASTERISK_DB_PASSWORD set, also the login "
         "role Asterisk reads with (PBX_ASTERISK_DB_USER)",
+    )
+    p.add_argument(
+        "--wait",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="wait up to SECONDS for the database to accept connections (a container starting beside it)",
     )
     add_dsn_argument(p)
     p.set_defaults(func=_migrate)
@@ -44,10 +52,17 @@ def _migrate(args: argparse.Namespace) -> int:
             await ensure_asterisk_login(conn, settings.asterisk_db_user, password)
         return applied
 
-    try:
-        applied = run_with_connection(args, body)
-    except MigrationRefused as exc:
-        raise CliError(str(exc)) from None
+    deadline = time.monotonic() + args.wait
+    while True:
+        try:
+            applied = run_with_connection(args, body)
+            break
+        except MigrationRefused as exc:
+            raise CliError(str(exc)) from None
+        except Unreachable:
+            if time.monotonic() >= deadline:
+                raise
+            time.sleep(0.5)
     print(f"applied {', '.join(applied)}" if applied else "schema is up to date", file=sys.stderr)
     if password:
         print(f"login role {settings.asterisk_db_user} is ready for Asterisk", file=sys.stderr)
