@@ -1,4 +1,12 @@
-FROM python:3.11-slim
+# The control plane (pbxctl: migrate, serve) on Debian 12's Python, in a venv of its own.
+ARG PBX_BOOKWORM_IMAGE=localhost/pbx-bookworm:12
+FROM ${PBX_BOOKWORM_IMAGE}
+RUN apt-get update -qq \
+ && apt-get install -y -qq --no-install-recommends python3 python3-venv ca-certificates >/dev/null \
+ && rm -rf /var/lib/apt/lists/* \
+ && python3 -m venv /opt/venv
+# pip trusts the system store, which carries any CA of the site the base image was built on.
+ENV PATH=/opt/venv/bin:$PATH PIP_CERT=/etc/ssl/certs/ca-certificates.crt
 WORKDIR /opt/pbx
 # What `pip install .` needs: the packages, and the folders pyproject.toml maps into pbx_base as
 # package data (tests/test_packaging.py builds its wheel from exactly these COPY lines).
@@ -14,4 +22,5 @@ COPY devstack/ devstack/
 COPY sql/ sql/
 COPY asterisk_conf/ asterisk_conf/
 COPY examples/ examples/
-RUN pip install --no-cache-dir .
+RUN pip install --no-cache-dir -q . && rm -rf /opt/pbx
+WORKDIR /

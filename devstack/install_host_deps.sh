@@ -6,6 +6,9 @@ need=()
 command -v sipp >/dev/null 2>&1 || need+=(sip-tester)
 command -v debootstrap >/dev/null 2>&1 || need+=(debootstrap)
 python3 -c 'import venv, ensurepip' 2>/dev/null || need+=(python3-venv)
+# compose/ on podman (runc: crun refuses these hosts' hybrid cgroups, see compose/containers.conf)
+command -v podman >/dev/null 2>&1 || need+=(podman)
+command -v runc >/dev/null 2>&1 || need+=(runc)
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" != 0 ]; then
     echo "pbx: missing Debian packages (${need[*]}) and not root: install them or run as root" >&2

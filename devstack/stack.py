@@ -18,7 +18,7 @@ from devstack.chroot import asterisk_version, ensure_chroot, mount, umount
 from devstack.postgres import PostgresCluster
 from devstack.services import ServeProcess, register_node
 from devstack.settings import StackSettings, cache_dir, stacks_dir
-from sorcery_backend.schema import migrate
+from sorcery_backend.schema import ensure_asterisk_login, migrate
 
 __all__ = ["Stack", "chroot_path", "run_sql", "sql"]
 
@@ -77,10 +77,7 @@ class Stack:
         try:
             await migrate(conn)
             await ensure_operator_token(conn, s.name)
-            exists = await conn.fetchval("SELECT 1 FROM pg_roles WHERE rolname = $1", s.db_user)
-            verb = "ALTER" if exists else "CREATE"
-            await conn.execute(f"{verb} ROLE \"{s.db_user}\" LOGIN PASSWORD '{s.db_password}'")
-            await conn.execute(f'GRANT pbx_asterisk TO "{s.db_user}"')
+            await ensure_asterisk_login(conn, s.db_user, s.db_password)
         finally:
             await conn.close()
 

@@ -86,7 +86,11 @@ def parse_ami_addr(name: str, addr: str) -> tuple[str, int]:
     return host, int(port)
 
 
-async def add_node(conn: asyncpg.Connection, name: str, addr: str, user: str, secret: str) -> Node:
+async def add_node(
+    conn: asyncpg.Connection, name: str, addr: str, user: str, secret: str, *, replace: bool = False
+) -> Node:
+    """Declare a node; with ``replace`` an existing node of that name takes the new address and
+    credentials instead of being refused (what a deployment that re-runs its setup wants)."""
     if not _NAME.match(name):
         raise NodeRefused(f"node {name}: names are [A-Za-z0-9][A-Za-z0-9_.-]*, at most 63 characters")
     host, port = parse_ami_addr(name, addr)
@@ -97,7 +101,19 @@ async def add_node(conn: asyncpg.Connection, name: str, addr: str, user: str, se
         # one commits, so no change can commit without a pending row for the new node.
         await conn.execute("LOCK TABLE pbx.outbox IN SHARE ROW EXCLUSIVE MODE")
         if await conn.fetchval("SELECT 1 FROM pbx.nodes WHERE name = $1", name):
-            raise NodeRefused(f"node {name}: already exists (rule: node names are unique)")
+            if not replace:
+                raise NodeRefused(f"node {name}: already exists (rule: node names are unique)")
+            row = await conn.fetchrow(
+                "UPDATE pbx.nodes SET ami_host = $2, ami_port = $3, ami_user = $4, ami_secret = $5 "
+                "WHERE name = $1 RETURNING *",
+                name,
+                host,
+                port,
+                user,
+                secret,
+            )
+            await conn.execute("SELECT pg_notify('pbx_nodes', $1)", name)
+            return _node(row)
         row = await conn.fetchrow(
             "INSERT INTO pbx.nodes (name, ami_host, ami_port, ami_user, ami_secret) VALUES ($1, $2, $3, $4, $5) "
             "RETURNING *",

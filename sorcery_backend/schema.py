@@ -135,6 +135,20 @@ async def reset(conn: asyncpg.Connection) -> None:
         )
 
 
+async def ensure_asterisk_login(conn: asyncpg.Connection, user: str, password: str) -> None:
+    """The login role a node's realtime driver connects with: created or given this password, and
+    granted ``pbx_asterisk`` (read the realtime views, write ps_contacts) and nothing else."""
+    async with conn.transaction():
+        exists = await conn.fetchval("SELECT 1 FROM pg_roles WHERE rolname = $1", user)
+        verb = "ALTER" if exists else "CREATE"
+        # format() quotes the name and the password on the server: neither is pasted into SQL here.
+        statement = await conn.fetchval(
+            f"SELECT format('{verb} ROLE %I LOGIN PASSWORD %L', $1::text, $2::text)", user, password
+        )
+        await conn.execute(statement)
+        await conn.execute(await conn.fetchval("SELECT format('GRANT pbx_asterisk TO %I', $1::text)", user))
+
+
 def migrate_sync(dsn: str) -> None:
     """Blocking wrapper for callers outside an event loop (the dev stack)."""
 

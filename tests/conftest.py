@@ -23,7 +23,7 @@ REPO = Path(__file__).resolve().parent.parent
 SHARED = Path(os.environ.get("PBX_SHARED_DIR") or REPO.parent / "shared")
 
 
-pytest_plugins = ["stack"]
+pytest_plugins = ["stack", "compose_build"]
 
 _db_counter = itertools.count()
 

@@ -9,10 +9,13 @@ import os
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 from typing import Any
 
 import asyncpg
+
+from devstack.ports import free_port
 
 PBXCTL = [sys.executable, "-m", "pbxctl"]
 
@@ -76,6 +79,33 @@ def test_add_list_remove(db: str) -> None:
     assert fetch(db, "SELECT ami_secret FROM pbx.nodes WHERE name = 'ast-1'")[0][0] == "s3cret"
     assert pbxctl(db, "nodes", "remove", "ast-1").returncode == 0
     assert [n["name"] for n in json.loads(pbxctl(db, "nodes", "list", "--json").stdout)["nodes"]] == ["ast-2"]
+
+
+def test_replace_gives_an_existing_node_the_new_address_and_secret(db: str) -> None:
+    assert pbxctl(db, "nodes", "add", "ast-1", "--ami", "127.0.0.1:5038", "--user", "pbx").returncode == 0
+    p = pbxctl(db, "nodes", "add", "ast-1", "--ami", "127.0.0.2:5039", "--user", "ops", "--replace", secret="new")
+    assert p.returncode == 0, p.stderr
+    (row,) = fetch(db, "SELECT ami_host, ami_port, ami_user, ami_secret FROM pbx.nodes")
+    assert tuple(row) == ("127.0.0.2", 5039, "ops", "new")
+    assert pbxctl(db, "nodes", "add", "ast-2", "--ami", "127.0.0.3:5038", "--user", "pbx", "--replace").returncode == 0
+    assert len(fetch(db, "SELECT 1 FROM pbx.nodes")) == 2
+
+
+def test_migrate_provisions_the_asterisk_login_and_waits_for_the_database(db: str) -> None:
+    env = dict(os.environ, PBX_DATABASE_URL=db, PBX_ASTERISK_DB_USER="ast node", PBX_ASTERISK_DB_PASSWORD="p'w")
+    p = subprocess.run([*PBXCTL, "db", "migrate"], capture_output=True, text=True, env=env, timeout=120)
+    assert p.returncode == 0, p.stderr
+    assert "p'w" not in p.stdout + p.stderr
+    query = "SELECT rolcanlogin, pg_has_role(rolname, 'pbx_asterisk', 'MEMBER') FROM pg_roles WHERE rolname = $1"
+    (role,) = fetch(db, query, "ast node")
+    assert tuple(role) == (True, True)
+    gone = dict(env, PBX_DATABASE_URL=f"postgresql://nobody@127.0.0.1:{free_port()}/pbx")
+    started = time.monotonic()
+    p = subprocess.run(
+        [*PBXCTL, "db", "migrate", "--wait", "1.5"], capture_output=True, text=True, env=gone, timeout=60
+    )
+    assert p.returncode == 3, p.stderr  # unreachable, after waiting
+    assert time.monotonic() - started >= 1.5
 
 
 def test_refusals_are_one_line_exit_1_and_change_nothing(db: str) -> None:

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from typing import Any
 
 import asyncpg
 
+from pbx_base.settings import get_settings
 from pbxctl.commands._db import add_dsn_argument, run_with_connection
-from pbxctl.errors import EXIT_USAGE, CliError
-from sorcery_backend.schema import MigrationRefused, migrate, reset
+from pbxctl.errors import EXIT_USAGE, CliError, Unreachable
+from sorcery_backend.schema import MigrationRefused, ensure_asterisk_login, migrate, reset
 
 __all__ = ["register"]
 
@@ -19,7 +21,18 @@ def register(subparsers: Any) -> None:
     db = subparsers.add_parser("db", help="schema management")
     sub = db.add_subparsers(dest="db_command", metavar="ACTION", required=True)
 
-    p = sub.add_parser("migrate", help="create or upgrade the schema (idempotent)")
+    p = sub.add_parser(
+        "migrate",
+        help="create or upgrade the schema (idempotent); with PBX_ASTERISK_DB_PASSWORD set, also the login "
+        "role Asterisk reads with (PBX_ASTERISK_DB_USER)",
+    )
+    p.add_argument(
+        "--wait",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="wait up to SECONDS for the database to accept connections (a container starting beside it)",
+    )
     add_dsn_argument(p)
     p.set_defaults(func=_migrate)
 
@@ -30,11 +43,29 @@ def register(subparsers: Any) -> None:
 
 
 def _migrate(args: argparse.Namespace) -> int:
-    try:
-        applied = run_with_connection(args, migrate)
-    except MigrationRefused as exc:
-        raise CliError(str(exc)) from None
+    settings = get_settings()
+    password = settings.asterisk_db_password.get_secret_value()
+
+    async def body(conn: asyncpg.Connection) -> list[str]:
+        applied = await migrate(conn)
+        if password:
+            await ensure_asterisk_login(conn, settings.asterisk_db_user, password)
+        return applied
+
+    deadline = time.monotonic() + args.wait
+    while True:
+        try:
+            applied = run_with_connection(args, body)
+            break
+        except MigrationRefused as exc:
+            raise CliError(str(exc)) from None
+        except Unreachable:
+            if time.monotonic() >= deadline:
+                raise
+            time.sleep(0.5)
     print(f"applied {', '.join(applied)}" if applied else "schema is up to date", file=sys.stderr)
+    if password:
+        print(f"login role {settings.asterisk_db_user} is ready for Asterisk", file=sys.stderr)
     return 0
 
 

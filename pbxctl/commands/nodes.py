@@ -31,6 +31,9 @@ def register(subparsers: Any) -> None:
         metavar="VAR",
         help="environment variable holding the AMI secret (default PBX_AMI_PASSWORD; never on the command line)",
     )
+    p.add_argument(
+        "--replace", action="store_true", help="a node of that name takes this address and credentials (no error)"
+    )
     p.add_argument("--json", action="store_true")
     add_dsn_argument(p)
     p.set_defaults(func=_add)
@@ -53,7 +56,7 @@ def _add(args: argparse.Namespace) -> int:
 
     async def body(conn: asyncpg.Connection) -> Any:
         try:
-            return await add_node(conn, args.name, args.ami, args.user, secret)
+            return await add_node(conn, args.name, args.ami, args.user, secret, replace=args.replace)
         except NodeRefused as exc:
             raise Invalid(str(exc)) from None
 
