@@ -30,6 +30,7 @@ COMMAND_MODULES = (
     "objects",
     "token",
     "trunks",
+    "calls",
 )
 
 
