@@ -38,7 +38,7 @@ from bench._common import percentile
 from devstack import sipp
 from devstack.play import SippProcess, read_trace
 from devstack.play_sipp import caller_xml, device_xml
-from devstack.stack import Stack, run_sql
+from devstack.stack import Stack, allow_lab_contexts, run_sql
 
 TENANT = """
 tenants:
@@ -151,6 +151,7 @@ def main() -> int:
             tmp = Path(t)
             cfg = tmp / "tenant.yaml"
             cfg.write_text(TENANT)
+            allow_lab_contexts(stack)  # 1008 and 1009 name the node's pbx-ari-floor and pbx-dial-test
             pbxctl(stack, "apply", str(cfg))
             phones = [phone(stack, tmp, u, 10**6) for u in ("1002", "1003", "1004")]
             _ari_floor.install_context(stack)
