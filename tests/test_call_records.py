@@ -196,7 +196,7 @@ async def _drained(writer: RecordWriter, metrics: Metrics, n: int) -> None:
 async def test_the_writer_writes_calls_and_legs_in_batches(db: str) -> None:
     conn = await _seeded(db)
     metrics = Metrics()
-    writer = RecordWriter(db, metrics, buffer=100, batch=2)
+    writer = RecordWriter(db, metrics, buffer=100, batch=2, linger_s=0.05)
     writer.start()
     try:
         for i in range(5):
@@ -235,7 +235,7 @@ async def test_a_database_outage_buffers_up_to_the_bound_and_drops_the_oldest(db
     conn = await _seeded(db)
     metrics = Metrics()
     # Nothing listens on port 1: the database is away until the writer is pointed back at it.
-    writer = RecordWriter("postgresql://postgres@127.0.0.1:1/none", metrics, buffer=3, batch=2)
+    writer = RecordWriter("postgresql://postgres@127.0.0.1:1/none", metrics, buffer=3, batch=2, linger_s=0)
     writer.start()
     try:
         for i in range(5):
@@ -282,7 +282,7 @@ async def _tenant_admin(db: str, admin: asyncpg.Connection, tenant: str) -> Asyn
 
 async def _write(db: str, *records: CallRecord) -> None:
     metrics = Metrics()
-    writer = RecordWriter(db, metrics, buffer=100)
+    writer = RecordWriter(db, metrics, buffer=100, linger_s=0)
     writer.start()
     for r in records:
         writer.put(r)

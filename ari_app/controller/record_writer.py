@@ -2,7 +2,9 @@
 
 :meth:`RecordWriter.put` is the recorder's sink: it appends to a bounded in-memory queue and returns,
 so nothing a call does waits for the database. One task takes up to ``batch`` records at a time and
-writes them (their calls and legs) in one transaction on its own connection. While the database is
+writes them (their calls and legs) in one transaction on its own connection, ``linger_s`` after the
+first of them arrived: calls that end close together share one write, and a write rarely lands
+beside the setup of the next call (bench/calls.py, records on vs off). While the database is
 away the queue fills up to ``buffer`` records and then drops the oldest; the task reconnects with
 backoff and writes what is left once the database is back. Counted in the controller's metrics:
 ``pbx_call_records_written_total``, ``pbx_call_records_dropped_total``, ``pbx_call_records_buffered``.
@@ -93,12 +95,15 @@ class RecordWriter:
         *,
         buffer: int,
         batch: int = 500,
+        linger_s: float = 1.0,
         backoff: Backoff = Backoff(initial=0.2, maximum=5.0, jitter=0.0),
     ) -> None:
         self.dsn = dsn
         self.metrics = metrics
         self.buffer = buffer
         self.batch = batch
+        self.linger_s = linger_s
+        self._closing = False
         self.backoff = backoff
         self._queue: deque[CallRecord] = deque()
         self._wake = asyncio.Event()
@@ -116,6 +121,7 @@ class RecordWriter:
 
     async def aclose(self, timeout: float = 5.0) -> None:
         """Write what is queued, for at most ``timeout`` seconds, then stop."""
+        self._closing = True
         self._wake.set()
         try:
             async with asyncio.timeout(timeout):
@@ -133,6 +139,8 @@ class RecordWriter:
         attempt = 0
         while True:
             await self._wake.wait()
+            if not self._closing:
+                await asyncio.sleep(self.linger_s)
             self._wake.clear()
             while self._queue:
                 batch = [self._queue.popleft() for _ in range(min(self.batch, len(self._queue)))]
