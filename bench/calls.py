@@ -15,12 +15,14 @@ highest cps where every call succeeded is reported.
     python bench/calls.py [--quick]
 
 Last line: JSON with setup_vs_dial_ratio and max_cps_zero_fail (and the figures behind them),
-floor_vs_dial_ratio: the baseline ARI app over Dial(), and records_on_vs_off_ratio.
+floor_vs_dial_ratio: the baseline ARI app over Dial(), records_on_vs_off_ratio, and
+recorder_setup_us_per_call: the recorder's own work on a call's setup path, timed in-process.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import os
 import subprocess
@@ -33,6 +35,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from ari_app.controller.call import dial_string
+from ari_app.controller.records import CallRecord, CallRecorder
 from bench import _ari_floor
 from bench._common import percentile
 from devstack import sipp
@@ -112,6 +115,31 @@ def set_records(stack: Stack, tmp: Path, on: bool) -> None:
     rc, d = caller_run(stack, tmp, "1001", "1002", 2)
     if rc != 0:
         raise SystemExit(f"warm-up after the restart (records {'on' if on else 'off'}): sipp exit {rc}; see {d}")
+
+
+def recorder_setup_us(calls: int = 20000) -> float:
+    """What the recorder adds to a call's setup path, in µs of CPU per call (CPU time: the wall
+    time of a shared machine is mostly other processes'): the reports a call makes from StasisStart
+    to the answer (its end and the write come after the setup)."""
+    out: list[CallRecord] = []
+
+    async def run() -> float:
+        rec = CallRecorder(out.append)
+        t0 = time.process_time()
+        for i in range(calls):
+            cid = f"{i}.1"
+            rec.call_started(cid, node="n", caller="1001", caller_name="Alice", endpoint="1001@b", called="1002")
+            rec.call_routed(cid, None)
+            rec.leg_dialed(cid, f"{cid}-l1", kind="leg", endpoint="1002@b", device="c", extension="1002")
+            rec.leg_ringing(f"{cid}-l1")
+            rec.leg_answered(f"{cid}-l1")
+            rec.call_answered(cid, f"{cid}-l1")
+            rec.call_result(cid, "answered")
+        took = time.process_time() - t0
+        rec.close()
+        return took
+
+    return asyncio.run(run()) / calls * 1e6
 
 
 def setup_times(d: Path) -> list[float]:
@@ -216,6 +244,7 @@ def main() -> int:
                 "records_off_p50_ms": round(r50 * 1000, 2),
                 "call_records_rows": records,
                 "records_on_vs_off_ratio": round(o50 / r50, 3),
+                "recorder_setup_us_per_call": round(recorder_setup_us(), 2),
             }
         )
     )

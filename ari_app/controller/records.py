@@ -8,9 +8,9 @@ event carries the hangup cause); it is handed to the sink then, in practice the 
 (record_writer.py) and a list in the unit tests. Should the caller's end never be reported (events
 lost across a reconnect), the record goes after ``grace_s`` without a cause.
 
-Channels are found by their ids (ids.py): a leg or party names its call, a caller is its own call.
-Reports about a call the recorder does not know (an adopted conference of an earlier process, a
-disabled recorder) are ignored.
+A caller's channel id is its call's id; a leg's is looked up among the legs dialed (a dict, not
+the id's parse: this runs on every event of a call). Reports about a call the recorder does not
+know (an adopted conference of an earlier process, a disabled recorder) are ignored.
 """
 
 from __future__ import annotations
@@ -22,7 +22,6 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from ari_app.controller.causes import leg_failure
-from ari_app.controller.ids import call_of_channel
 from routing.lookup import Routed
 
 __all__ = ["NO_RECORDS", "CallRecord", "CallRecorder", "LegKind", "LegRecord", "Sink"]
@@ -94,6 +93,7 @@ class CallRecorder:
         self._grace_s = grace_s
         self._clock = clock
         self.open: dict[str, CallRecord] = {}
+        self._calls_of_legs: dict[str, CallRecord] = {}  # leg channel id -> its open call
 
     # -- the call ------------------------------------------------------------------------------
     def call_started(
@@ -189,6 +189,7 @@ class CallRecorder:
             return
         now = self._clock()
         rec.legs[channel_id] = LegRecord(channel_id, kind, endpoint, device, extension or None, now)
+        self._calls_of_legs[channel_id] = rec
         if rec.ring_at is None:
             rec.ring_at = now
 
@@ -211,7 +212,7 @@ class CallRecorder:
     # -- channels ending -----------------------------------------------------------------------
     def channel_gone(self, channel_id: str, cause: int) -> None:
         """ChannelDestroyed of any channel (reported twice for some: the first counts)."""
-        rec = self.open.get(call_of_channel(channel_id))
+        rec = self.open.get(channel_id) or self._calls_of_legs.get(channel_id)
         if rec is None:
             return
         if channel_id == rec.call_id:
@@ -239,12 +240,14 @@ class CallRecorder:
 
     # -- helpers -------------------------------------------------------------------------------
     def _leg(self, channel_id: str) -> LegRecord | None:
-        rec = self.open.get(call_of_channel(channel_id))
+        rec = self._calls_of_legs.get(channel_id)
         return rec.legs.get(channel_id) if rec is not None else None
 
     def _emit(self, rec: CallRecord, *, ended: bool = True) -> None:
         if self.open.pop(rec.call_id, None) is None or self._sink is None:
             return
+        for channel_id in rec.legs:
+            self._calls_of_legs.pop(channel_id, None)
         if rec.grace is not None:
             rec.grace.cancel()
         if not ended:
