@@ -5,8 +5,8 @@ same stack in the same run, interleaved in rounds: once through Stasis and the c
 tree, originate per contact, mixing bridge), once through the `pbx-dial-test` context (a plain
 Dial() of the same endpoint), and once through the least an ARI app can do (bench/_ari_floor.py:
 originate, answer, bridge; no routing). The phone answers at once; the ratios are at p50. The
-controller's calls are made twice per round, with call records on and off (PBX_CALL_RECORDS, a
-`pbxctl serve` restart between the two, each followed by an unmeasured warm-up call), so that
+controller's calls are made twice per round, with call records on and off (PBX_CALL_RECORDS), each
+block on a `pbxctl serve` restarted for it and warmed up by two unmeasured calls, so that
 records_on_vs_off_ratio compares the setup path with and without the recorder in the same run.
 (b) sipp calls at rising cps into group 2000 (one rank of 3 phones that answer at once; the two
 that lose are cancelled or hung up), each call talking 1 s; each level runs for a while and the
@@ -191,20 +191,19 @@ def main() -> int:
             # ours (records on), floor, Dial(), ours with records off ("off" calls from 1001 too)
             samples: dict[str, list[float]] = {"1001": [], "1008": [], "1009": [], "off": []}
             orders = [("1001", "1008", "1009", "off"), ("off", "1009", "1008", "1001"), ("1001", "1009", "1008", "off")]
-            records_on = True
             with _ari_floor.FloorApp(stack, floor_dial):
                 for i in range(rounds):
                     for mode in orders[i % len(orders)]:
-                        if mode in ("1001", "off") and records_on != (mode == "1001"):
-                            records_on = mode == "1001"
-                            set_records(stack, tmp, records_on)
+                        if mode in ("1001", "off"):
+                            # Before each of the controller's blocks alike: an A/A run (both modes
+                            # with records on) gave 1.15 while only a switch restarted serve.
+                            set_records(stack, tmp, mode == "1001")
                         caller = "1001" if mode == "off" else mode
                         rc, d = caller_run(stack, tmp, caller, "1002", per_round)
                         if rc != 0:
                             raise SystemExit(f"setup round {i} ({mode}): sipp exit {rc}; see {d}")
                         samples[mode].extend(setup_times(d))
-                if not records_on:
-                    set_records(stack, tmp, True)  # the load runs as the product does
+                set_records(stack, tmp, True)  # the load runs as the product does
             ours, floor, dial, off = samples["1001"], samples["1008"], samples["1009"], samples["off"]
             r50 = percentile(off, 50)
             log(f"setup with call records on p50 {percentile(ours, 50) * 1e3:.1f} ms, off p50 {r50 * 1e3:.1f} ms: "
