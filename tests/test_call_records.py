@@ -199,12 +199,13 @@ async def test_the_writer_writes_calls_and_legs_in_batches(db: str) -> None:
     writer = RecordWriter(db, metrics, buffer=100, batch=2, linger_s=0.05)
     writer.start()
     try:
-        for i in range(5):
+        writer.put(record("c0", did="0301234", routed_to="1001"))
+        for i in range(5):  # c0 twice in one batch of 2: no second row
             writer.put(record(f"c{i}", did="0301234", routed_to="1001"))
         writer.put(record("b1", "beta.example"))
         writer.put(record("x1", None))  # arrived on no endpoint of ours: no tenant
-        writer.put(record("c0"))  # the same call again (a batch written twice): no second row
-        await _drained(writer, metrics, 8)
+        writer.put(record("c0"))  # the same call in a later batch (one written twice): no second row
+        await _drained(writer, metrics, 9)
     finally:
         await writer.aclose()
     try:
