@@ -15,11 +15,7 @@ from pathlib import Path
 from devstack.asterisk import AsteriskNode
 from devstack.ports import free_port
 from devstack.settings import StackSettings
-from devstack.stack import Stack, run_sql
-
-# The real-stack tests' lab override of the reserved-context fence: one copy of it.
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from stack import LAB_POLICY
+from devstack.stack import Stack, allow_lab_contexts
 
 __all__ = ["SippRun", "StaticNode", "apply_config", "config_yaml", "endpoint_ids", "sipp_register_load"]
 
@@ -45,7 +41,7 @@ def config_yaml(tenant: str, n: int, callerid: str = "Base <0>") -> str:
 def apply_config(stack: Stack, text: str) -> None:
     """`pbxctl apply` of a YAML text to the stack's database, as an admin would. The benches dial
     through the node's pbx-dial-test context, as the stack tests do, so the fence is lifted the same way."""
-    run_sql(stack, LAB_POLICY)
+    allow_lab_contexts(stack)
     with tempfile.TemporaryDirectory(prefix="pbx-bench-") as tmp:
         f = Path(tmp) / "config.yaml"
         f.write_text(text)

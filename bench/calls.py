@@ -4,20 +4,25 @@
 same stack in the same run, interleaved in rounds: once through Stasis and the controller (routing
 tree, originate per contact, mixing bridge), once through the `pbx-dial-test` context (a plain
 Dial() of the same endpoint), and once through the least an ARI app can do (bench/_ari_floor.py:
-originate, answer, bridge; no routing). The phone answers at once; the ratios are at p50.
+originate, answer, bridge; no routing). The phone answers at once; the ratios are at p50. The
+controller's calls are made twice per round, with call records on and off (PBX_CALL_RECORDS), each
+block on a `pbxctl serve` restarted for it and warmed up by two unmeasured calls, so that
+records_on_vs_off_ratio compares the setup path with and without the recorder in the same run.
 (b) sipp calls at rising cps into group 2000 (one rank of 3 phones that answer at once; the two
 that lose are cancelled or hung up), each call talking 1 s; each level runs for a while and the
 highest cps where every call succeeded is reported.
 
     python bench/calls.py [--quick]
 
-Last line: JSON with setup_vs_dial_ratio and max_cps_zero_fail (and the figures behind them), and
-floor_vs_dial_ratio: the baseline ARI app over Dial().
+Last line: JSON with setup_vs_dial_ratio and max_cps_zero_fail (and the figures behind them),
+floor_vs_dial_ratio: the baseline ARI app over Dial(), records_on_vs_off_ratio, and
+recorder_setup_us_per_call: the recorder's own work on a call's setup path, timed in-process.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import os
 import subprocess
@@ -30,12 +35,13 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from ari_app.controller.call import dial_string
+from ari_app.controller.records import CallRecord, CallRecorder
 from bench import _ari_floor
 from bench._common import percentile
 from devstack import sipp
 from devstack.play import SippProcess, read_trace
 from devstack.play_sipp import caller_xml, device_xml
-from devstack.stack import Stack, run_sql
+from devstack.stack import Stack, allow_lab_contexts, run_sql
 
 TENANT = """
 tenants:
@@ -101,6 +107,41 @@ def caller_run(
     return p.returncode, d
 
 
+def set_records(stack: Stack, tmp: Path, on: bool) -> None:
+    """`pbxctl serve` again with call records on or off; one call to have its controller connected
+    and its routing cache loaded before anything is measured."""
+    os.environ["PBX_CALL_RECORDS"] = "true" if on else "false"
+    stack.serve.restart()
+    rc, d = caller_run(stack, tmp, "1001", "1002", 2)
+    if rc != 0:
+        raise SystemExit(f"warm-up after the restart (records {'on' if on else 'off'}): sipp exit {rc}; see {d}")
+
+
+def recorder_setup_us(calls: int = 20000) -> float:
+    """What the recorder adds to a call's setup path, in µs of CPU per call (CPU time: the wall
+    time of a shared machine is mostly other processes'): the reports a call makes from StasisStart
+    to the answer (its end and the write come after the setup)."""
+    out: list[CallRecord] = []
+
+    async def run() -> float:
+        rec = CallRecorder(out.append)
+        t0 = time.process_time()
+        for i in range(calls):
+            cid = f"{i}.1"
+            rec.call_started(cid, node="n", caller="1001", caller_name="Alice", endpoint="1001@b", called="1002")
+            rec.call_routed(cid, None)
+            rec.leg_dialed(cid, f"{cid}-l1", kind="leg", endpoint="1002@b", device="c", extension="1002")
+            rec.leg_ringing(f"{cid}-l1")
+            rec.leg_answered(f"{cid}-l1")
+            rec.call_answered(cid, f"{cid}-l1")
+            rec.call_result(cid, "answered")
+        took = time.process_time() - t0
+        rec.close()
+        return took
+
+    return asyncio.run(run()) / calls * 1e6
+
+
 def setup_times(d: Path) -> list[float]:
     sent: dict[str, float] = {}
     out: list[float] = []
@@ -130,6 +171,7 @@ def main() -> int:
     levels = [10, 20, 30, 40, 50, 60, 70] if args.quick else [10, 20, 30, 40, 50, 60, 70, 80, 90, 100]
 
     stack = Stack.named(f"bench-calls-{os.getpid()}")
+    os.environ["PBX_CALL_RECORDS"] = "true"  # the stack's `pbxctl serve` starts with records on
     log("starting a private stack...")
     stack.up()
     try:
@@ -137,6 +179,7 @@ def main() -> int:
             tmp = Path(t)
             cfg = tmp / "tenant.yaml"
             cfg.write_text(TENANT)
+            allow_lab_contexts(stack)  # 1008 and 1009 name the node's pbx-ari-floor and pbx-dial-test
             pbxctl(stack, "apply", str(cfg))
             phones = [phone(stack, tmp, u, 10**6) for u in ("1002", "1003", "1004")]
             _ari_floor.install_context(stack)
@@ -145,16 +188,26 @@ def main() -> int:
                 run_sql(stack, "SELECT uri FROM ps_contacts WHERE endpoint = $1", "1002@bench.example")[0]["uri"],
                 None,
             )
-            samples: dict[str, list[float]] = {"1001": [], "1008": [], "1009": []}  # ours, floor, Dial()
-            orders = [("1001", "1008", "1009"), ("1009", "1008", "1001"), ("1008", "1001", "1009")]
+            # ours (records on), floor, Dial(), ours with records off ("off" calls from 1001 too)
+            samples: dict[str, list[float]] = {"1001": [], "1008": [], "1009": [], "off": []}
+            orders = [("1001", "1008", "1009", "off"), ("off", "1009", "1008", "1001"), ("1001", "1009", "1008", "off")]
             with _ari_floor.FloorApp(stack, floor_dial):
                 for i in range(rounds):
-                    for caller in orders[i % len(orders)]:
+                    for mode in orders[i % len(orders)]:
+                        if mode in ("1001", "off"):
+                            # Before each of the controller's blocks alike: an A/A run (both modes
+                            # with records on) gave 1.15 while only a switch restarted serve.
+                            set_records(stack, tmp, mode == "1001")
+                        caller = "1001" if mode == "off" else mode
                         rc, d = caller_run(stack, tmp, caller, "1002", per_round)
                         if rc != 0:
-                            raise SystemExit(f"setup round {i} ({caller}): sipp exit {rc}; see {d}")
-                        samples[caller].extend(setup_times(d))
-            ours, floor, dial = samples["1001"], samples["1008"], samples["1009"]
+                            raise SystemExit(f"setup round {i} ({mode}): sipp exit {rc}; see {d}")
+                        samples[mode].extend(setup_times(d))
+                set_records(stack, tmp, True)  # the load runs as the product does
+            ours, floor, dial, off = samples["1001"], samples["1008"], samples["1009"], samples["off"]
+            r50 = percentile(off, 50)
+            log(f"setup with call records on p50 {percentile(ours, 50) * 1e3:.1f} ms, off p50 {r50 * 1e3:.1f} ms: "
+                f"ratio {percentile(ours, 50) / r50:.3f}")  # fmt: skip
             o50, d50, f50 = percentile(ours, 50), percentile(dial, 50), percentile(floor, 50)
             o95, d95 = percentile(ours, 95), percentile(dial, 95)
             log(f"setup INVITE->200: controller p50 {o50 * 1e3:.1f} ms p95 {o95 * 1e3:.1f} ms; "
@@ -172,6 +225,7 @@ def main() -> int:
                 best = cps
             for p in phones:
                 p.stop()
+            records = run_sql(stack, "SELECT count(*) AS n FROM pbx.call_records")[0]["n"]
     finally:
         stack.destroy()
     print(
@@ -186,6 +240,10 @@ def main() -> int:
                 "floor_vs_dial_ratio": round(f50 / d50, 3),
                 "max_cps_zero_fail": best,
                 "calls_per_mode": len(ours),
+                "records_off_p50_ms": round(r50 * 1000, 2),
+                "call_records_rows": records,
+                "records_on_vs_off_ratio": round(o50 / r50, 3),
+                "recorder_setup_us_per_call": round(recorder_setup_us(), 2),
             }
         )
     )

@@ -20,7 +20,7 @@ from devstack.services import ServeProcess, register_node
 from devstack.settings import StackSettings, cache_dir, stacks_dir
 from sorcery_backend.schema import ensure_asterisk_login, migrate
 
-__all__ = ["Stack", "chroot_path", "run_sql", "sql"]
+__all__ = ["Stack", "allow_lab_contexts", "chroot_path", "run_sql", "sql"]
 
 
 def chroot_path() -> Path:
@@ -133,3 +133,14 @@ async def sql(st: Stack, query: str, *args: object) -> list[asyncpg.Record]:
 
 def run_sql(st: Stack, query: str, *args: object) -> list[asyncpg.Record]:
     return asyncio.run(sql(st, query, *args))
+
+
+def allow_lab_contexts(st: Stack) -> None:
+    """Let endpoints of this lab stack name the node's own contexts (pbx-dial-test, pbx-ari-floor:
+    a plain Dial() and a bare ARI app to compare the controller with): the operator's override of
+    the reserved-context fence, for the stack tests and bench/calls.py."""
+    run_sql(
+        st,
+        "INSERT INTO pbx.option_policy (plan, section, option, allowed, unfenced) "
+        "VALUES ('default', 'endpoint', 'context', true, true) ON CONFLICT DO NOTHING",
+    )

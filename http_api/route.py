@@ -84,10 +84,13 @@ def make_app(
     """The routing API on `pool`, every route behind bearer tokens checked by `verify` (but
     `open_paths`). With `listen`, the app runs the routing cache's LISTEN task and loads every
     tenant for as long as it is up; pass `routing` to share a cache with the caller."""
+    from http_api.history import add_history_route  # it reads POOL from this module
+
     app = web.Application(middlewares=[auth_middleware(verify, open_paths=open_paths)])
     app[POOL] = pool
     app[ROUTING] = routing if routing is not None else RoutingData(pool)
     app.router.add_get("/route", _route)
+    add_history_route(app)
     if listen:
         app.cleanup_ctx.append(_run_cache)
     return app

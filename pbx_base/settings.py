@@ -117,6 +117,22 @@ class Settings(BaseSettings):
         gt=0,
         description="seconds a conference waits for the answered leg to enter Stasis before bridging",
     )
+    call_records: bool = Field(
+        default=True,
+        description="the controller writes a row per call and per leg to `pbx.call_records`/`pbx.call_legs` "
+        "(`false`: none; bench/calls.py compares the two)",
+    )
+    call_records_buffer: int = Field(
+        default=10000,
+        ge=1,
+        description="finished calls the controller holds in memory while the database cannot take their "
+        "records; beyond it the oldest are dropped (counted in `pbx_call_records_dropped_total`)",
+    )
+    call_records_keep_s: float = Field(
+        default=7776000.0,
+        ge=0,
+        description="seconds call records are kept; `pbxctl serve`'s pusher trims older ones (90 days)",
+    )
 
     # --- SIP and AMI of a node (printed by `pbxctl dev up`) ---------------------------------------
     sip_addr: HostPort | None = Field(

@@ -38,6 +38,7 @@ COMMANDS = {
     "extension": "objects",
     "token": "token",
     "trunks": "trunks",
+    "calls": "calls",
 }
 COMMAND_MODULES = tuple(dict.fromkeys(COMMANDS.values()))
 

@@ -73,6 +73,7 @@ class PusherSettings:
     idle_check_s: float = 30.0  # ping the node and re-check its contexts when nothing happened
     outbox_keep_s: float = DEFAULTS.outbox_keep_s  # delivered outbox rows are kept this long as history
     audit_keep_s: float = DEFAULTS.audit_keep_s  # pbx.audit rows are kept this long
+    call_records_keep_s: float = DEFAULTS.call_records_keep_s  # pbx.call_records (and their legs) too
 
     @classmethod
     def from_settings(cls, s: Settings) -> PusherSettings:
@@ -80,6 +81,7 @@ class PusherSettings:
             backoff=dataclasses.replace(cls.backoff, maximum=s.db_retry_max_s),
             outbox_keep_s=s.outbox_keep_s,
             audit_keep_s=s.audit_keep_s,
+            call_records_keep_s=s.call_records_keep_s,
         )
 
 
@@ -132,12 +134,17 @@ class Pusher:
                 await asyncio.wait_for(conn.close(), 5)
 
     async def _trim_history(self, conn: asyncpg.Connection) -> None:
-        """Delivered outbox rows and audit rows past their retention, once per idle check."""
+        """Delivered outbox rows, audit rows and call records past their retention, once per idle check."""
         now = time.monotonic()
         if now - self._trimmed_at < self.settings.idle_check_s:
             return
         self._trimmed_at = now
-        for what, keep_s in (("outbox", self.settings.outbox_keep_s), ("audit", self.settings.audit_keep_s)):
+        kept = (
+            ("outbox", self.settings.outbox_keep_s),
+            ("audit", self.settings.audit_keep_s),
+            ("call_records", self.settings.call_records_keep_s),
+        )
+        for what, keep_s in kept:
             try:
                 removed = await conn.fetchval(f"SELECT pbx.trim_{what}(make_interval(secs => $1))", keep_s)
             except asyncpg.PostgresError as exc:  # e.g. a role without the right: pushing matters more

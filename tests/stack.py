@@ -15,14 +15,7 @@ from contextlib import contextmanager
 import pytest
 
 from devstack.chroot import asterisk_version
-from devstack.stack import Stack, run_sql
-
-# The stack tests dial through the node's own pbx-dial-test context (a plain Dial(), to compare
-# with the controller): the operator's override of the reserved-context fence for this lab stack.
-LAB_POLICY = (
-    "INSERT INTO pbx.option_policy (plan, section, option, allowed, unfenced) "
-    "VALUES ('default', 'endpoint', 'context', true, true) ON CONFLICT DO NOTHING"
-)
+from devstack.stack import Stack, allow_lab_contexts
 
 
 @pytest.fixture(scope="session")
@@ -30,7 +23,7 @@ def stack() -> Iterator[Stack]:
     st = Stack.named(f"test-{os.getpid()}")
     try:
         st.up()
-        run_sql(st, LAB_POLICY)
+        allow_lab_contexts(st)
         print(f"\n[stack] {asterisk_version(st.chroot)} on {st.settings.sip_addr}", file=sys.stderr)
         yield st
     finally:

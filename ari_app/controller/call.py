@@ -23,6 +23,7 @@ from ari_app.controller.conference import Conference
 from ari_app.controller.ids import OurChannel, ringback_playback_id
 from ari_app.controller.metrics import Metrics
 from ari_app.controller.presence import Presence
+from ari_app.controller.records import NO_RECORDS, CallRecorder
 from routing.fork import (
     Bridge,
     CallerHangup,
@@ -101,6 +102,7 @@ class LiveCall:
         metrics: Metrics,
         log: logging.LoggerAdapter[logging.Logger],
         started: float | None = None,
+        records: CallRecorder = NO_RECORDS,
     ) -> None:
         self.call_id = call_id
         self.ari = ari
@@ -111,6 +113,7 @@ class LiveCall:
         self.presence = presence
         self.metrics = metrics
         self.log = log
+        self.records = records
         self.legs: dict[int, Leg] = {}
         self.by_channel: dict[str, Leg] = {}
         self.result: str | None = None
@@ -161,12 +164,14 @@ class LiveCall:
             elif isinstance(cmd, Bridge):
                 # At once, not behind the other legs' hangups in the queue: this answers the caller.
                 self._bridging = True
+                self.records.call_answered(self.call_id, self.legs[cmd.leg_id].channel_id)
                 self._spawn(self._run_bridge(self.legs[cmd.leg_id]))
             else:
                 if isinstance(cmd, RingDevice):
                     self._register_leg(cmd)
                 elif isinstance(cmd, EndCall):
                     self.result = cmd.result
+                    self.records.call_result(self.call_id, cmd.result)
                 self._io.append(cmd)
         if self._io and (self._runner is None or self._runner.done()):
             self._runner = asyncio.create_task(self._run_io(), name=f"call-{self.call_id}")
@@ -179,6 +184,9 @@ class LiveCall:
         self.legs[leg.leg_id] = leg
         self.by_channel[leg.channel_id] = leg
         self.presence.add_own(leg.endpoint_id, leg.channel_id)
+        self.records.leg_dialed(
+            self.call_id, channel_id, kind="leg", endpoint=leg.endpoint_id, device=cmd.device, extension=cmd.extension
+        )
 
     # -- channel side -------------------------------------------------------------------------
     def leg_up(self, channel_id: str) -> None:
@@ -195,6 +203,7 @@ class LiveCall:
             # has already stopped this leg, so the extra answer is hung up.
             self._spawn(self._hangup(leg.channel_id, "answered_elsewhere"))
             return
+        self.records.leg_answered(channel_id)
         self.feed(LegAnswered(leg.leg_id))
 
     def leg_ringing(self) -> None:
@@ -245,6 +254,7 @@ class LiveCall:
             return
         self.caller_gone = True
         self.log.info("caller hung up")
+        self.records.call_result(self.call_id, "cancelled")
         self.feed(CallerHangup())
 
     def abandon(self) -> None:
@@ -280,6 +290,7 @@ class LiveCall:
             if leg is not None and not leg.ended and cmd.why != "rejected":
                 reason = "answered_elsewhere" if cmd.why == "answered_elsewhere" else "normal"
                 leg.stopped = True
+                self.records.leg_stopped(leg.channel_id, cmd.why)
                 await self._hangup(leg.channel_id, reason)
         elif isinstance(cmd, EndCall):
             self.metrics.inc("pbx_calls_total", result=cmd.result)

@@ -42,6 +42,7 @@ from ari_app.controller.metrics import Metrics
 from ari_app.controller.party import dial_string, party_endpoint
 from ari_app.controller.presence import Presence
 from ari_app.controller.reachability import ContactReachability
+from ari_app.controller.records import NO_RECORDS, CallRecorder
 from pbx_base.errors import NotFound
 from routing.fork import Fork
 from routing.lookup import CallLookup, split_endpoint_id
@@ -98,10 +99,18 @@ class _Devices:
 
 
 class Controller:
-    def __init__(self, ari: AriClient, lookup: CallLookup, *, metrics: Metrics | None = None) -> None:
+    def __init__(
+        self,
+        ari: AriClient,
+        lookup: CallLookup,
+        *,
+        metrics: Metrics | None = None,
+        records: CallRecorder = NO_RECORDS,
+    ) -> None:
         self.ari = ari
         self.lookup = lookup
         self.metrics = metrics or Metrics()
+        self.records = records
         self.presence = Presence()
         self.reachability = ContactReachability()
         self.calls: dict[str, LiveCall] = {}
@@ -134,6 +143,7 @@ class Controller:
                 call.abandon()
             for task in list(self._tasks):
                 task.cancel()
+            self.records.close()
 
     async def handle(self, item: StreamItem) -> None:
         handler = self._handlers.get(type(item))
@@ -166,6 +176,7 @@ class Controller:
         if item.channel.state == "Up":
             call.leg_up(item.channel.id)
         elif item.channel.state == "Ringing":
+            self.records.leg_ringing(item.channel.id)
             call.leg_ringing()
 
     async def _on_hangup_request(self, item: ChannelHangupRequest | StasisEnd) -> None:
@@ -194,6 +205,14 @@ class Controller:
             if ch.id not in self._arriving and ch.id not in self.calls and self._conference(ch.id) is None:
                 called = event.args[0] if event.args else (ch.dialplan.exten if ch.dialplan else "")
                 self._arriving[ch.id] = False
+                self.records.call_started(
+                    ch.id,
+                    node=event.asterisk_id or "",
+                    caller=ch.caller.number,
+                    caller_name=ch.caller.name,
+                    endpoint=endpoint_of(ch),
+                    called=called,
+                )
                 self._spawn(self._new_call(ch, called))
         elif ours.kind == "leg":
             call = self.calls.get(ours.call_id)
@@ -206,6 +225,7 @@ class Controller:
             if conf is None:
                 self._spawn(self._hangup(ch.id, reason="normal"))
             else:
+                self.records.leg_answered(ch.id)
                 self._spawn(conf.party_answered(ch.id))
 
     async def _new_call(self, ch: Channel, called: str) -> None:
@@ -226,13 +246,16 @@ class Controller:
             self.metrics.inc("pbx_failures_total", kind="lookup")
             routed_status, routed = "error:failure", None
         routed_at = time.perf_counter()
+        self.records.call_routed(ch.id, routed)
         gone = self._arriving.pop(ch.id, False)
         if gone:
             log.info("caller hung up during lookup")
+            self.records.call_refused(ch.id, "cancelled")
             return
         if routed_status != "ok" or routed is None or routed.tree is None or routed.data is None:
             log.info("not routed: %s", routed_status)
             self.metrics.inc("pbx_calls_total", result="noroute" if routed_status == "noroute" else "refused")
+            self.records.call_refused(ch.id, "noroute" if routed_status == "noroute" else "refused")
             await self._hangup(ch.id, code=caller_cause(routed_status))
             return
         assert routed.request is not None
@@ -250,6 +273,7 @@ class Controller:
             metrics=self.metrics,
             log=log,
             started=started,
+            records=self.records,
         )
         self.calls[call.call_id] = call
         self._spawn(self._follow_call(call))
@@ -267,6 +291,8 @@ class Controller:
         # late events find no call and only update presence.
         if call.conference is not None and not call.conference.closed:
             self._adopt(call.conference)
+        else:
+            self.records.call_over(call.call_id)
         self._count_active()
 
     def _adopt(self, conf: Conference) -> None:
@@ -275,6 +301,7 @@ class Controller:
 
     async def _follow_conference(self, conf: Conference) -> None:
         await conf.wait_closed()
+        self.records.call_over(conf.call_id)
         if self.conferences.get(conf.call_id) is conf:
             del self.conferences[conf.call_id]
         self._count_active()
@@ -313,6 +340,7 @@ class Controller:
             call.caller_hung_up()
 
     def _channel_gone(self, channel_id: str, cause: int) -> None:
+        self.records.channel_gone(channel_id, cause)
         self.presence.gone(channel_id)
         self._orphan_candidates.discard(channel_id)
         if channel_id in self._arriving:
@@ -446,7 +474,9 @@ class Controller:
         conference; the new party's channel id."""
         conf = self._open_conference(call_id)
         name = party_endpoint(endpoint, conf.domain)
-        return await conf.dial_party(dial_string(name, conf.domain))
+        channel_id = await conf.dial_party(dial_string(name, conf.domain))
+        self.records.leg_dialed(call_id, channel_id, kind="party", endpoint=f"{name}@{conf.domain}")
+        return channel_id
 
     def snapshot(self, domain: str | None = None) -> dict[str, Any]:
         """Calls ringing and conferences up; with `domain`, only that tenant's."""

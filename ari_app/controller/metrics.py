@@ -28,10 +28,21 @@ class Metrics:
             ),
             "pbx_legs_total": Counter("pbx_legs_total", "Device legs started, by outcome", ["outcome"], registry=r),
             "pbx_failures_total": Counter("pbx_failures_total", "Controller errors, by kind", ["kind"], registry=r),
+            "pbx_call_records_written_total": Counter(
+                "pbx_call_records_written_total", "Call records written to the database", registry=r
+            ),
+            "pbx_call_records_dropped_total": Counter(
+                "pbx_call_records_dropped_total",
+                "Call records dropped: the database was away longer than the buffer holds",
+                registry=r,
+            ),
         }
         self._gauges = {
             "pbx_calls_active": Gauge("pbx_calls_active", "Calls ringing or bridged now", registry=r),
             "pbx_ari_connected": Gauge("pbx_ari_connected", "1 while the ARI events WebSocket is up", registry=r),
+            "pbx_call_records_buffered": Gauge(
+                "pbx_call_records_buffered", "Call records waiting in memory for the database", registry=r
+            ),
         }
         self._summaries = {
             "pbx_routing_seconds": Summary(

@@ -5,12 +5,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 from ari_app.ari import AriClient, HttpAriTransport
 from ari_app.controller.controller import Controller
+from ari_app.controller.metrics import Metrics
+from ari_app.controller.record_writer import RecordWriter
+from ari_app.controller.records import NO_RECORDS, CallRecorder
 from pbx_base.retry import Backoff
-from pbx_base.settings import Settings, get_settings
+from pbx_base.settings import DEFAULTS, Settings, get_settings
 from routing.lookup import CallLookup
 
 __all__ = ["AriSettings", "ControllerRef", "run_controller"]
@@ -34,6 +38,7 @@ class AriSettings:
     password: str = field(repr=False)
     app: str
     retry_max_s: float
+    records_buffer: int = DEFAULTS.call_records_buffer
 
     @classmethod
     def from_env(cls, settings: Settings | None = None) -> AriSettings | None:
@@ -47,6 +52,7 @@ class AriSettings:
             password=s.ari_password.get_secret_value(),
             app=s.ari_app,
             retry_max_s=s.ari_retry_max_s,
+            records_buffer=s.call_records_buffer,
         )
 
 
@@ -55,12 +61,17 @@ async def run_controller(
     lookup: CallLookup,
     stop: asyncio.Event,
     ref: ControllerRef,
+    records_dsn: str | None = None,
 ) -> None:
     """Until ``stop`` is set. Calls in progress stay in Asterisk when it stops; the next controller
-    adopts their conferences and ends the calls it cannot know."""
-    async with HttpAriTransport(settings.url, settings.user, settings.password) as transport:
+    adopts their conferences and ends the calls it cannot know. With ``records_dsn`` every call is
+    recorded in that database (records.py, record_writer.py)."""
+    metrics = Metrics()
+    writer = RecordWriter(records_dsn, metrics, buffer=settings.records_buffer) if records_dsn else None
+    records = CallRecorder(writer.put) if writer is not None else NO_RECORDS
+    async with HttpAriTransport(settings.url, settings.user, settings.password) as transport, _writing(writer):
         client = AriClient(transport, settings.app, backoff=Backoff(maximum=settings.retry_max_s))
-        controller = Controller(client, lookup)
+        controller = Controller(client, lookup, metrics=metrics, records=records)
         ref.current = controller
         task = asyncio.create_task(controller.run(), name="ari-controller")
         stopper = asyncio.create_task(stop.wait())
@@ -75,3 +86,17 @@ async def run_controller(
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
+
+
+@contextlib.asynccontextmanager
+async def _writing(writer: RecordWriter | None) -> AsyncIterator[None]:
+    """The writer's task for as long as the controller runs; what is queued at the end (the
+    records of calls still going, see CallRecorder.close) is written before it stops."""
+    if writer is None:
+        yield
+        return
+    writer.start()
+    try:
+        yield
+    finally:
+        await writer.aclose()

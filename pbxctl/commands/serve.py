@@ -86,7 +86,12 @@ async def _run(dsn: str, listen: Listen, settings: Settings, push: bool = True, 
         # The nodes' contacts back into ps_contacts when Postgres lost rows (a crash empties it).
         services.append(asyncio.create_task(run_contact_sync(dsn, stop), name="contacts"))
     if ari is not None:
-        services.append(asyncio.create_task(run_controller(ari, DbLookup(pool, routing), stop, ref), name="controller"))
+        services.append(
+            asyncio.create_task(
+                run_controller(ari, DbLookup(pool, routing), stop, ref, dsn if settings.call_records else None),
+                name="controller",
+            )
+        )
         print(f"ARI controller running for app {ari.app} at {ari.url}", file=sys.stderr, flush=True)
     try:
         await stop.wait()
