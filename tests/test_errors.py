@@ -95,6 +95,6 @@ def test_the_cli_reports_any_error_of_ours_in_one_line_with_its_groups_code(
 
     parser = argparse.ArgumentParser(prog="pbxctl")
     parser.set_defaults(func=command)
-    monkeypatch.setattr(cli, "build_parser", lambda: parser)
+    monkeypatch.setattr(cli, "build_parser", lambda command=None: parser)
     assert cli.main([]) == 3
     assert capsys.readouterr().err == "pbxctl: database at 127.0.0.1:1: connection refused\n"
