@@ -6,6 +6,9 @@ need=()
 command -v sipp >/dev/null 2>&1 || need+=(sip-tester)
 command -v debootstrap >/dev/null 2>&1 || need+=(debootstrap)
 python3 -c 'import venv, ensurepip' 2>/dev/null || need+=(python3-venv)
+# The cluster's SIP edge (`pbxctl dev up --nodes N`, N > 1): Kamailio 5.6 and its Postgres driver.
+command -v kamailio >/dev/null 2>&1 || need+=(kamailio)
+[ -e /usr/lib/x86_64-linux-gnu/kamailio/modules/db_postgres.so ] || ls /usr/lib/*/kamailio/modules/db_postgres.so >/dev/null 2>&1 || need+=(kamailio-postgres-modules)
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" != 0 ]; then
     echo "pbx: missing Debian packages (${need[*]}) and not root: install them or run as root" >&2

@@ -1,4 +1,6 @@
-"""An embedded stack: a private Postgres cluster and one Asterisk 22 node, started together.
+"""An embedded stack: a private Postgres cluster and one Asterisk 22 node, started together; or,
+with ``nodes`` > 1, a cluster: N Asterisk nodes on addresses of their own behind a Kamailio SIP
+edge (devstack/kamailio.py), all on the one Postgres.
 
 Everything a stack owns is named by the stack: its state dir, its ports (chosen free once and
 kept in stack.json), its Asterisk dirs inside the shared chroot. Two stacks never collide.
@@ -15,12 +17,27 @@ import asyncpg
 from devstack.api_token import ensure_operator_token
 from devstack.asterisk import AsteriskNode
 from devstack.chroot import asterisk_version, ensure_chroot, mount, umount
+from devstack.kamailio import KamailioEdge
 from devstack.postgres import PostgresCluster
 from devstack.services import ServeProcess, register_node
 from devstack.settings import StackSettings, cache_dir, stacks_dir
+from pbx_base.errors import StackError
+from sorcery_backend.nodes import remove_node
 from sorcery_backend.schema import migrate
 
-__all__ = ["Stack", "chroot_path", "run_sql", "sql"]
+__all__ = ["CLUSTER_POLICY", "Stack", "StackResized", "chroot_path", "run_sql", "sql"]
+
+# Behind the edge every REGISTER carries a Path to it, which Asterisk keeps only on an AOR with
+# support_path (and refuses with 420 otherwise): the cluster's operator forces it on every AOR.
+CLUSTER_POLICY = (
+    "INSERT INTO pbx.option_policy (plan, section, option, forced, why) "
+    "VALUES ('default', 'aor', 'support_path', '{yes}', 'the cluster''s SIP edge adds a Path to every REGISTER') "
+    "ON CONFLICT (plan, section, option) DO UPDATE SET forced = excluded.forced, allowed = true"
+)
+
+
+class StackResized(StackError, RuntimeError):
+    """The node count of a stack that runs was asked to change."""
 
 
 def chroot_path() -> Path:
@@ -33,8 +50,17 @@ class Stack:
     chroot: Path
 
     @classmethod
-    def named(cls, name: str) -> Stack:
-        return cls(StackSettings.load_or_create(name), chroot_path())
+    def named(cls, name: str, nodes: int | None = None) -> Stack:
+        """``nodes``: the Asterisk node count to run (None: as the stack was made); changing it is
+        refused while the stack's Asterisk runs."""
+        if nodes is not None and (stacks_dir() / name / "stack.json").exists():
+            current = cls(StackSettings.load_or_create(name), chroot_path())
+            if current.settings.node_count != nodes and any(a.running() for a in current.asterisks):
+                raise StackResized(
+                    f"stack {name} runs with {current.settings.node_count} node(s): `pbxctl dev down` it before "
+                    f"starting it with --nodes {nodes}"
+                )
+        return cls(StackSettings.load_or_create(name, nodes), chroot_path())
 
     @property
     def state_dir(self) -> Path:
@@ -48,7 +74,17 @@ class Stack:
 
     @property
     def asterisk(self) -> AsteriskNode:
+        """The stack's Asterisk; in a cluster, node 1 (the one its `pbxctl serve` controls)."""
         return AsteriskNode(self.chroot, self.settings)
+
+    @property
+    def asterisks(self) -> list[AsteriskNode]:
+        return [AsteriskNode(self.chroot, s) for s in self.settings.nodes()]
+
+    @property
+    def edge(self) -> KamailioEdge | None:
+        """The cluster's SIP edge; None on a single-node stack."""
+        return KamailioEdge(self.settings) if self.settings.cluster is not None else None
 
     @property
     def serve(self) -> ServeProcess:
@@ -64,11 +100,16 @@ class Stack:
         pg.start()
         pg.create_database(self.settings.db_name)
         asyncio.run(self._prepare_database())
-        node = self.asterisk
-        node.render(db_host=pg.local_socket if pg.local_socket_up() else "127.0.0.1")
+        db_host = pg.local_socket if pg.local_socket_up() else "127.0.0.1"
         mount(self.chroot)
-        node.start()
-        register_node(self.settings)
+        for node in self.asterisks:
+            node.render(db_host=db_host)
+            node.start()
+            register_node(node.settings)
+        asyncio.run(self._drop_former_nodes())
+        edge = self.edge
+        if edge is not None:
+            edge.start()  # after the nodes are rows: it reads them at start
         self.serve.start()
 
     async def _prepare_database(self) -> None:
@@ -81,12 +122,35 @@ class Stack:
             verb = "ALTER" if exists else "CREATE"
             await conn.execute(f"{verb} ROLE \"{s.db_user}\" LOGIN PASSWORD '{s.db_password}'")
             await conn.execute(f'GRANT pbx_asterisk TO "{s.db_user}"')
+            if s.cluster is not None:
+                c = s.cluster
+                exists = await conn.fetchval("SELECT 1 FROM pg_roles WHERE rolname = $1", c.edge_db_user)
+                verb = "ALTER" if exists else "CREATE"
+                await conn.execute(f"{verb} ROLE \"{c.edge_db_user}\" LOGIN PASSWORD '{c.edge_db_password}'")
+                await conn.execute(f'GRANT pbx_kamailio TO "{c.edge_db_user}"')
+                await conn.execute(CLUSTER_POLICY)
+        finally:
+            await conn.close()
+
+    async def _drop_former_nodes(self) -> None:
+        """Nodes ``<stack>-<i>`` of an earlier, larger cluster of this stack: no longer pushed to."""
+        keep = {n.name for n in self.settings.nodes()}
+        prefix = self.settings.name + "-"
+        conn = await asyncpg.connect(self.settings.database_url())
+        try:
+            for (name,) in await conn.fetch("SELECT name FROM pbx.nodes WHERE starts_with(name, $1)", prefix):
+                if name not in keep and name[len(prefix) :].isdigit():
+                    await remove_node(conn, name)
         finally:
             await conn.close()
 
     def down(self) -> None:
         self.serve.stop()
-        self.asterisk.stop()
+        edge = self.edge
+        if edge is not None:
+            edge.stop()
+        for node in self.asterisks:
+            node.stop()
         self.postgres.stop()
         if not any_stack_running(self.chroot):
             umount(self.chroot)
@@ -100,6 +164,23 @@ class Stack:
             "asterisk_version": asterisk_version(self.chroot) if self.chroot.exists() else None,
             "state_dir": str(self.state_dir),
         }
+        edge = self.edge
+        if edge is not None:
+            state["nodes"] = [
+                {
+                    "name": a.settings.name,
+                    "sip_addr": a.settings.node_sip_addr,
+                    "ari_url": a.settings.ari_url,
+                    "ami_addr": a.settings.ami_addr,
+                    "asterisk": "running" if a.running() else "stopped",
+                }
+                for a in self.asterisks
+            ]
+            state["edge"] = {
+                "sip_addr": self.settings.sip_addr,
+                "kamailio": "running" if edge.running() else "stopped",
+                "dispatching_to": _destinations(edge),
+            }
         state.update(self.settings.exports())
         return state
 
@@ -108,8 +189,21 @@ class Stack:
         import shutil
 
         self.down()
-        shutil.rmtree(self.asterisk.dir, ignore_errors=True)
+        for node in self.asterisks:
+            shutil.rmtree(node.dir, ignore_errors=True)
         shutil.rmtree(self.state_dir, ignore_errors=True)
+
+
+def _destinations(edge: KamailioEdge) -> dict[str, str] | None:
+    """What the edge dispatches to (URI: flags), None when it does not answer."""
+    from sorcery_backend.kamailio_rpc import EdgeRefused, EdgeUnreachable
+
+    if not edge.running():
+        return None
+    try:
+        return edge.destinations()
+    except (EdgeUnreachable, EdgeRefused):
+        return None
 
 
 def any_stack_running(chroot: Path) -> bool:
@@ -119,8 +213,8 @@ def any_stack_running(chroot: Path) -> bool:
     for d in base.iterdir():
         settings_file = stacks_dir() / d.name / "stack.json"
         if settings_file.exists():
-            node = AsteriskNode(chroot, StackSettings.model_validate_json(settings_file.read_text()))
-            if node.running():
+            settings = StackSettings.model_validate_json(settings_file.read_text())
+            if any(AsteriskNode(chroot, s).running() for s in settings.nodes()):
                 return True
     return False
 
