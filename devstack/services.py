@@ -72,9 +72,13 @@ async def _register_node(s: StackSettings) -> None:
 
 
 class ServeProcess:
-    def __init__(self, state_dir: Path, settings: StackSettings) -> None:
+    """``push``: False for a cluster's nodes 2..N, whose `pbxctl serve` is their ARI controller (and
+    API) only: the stack's own one pushes changes to every node."""
+
+    def __init__(self, state_dir: Path, settings: StackSettings, *, push: bool = True) -> None:
         self.state_dir = state_dir
         self.settings = settings
+        self.push = push
 
     @property
     def pidfile(self) -> Path:
@@ -116,13 +120,17 @@ class ServeProcess:
         port = self.http_port
         if port is None or not port_free(port):
             port = free_port()
+        self.state_dir.mkdir(parents=True, exist_ok=True)
         self.infofile.write_text(json.dumps({"http_port": port}))
-        # A killed process never said it went away: health must be shown by the new one.
-        asyncio.run(_mark_disconnected(self.settings))
+        # A killed process never said it went away: health must be shown by the new one. (Not by a
+        # controller-only one: the node's connection is the stack's pusher's.)
+        if self.push:
+            asyncio.run(_mark_disconnected(self.settings))
         env = dict(os.environ, **self.settings.exports())
         with open(self.logfile, "ab") as log:
             proc = subprocess.Popen(
-                [sys.executable, "-m", "pbxctl", "serve", "--http", f"127.0.0.1:{port}"],
+                [sys.executable, "-m", "pbxctl", "serve", "--http", f"127.0.0.1:{port}"]
+                + ([] if self.push else ["--no-push"]),
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,

@@ -91,6 +91,12 @@ class Stack:
         """`pbxctl serve` of this stack (routing API, change pusher): restart, kill, read its log."""
         return ServeProcess(self.state_dir, self.settings)
 
+    @property
+    def node_serves(self) -> list[ServeProcess]:
+        """A cluster's nodes 2..N: each its own ARI controller (a call has one controller, the
+        node it entered), without a pusher of its own (the stack's pushes to every node)."""
+        return [ServeProcess(stacks_dir() / s.name, s, push=False) for s in self.settings.nodes()[1:]]
+
     def up(self) -> None:
         ensure_chroot(self.chroot)
         self.state_dir.mkdir(parents=True, exist_ok=True)
@@ -111,6 +117,8 @@ class Stack:
         if edge is not None:
             edge.start()  # after the nodes are rows: it reads them at start
         self.serve.start()
+        for serve in self.node_serves:
+            serve.start()
 
     async def _prepare_database(self) -> None:
         s = self.settings
@@ -145,6 +153,8 @@ class Stack:
             await conn.close()
 
     def down(self) -> None:
+        for serve in self.node_serves:
+            serve.stop()
         self.serve.stop()
         edge = self.edge
         if edge is not None:
@@ -173,8 +183,9 @@ class Stack:
                     "ari_url": a.settings.ari_url,
                     "ami_addr": a.settings.ami_addr,
                     "asterisk": "running" if a.running() else "stopped",
+                    "serve": "running" if serve.running() else "stopped",
                 }
-                for a in self.asterisks
+                for a, serve in zip(self.asterisks, [self.serve, *self.node_serves], strict=True)
             ]
             state["edge"] = {
                 "sip_addr": self.settings.sip_addr,
@@ -191,6 +202,8 @@ class Stack:
         self.down()
         for node in self.asterisks:
             shutil.rmtree(node.dir, ignore_errors=True)
+        for serve in self.node_serves:
+            shutil.rmtree(serve.state_dir, ignore_errors=True)
         shutil.rmtree(self.state_dir, ignore_errors=True)
 
 

@@ -24,7 +24,18 @@ from devstack.stack import Stack, run_sql
 pytestmark = pytest.mark.stack
 
 DOMAIN = "clu.example"
-USERS = [str(n) for n in range(2001, 2009)]
+USERS = [str(n) for n in range(2001, 2009)]  # context pbx-dial-test: a plain Dial() on the entry node
+ROUTED = [str(n) for n in range(2101, 2107)]  # the tenant's own context: the entry node's controller routes
+
+
+def _endpoint(user: str, template: str) -> str:
+    return f'      "{user}": {{templates: [{template}], auth: {{password: pw-{user}}}}}\n'
+
+
+def _extension(user: str) -> str:
+    return f'      "{user}": {{type: simple, name: U{user}, endpoints: ["{user}"]}}\n'
+
+
 PHONES = f"""
 tenants:
   clu:
@@ -34,8 +45,11 @@ tenants:
         transport: transport-udp
         endpoint: {{allow: "!all,ulaw", direct_media: "no", context: pbx-dial-test}}
         aor: {{max_contacts: 1, remove_existing: "yes"}}
+      routed: {{parents: [base], endpoint: {{context: clu-internal}}}}
     endpoints:
-{"".join(f'      "{u}": {{templates: [base], auth: {{password: pw-{u}}}}}' + chr(10) for u in USERS)}
+{"".join(_endpoint(u, "base") for u in USERS)}{"".join(_endpoint(u, "routed") for u in ROUTED)}
+    extensions:
+{"".join(_extension(u) for u in USERS)}
 """
 
 
@@ -62,11 +76,30 @@ def register(st: Stack, user: str, port: int | None = None) -> None:
     assert r.final == 200, (user, r.responses, r.stderr)
 
 
-def homes(st: Stack) -> dict[str, str]:
-    """Every test user registered through the edge, with the node it landed on."""
-    for user in USERS:
+def homes(st: Stack, users: list[str] = USERS) -> dict[str, str]:
+    """Every user of ``users`` registered through the edge, with the node it landed on."""
+    for user in users:
         register(st, user)
-    return {user: c[2] for user, c in contacts(st).items()}
+    return {user: c[2] for user, c in contacts(st).items() if user in users}
+
+
+def call_across(st: Stack, caller: str, callee: str) -> tuple[sipp.SippResult, sipp.SippResult]:
+    """``callee`` registers from a port where it answers the call ``caller`` places to it."""
+    port = sipp.free_udp_port()
+    register(st, callee, port)
+    addr = st.settings.sip_addr
+
+    async def scenario() -> tuple[sipp.SippResult, sipp.SippResult]:
+        answering = asyncio.create_task(asyncio.to_thread(sipp.answer, addr, port))
+        placed = await asyncio.to_thread(sipp.call, addr, caller, DOMAIN, f"pw-{caller}", callee, hold_s=0.3)
+        return placed, await asyncio.wait_for(answering, 30)
+
+    placed, answered = asyncio.run(scenario())
+    assert placed.returncode == 0 and 200 in placed.responses, (placed.responses, placed.stderr)
+    assert answered.returncode == 0, answered.stderr
+    # The caller's hang-up reached the callee: the two legs were bridged on the entry node.
+    assert [line.split()[0] for line in answered.received] == ["INVITE", "ACK", "BYE"], answered.received
+    return placed, answered
 
 
 def test_register_through_the_edge_lands_with_path_and_reg_server(cluster: Stack) -> None:
@@ -94,27 +127,26 @@ def test_a_call_across_nodes_rings_through_the_edge_and_is_bridged(cluster: Stac
     home = homes(cluster)
     caller = USERS[0]
     callee = next(u for u in USERS if home[u] != home[caller])
-    node_of = {n.name: n for n in cluster.settings.nodes()}
-    entry = node_of[home[caller]]  # the edge sends the caller's INVITE to the node it registered through
-    port = sipp.free_udp_port()
-    register(cluster, callee, port)
+    entry = {n.name: n for n in cluster.settings.nodes()}[home[caller]]
     addr = cluster.settings.sip_addr
-
-    async def scenario() -> tuple[sipp.SippResult, sipp.SippResult]:
-        answering = asyncio.create_task(asyncio.to_thread(sipp.answer, addr, port))
-        placed = await asyncio.to_thread(sipp.call, addr, caller, DOMAIN, f"pw-{caller}", callee, hold_s=0.3)
-        return placed, await asyncio.wait_for(answering, 30)
-
-    placed, answered = asyncio.run(scenario())
-    assert placed.returncode == 0 and 200 in placed.responses, (placed.responses, placed.stderr)
-    assert answered.returncode == 0, answered.stderr
-    # The caller's hang-up reached the callee: the two legs were bridged on the entry node.
-    assert [line.split()[0] for line in answered.received] == ["INVITE", "ACK", "BYE"], answered.received
+    _, answered = call_across(cluster, caller, callee)
     invite = answered.trace.split("INVITE sip:", 1)[1].split("\n\n", 1)[0]
-    # Placed by the entry node, not the callee's, and relayed by the edge (the contact's Path).
+    # Placed by the entry node (the caller's: the edge hashes the From AOR), not the callee's, and
+    # relayed by the edge (the contact's Path).
     assert f"Via: SIP/2.0/UDP {addr};" in invite and f"Via: SIP/2.0/UDP {entry.node_sip_addr};" in invite, invite
     assert f"Record-Route: <sip:{addr};lr" in invite, invite
     assert entry.name != home[callee]
+
+
+def test_routed_calls_entering_either_node_ring_a_phone_of_the_other(cluster: Stack) -> None:
+    """Each node's own controller routes the calls that enter it (the stack's serve on node 1, a
+    controller-only serve on each other node)."""
+    callers = homes(cluster, ROUTED)
+    home = homes(cluster)
+    for node in {n.name for n in cluster.settings.nodes()}:
+        caller = next(u for u in ROUTED if callers[u] == node)
+        callee = next(u for u in USERS if home[u] != node)
+        call_across(cluster, caller, callee)
 
 
 def test_nodes_remove_and_add_reload_the_edges_node_list(cluster: Stack) -> None:
@@ -126,6 +158,10 @@ def test_nodes_remove_and_add_reload_the_edges_node_list(cluster: Stack) -> None
     assert list(edge.destinations()) == [f"sip:{cluster.settings.node_sip_addr}"]
     # Every REGISTER now lands on the one node left.
     assert set(homes(cluster).values()) == {cluster.settings.name}
+    # Unregistered there: a node's astdb still holds the contacts it took before, which would keep
+    # a second row per AOR once the AOR moves back (a stale copy; issue #18's failover part).
+    for user in USERS:
+        assert sipp.unregister_all(cluster.settings.sip_addr, user, DOMAIN, f"pw-{user}").final == 200
     p = pbxctl(
         cluster, "nodes", "add", second.name, "--ami", second.ami_addr, "--user", second.ami_user, "--sip",
         second.node_sip_addr,

@@ -102,7 +102,10 @@ def _status(args: argparse.Namespace) -> int:
         )
         nodes = status.get("nodes")
         for node in nodes if isinstance(nodes, list) else []:
-            print(f"  node {node['name']}: asterisk {node['asterisk']}, SIP {node['sip_addr']}", file=sys.stderr)
+            print(
+                f"  node {node['name']}: asterisk {node['asterisk']}, serve {node['serve']}, SIP {node['sip_addr']}",
+                file=sys.stderr,
+            )
         edge = status.get("edge")
         if isinstance(edge, dict):
             targets = ", ".join(f"{uri} ({flags})" for uri, flags in (edge["dispatching_to"] or {}).items())
