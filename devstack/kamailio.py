@@ -54,7 +54,7 @@ def render_edge_defines(settings: StackSettings, db_port: int, rpc_socket: Path,
 class KamailioEdge:
     def __init__(self, settings: StackSettings) -> None:
         self.settings = settings
-        self.dir = edge_dir(settings.name)
+        self.dir = edge_dir(settings.cluster.stack if settings.cluster is not None else settings.name)
 
     @property
     def rpc_socket(self) -> Path:

@@ -81,6 +81,7 @@ def node_host(index: int) -> str:
 class ClusterSettings(BaseModel):
     """A stack of several Asterisk nodes behind a Kamailio SIP edge (`pbxctl dev up --nodes N`)."""
 
+    stack: str  # the stack's name (a node's own name is <stack>-<i> from node 2 on)
     nodes: int = Field(ge=2, le=MAX_NODES)
     edge_host: str = EDGE_HOST
     # The edge's database login (granted pbx_kamailio: the dispatcher view only).
@@ -165,7 +166,7 @@ class StackSettings(BaseModel):
         rtp = list(old.node_rtp[: nodes - 1]) if old is not None else []
         while len(rtp) < nodes - 1:
             rtp.append(rtp_range())
-        cluster = ClusterSettings(nodes=nodes, node_rtp=rtp)
+        cluster = ClusterSettings(stack=self.name, nodes=nodes, node_rtp=rtp)
         if old is not None:  # the edge's login stays what the database has
             cluster.edge_db_password = old.edge_db_password
         return self.model_copy(update={"host": node_host(1), "systemname": self.name, "cluster": cluster})
@@ -225,5 +226,5 @@ class StackSettings(BaseModel):
         if token is not None:
             out["PBX_HTTP_TOKEN"] = token
         if self.cluster is not None:
-            out["PBX_KAMAILIO_RPC"] = str(edge_dir(self.name) / "rpc.sock")
+            out["PBX_KAMAILIO_RPC"] = str(edge_dir(self.cluster.stack) / "rpc.sock")
         return out

@@ -66,6 +66,7 @@ def test_a_cluster_puts_each_node_and_the_edge_on_an_address_of_its_own() -> Non
     exports = s.exports()
     assert exports["PBX_SIP_ADDR"] == f"{EDGE_HOST}:15060" and exports["PBX_ARI_URL"] == "http://127.0.0.11:15088"
     assert exports["PBX_KAMAILIO_RPC"].endswith("/c1/kamailio/rpc.sock")
+    assert nodes[1].exports()["PBX_KAMAILIO_RPC"] == exports["PBX_KAMAILIO_RPC"]  # the stack's one edge
     # Growing keeps what the database already has; back to one node is the plain stack again.
     grown = s.with_nodes(4)
     assert grown.cluster is not None and s.cluster is not None
