@@ -126,16 +126,9 @@ class Stack:
         try:
             await migrate(conn)
             await ensure_operator_token(conn, s.name)
-            exists = await conn.fetchval("SELECT 1 FROM pg_roles WHERE rolname = $1", s.db_user)
-            verb = "ALTER" if exists else "CREATE"
-            await conn.execute(f"{verb} ROLE \"{s.db_user}\" LOGIN PASSWORD '{s.db_password}'")
-            await conn.execute(f'GRANT pbx_asterisk TO "{s.db_user}"')
+            await _login_role(conn, s.db_user, s.db_password, "pbx_asterisk")
             if s.cluster is not None:
-                c = s.cluster
-                exists = await conn.fetchval("SELECT 1 FROM pg_roles WHERE rolname = $1", c.edge_db_user)
-                verb = "ALTER" if exists else "CREATE"
-                await conn.execute(f"{verb} ROLE \"{c.edge_db_user}\" LOGIN PASSWORD '{c.edge_db_password}'")
-                await conn.execute(f'GRANT pbx_kamailio TO "{c.edge_db_user}"')
+                await _login_role(conn, s.cluster.edge_db_user, s.cluster.edge_db_password, "pbx_kamailio")
                 await conn.execute(CLUSTER_POLICY)
         finally:
             await conn.close()
@@ -205,6 +198,14 @@ class Stack:
         for serve in self.node_serves:
             shutil.rmtree(serve.state_dir, ignore_errors=True)
         shutil.rmtree(self.state_dir, ignore_errors=True)
+
+
+async def _login_role(conn: asyncpg.Connection, user: str, password: str, group: str) -> None:
+    """The stack's login ``user`` with ``password`` (made or updated), a member of ``group``."""
+    exists = await conn.fetchval("SELECT 1 FROM pg_roles WHERE rolname = $1", user)
+    verb = "ALTER" if exists else "CREATE"
+    await conn.execute(f"{verb} ROLE \"{user}\" LOGIN PASSWORD '{password}'")
+    await conn.execute(f'GRANT {group} TO "{user}"')
 
 
 def _destinations(edge: KamailioEdge) -> dict[str, str] | None:
