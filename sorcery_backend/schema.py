@@ -128,6 +128,7 @@ async def reset(conn: asyncpg.Connection) -> None:
         await conn.execute(
             """
             DROP SCHEMA IF EXISTS pbx CASCADE;
+            DROP SCHEMA IF EXISTS kamailio CASCADE;
             DROP SCHEMA IF EXISTS public CASCADE;
             CREATE SCHEMA public;
             GRANT USAGE ON SCHEMA public TO PUBLIC;
