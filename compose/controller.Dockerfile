@@ -21,6 +21,7 @@ COPY http_api/ http_api/
 COPY devstack/ devstack/
 COPY sql/ sql/
 COPY asterisk_conf/ asterisk_conf/
+COPY kamailio_conf/ kamailio_conf/
 COPY examples/ examples/
 RUN pip install --no-cache-dir -q . && rm -rf /opt/pbx
 WORKDIR /

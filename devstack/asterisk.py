@@ -1,4 +1,5 @@
-"""One Asterisk process of a stack, inside the shared chroot, with its own dirs and -C file."""
+"""One Asterisk process of a stack, inside the shared chroot, with its own dirs and -C file (a
+cluster stack has several: devstack/settings.py StackSettings.nodes)."""
 
 from __future__ import annotations
 
@@ -83,8 +84,8 @@ class AsteriskNode:
             return
         self.logfile.parent.mkdir(parents=True, exist_ok=True)
         for port, kind in ((self.settings.http_port, "ARI/HTTP"), (self.settings.ami_port, "AMI")):
-            if not port_free(port):
-                raise AsteriskError(f"port {port} ({kind}) on 127.0.0.1 is taken: cannot start Asterisk")
+            if not port_free(port, host=self.settings.host):
+                raise AsteriskError(f"port {port} ({kind}) on {self.settings.host} is taken: cannot start Asterisk")
         with open(self.logfile, "ab") as log:
             proc = subprocess.Popen(
                 ["chroot", str(self.chroot), "/usr/sbin/asterisk", "-f", "-n", "-C", self.conf],
@@ -144,7 +145,7 @@ class AsteriskNode:
 
 
 async def _ami_problem(s: StackSettings) -> str | None:
-    session = AmiSession("127.0.0.1", s.ami_port, s.ami_user, s.ami_password)
+    session = AmiSession(s.host, s.ami_port, s.ami_user, s.ami_password)
     try:
         await session.connect(timeout=2)
     except AmiUnreachable as exc:

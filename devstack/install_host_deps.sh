@@ -9,6 +9,9 @@ python3 -c 'import venv, ensurepip' 2>/dev/null || need+=(python3-venv)
 # compose/ on podman (runc: crun refuses these hosts' hybrid cgroups, see compose/containers.conf)
 command -v podman >/dev/null 2>&1 || need+=(podman)
 command -v runc >/dev/null 2>&1 || need+=(runc)
+# The cluster's SIP edge (`pbxctl dev up --nodes N`, N > 1): Kamailio 5.6 and its Postgres driver.
+command -v kamailio >/dev/null 2>&1 || need+=(kamailio)
+[ -e /usr/lib/x86_64-linux-gnu/kamailio/modules/db_postgres.so ] || ls /usr/lib/*/kamailio/modules/db_postgres.so >/dev/null 2>&1 || need+=(kamailio-postgres-modules)
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" != 0 ]; then
     echo "pbx: missing Debian packages (${need[*]}) and not root: install them or run as root" >&2

@@ -36,26 +36,35 @@ class ServicesError(StackError, RuntimeError):
 
 
 def register_node(settings: StackSettings) -> None:
-    """Make the stack's Asterisk a node (named like the stack), with its current AMI credentials."""
+    """Make a stack's Asterisk a node (named like it), with its current AMI credentials and, in a
+    cluster, the SIP address the edge dispatches to."""
     asyncio.run(_register_node(settings))
 
 
 async def _register_node(s: StackSettings) -> None:
     from sorcery_backend.nodes import add_node
 
+    sip = (s.host, s.sip_port) if s.cluster is not None else (None, None)
     conn = await asyncpg.connect(s.database_url())
     try:
-        row = await conn.fetchrow("SELECT ami_port, ami_user, ami_secret FROM pbx.nodes WHERE name = $1", s.name)
+        row = await conn.fetchrow(
+            "SELECT ami_host, ami_port, ami_user, ami_secret, sip_host, sip_port FROM pbx.nodes WHERE name = $1",
+            s.name,
+        )
         if row is None:
-            await add_node(conn, s.name, f"127.0.0.1:{s.ami_port}", s.ami_user, s.ami_password)
-        elif (row["ami_port"], row["ami_user"], row["ami_secret"]) != (s.ami_port, s.ami_user, s.ami_password):
+            await add_node(
+                conn, s.name, s.ami_addr, s.ami_user, s.ami_password, sip=s.node_sip_addr if sip[0] else None
+            )
+        elif tuple(row) != (s.host, s.ami_port, s.ami_user, s.ami_password, *sip):
             await conn.execute(
-                "UPDATE pbx.nodes SET ami_host = '127.0.0.1', ami_port = $2, ami_user = $3, ami_secret = $4 "
-                "WHERE name = $1",
+                "UPDATE pbx.nodes SET ami_host = $2, ami_port = $3, ami_user = $4, ami_secret = $5, sip_host = $6, "
+                "sip_port = $7 WHERE name = $1",
                 s.name,
+                s.host,
                 s.ami_port,
                 s.ami_user,
                 s.ami_password,
+                *sip,
             )
             await conn.execute("SELECT pg_notify('pbx_nodes', $1)", s.name)
     finally:
@@ -63,9 +72,13 @@ async def _register_node(s: StackSettings) -> None:
 
 
 class ServeProcess:
-    def __init__(self, state_dir: Path, settings: StackSettings) -> None:
+    """``push``: False for a cluster's nodes 2..N, whose `pbxctl serve` is their ARI controller (and
+    API) only: the stack's own one pushes changes to every node."""
+
+    def __init__(self, state_dir: Path, settings: StackSettings, *, push: bool = True) -> None:
         self.state_dir = state_dir
         self.settings = settings
+        self.push = push
 
     @property
     def pidfile(self) -> Path:
@@ -107,13 +120,17 @@ class ServeProcess:
         port = self.http_port
         if port is None or not port_free(port):
             port = free_port()
+        self.state_dir.mkdir(parents=True, exist_ok=True)
         self.infofile.write_text(json.dumps({"http_port": port}))
-        # A killed process never said it went away: health must be shown by the new one.
-        asyncio.run(_mark_disconnected(self.settings))
+        # A killed process never said it went away: health must be shown by the new one. (Not by a
+        # controller-only one: the node's connection is the stack's pusher's.)
+        if self.push:
+            asyncio.run(_mark_disconnected(self.settings))
         env = dict(os.environ, **self.settings.exports())
         with open(self.logfile, "ab") as log:
             proc = subprocess.Popen(
-                [sys.executable, "-m", "pbxctl", "serve", "--http", f"127.0.0.1:{port}"],
+                [sys.executable, "-m", "pbxctl", "serve", "--http", f"127.0.0.1:{port}"]
+                + ([] if self.push else ["--no-push"]),
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,

@@ -2,6 +2,7 @@
 
 - ``sql_dir()``: the schema migrations (top-level ``sql/``),
 - ``asterisk_conf_dir()``: a node's Asterisk configuration templates (top-level ``asterisk_conf/``),
+- ``kamailio_conf_dir()``: the cluster's SIP edge configuration (top-level ``kamailio_conf/``),
 - ``example(name)``: a file of the top-level ``examples/`` (the demo's call),
 - ``dev_asterisk_conf_dir()``: dialplan only the dev stack loads (``devstack/asterisk_dev/``),
 - ``sipp_scenario(name)``: the sipp scenarios the dev stack plays (``devstack/sipp_scenarios/``).
@@ -20,7 +21,15 @@ from importlib.resources import files
 from importlib.resources.abc import Traversable
 from pathlib import Path
 
-__all__ = ["asterisk_conf_dir", "dev_asterisk_conf_dir", "example", "on_disk", "sipp_scenario", "sql_dir"]
+__all__ = [
+    "asterisk_conf_dir",
+    "dev_asterisk_conf_dir",
+    "example",
+    "kamailio_conf_dir",
+    "on_disk",
+    "sipp_scenario",
+    "sql_dir",
+]
 
 _CHECKOUT = Path(__file__).resolve().parent.parent
 
@@ -37,6 +46,10 @@ def sql_dir() -> Traversable:
 
 def asterisk_conf_dir() -> Traversable:
     return _top_level("asterisk_conf")
+
+
+def kamailio_conf_dir() -> Traversable:
+    return _top_level("kamailio_conf")
 
 
 def example(name: str) -> Traversable:

@@ -146,6 +146,11 @@ class Settings(BaseSettings):
         default=SecretStr(""),
         description="AMI secret: what `pbxctl nodes add` stores (unless `--secret-env` names another)",
     )
+    kamailio_rpc: Path | None = Field(
+        default=None,
+        description="the cluster's SIP edge: Kamailio's JSON-RPC datagram socket; `pbxctl nodes add|remove` "
+        "reload its dispatcher there (`pbxctl dev up --nodes N` exports it)",
+    )
     endpoint_password: SecretStr = Field(
         default=SecretStr(""),
         description="the new password `pbxctl endpoint passwd` sets (unless `--password-env` names another); "

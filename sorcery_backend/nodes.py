@@ -19,11 +19,13 @@ __all__ = [
     "add_node",
     "list_nodes",
     "parse_ami_addr",
+    "parse_sip_addr",
     "push_status",
     "remove_node",
 ]
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+_SIP_HOST_BAD = re.compile(r"[\s;<>@]")  # as sql/021's node_sip_host_nonempty: it goes into a SIP URI
 
 
 class NodeRefused(InvalidInput, ValueError):
@@ -38,14 +40,20 @@ class Node:
     ami_port: int
     ami_user: str
     ami_secret: str
+    # Where the cluster's SIP edge sends requests for this node; None: the edge does not use it.
+    sip_addr: str | None = None
 
     @property
     def ami_addr(self) -> str:
         return f"{self.ami_host}:{self.ami_port}"
 
     def to_json(self) -> dict[str, Any]:
-        # The secret never leaves the database through the CLI.
-        return {"name": self.name, "ami_addr": self.ami_addr, "ami_user": self.ami_user}
+        # The secret never leaves the database through the CLI. sip_addr only when set: the shape
+        # of a node without one is what it was before nodes had SIP addresses.
+        out: dict[str, Any] = {"name": self.name, "ami_addr": self.ami_addr, "ami_user": self.ami_user}
+        if self.sip_addr is not None:
+            out["sip_addr"] = self.sip_addr
+        return out
 
 
 @dataclass(frozen=True)
@@ -79,21 +87,41 @@ class NodeStatus:
         }
 
 
-def parse_ami_addr(name: str, addr: str) -> tuple[str, int]:
+def _parse_addr(name: str, kind: str, addr: str) -> tuple[str, int]:
     host, sep, port = addr.rpartition(":")
     if not sep or not host or not port.isdigit() or not 1 <= int(port) <= 65535:
-        raise NodeRefused(f"node {name}: AMI address {addr!r} must be HOST:PORT with a port from 1 to 65535")
+        raise NodeRefused(f"node {name}: {kind} address {addr!r} must be HOST:PORT with a port from 1 to 65535")
     return host, int(port)
 
 
+def parse_ami_addr(name: str, addr: str) -> tuple[str, int]:
+    return _parse_addr(name, "AMI", addr)
+
+
+def parse_sip_addr(name: str, addr: str) -> tuple[str, int]:
+    host, port = _parse_addr(name, "SIP", addr)
+    if _SIP_HOST_BAD.search(host):
+        raise NodeRefused(f"node {name}: SIP address {addr!r}: the host must not contain spaces, ';', '<', '>' or '@'")
+    return host, port
+
+
 async def add_node(
-    conn: asyncpg.Connection, name: str, addr: str, user: str, secret: str, *, replace: bool = False
+    conn: asyncpg.Connection,
+    name: str,
+    addr: str,
+    user: str,
+    secret: str,
+    *,
+    sip: str | None = None,
+    replace: bool = False,
 ) -> Node:
-    """Declare a node; with ``replace`` an existing node of that name takes the new address and
-    credentials instead of being refused (what a deployment that re-runs its setup wants)."""
+    """``sip``: HOST:PORT the cluster's SIP edge dispatches to (sql/021's kamailio.dispatcher).
+    ``replace``: an existing node of that name takes the new addresses and credentials instead of
+    being refused (what a deployment that re-runs its setup wants)."""
     if not _NAME.match(name):
         raise NodeRefused(f"node {name}: names are [A-Za-z0-9][A-Za-z0-9_.-]*, at most 63 characters")
     host, port = parse_ami_addr(name, addr)
+    sip_host, sip_port = parse_sip_addr(name, sip) if sip is not None else (None, None)
     if not user:
         raise NodeRefused(f"node {name}: an AMI user is required")
     async with conn.transaction():
@@ -104,24 +132,28 @@ async def add_node(
             if not replace:
                 raise NodeRefused(f"node {name}: already exists (rule: node names are unique)")
             row = await conn.fetchrow(
-                "UPDATE pbx.nodes SET ami_host = $2, ami_port = $3, ami_user = $4, ami_secret = $5 "
-                "WHERE name = $1 RETURNING *",
+                "UPDATE pbx.nodes SET ami_host = $2, ami_port = $3, ami_user = $4, ami_secret = $5, "
+                "sip_host = $6, sip_port = $7 WHERE name = $1 RETURNING *",
                 name,
                 host,
                 port,
                 user,
                 secret,
+                sip_host,
+                sip_port,
             )
             await conn.execute("SELECT pg_notify('pbx_nodes', $1)", name)
             return _node(row)
         row = await conn.fetchrow(
-            "INSERT INTO pbx.nodes (name, ami_host, ami_port, ami_user, ami_secret) VALUES ($1, $2, $3, $4, $5) "
-            "RETURNING *",
+            "INSERT INTO pbx.nodes (name, ami_host, ami_port, ami_user, ami_secret, sip_host, sip_port) "
+            "VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING *",
             name,
             host,
             port,
             user,
             secret,
+            sip_host,
+            sip_port,
         )
         await conn.execute("INSERT INTO pbx.node_state (node_id) VALUES ($1)", row["id"])
     await conn.execute("SELECT pg_notify('pbx_nodes', $1)", name)
@@ -176,4 +208,5 @@ async def push_status(conn: asyncpg.Connection) -> list[NodeStatus]:
 
 
 def _node(r: asyncpg.Record) -> Node:
-    return Node(r["id"], r["name"], r["ami_host"], r["ami_port"], r["ami_user"], r["ami_secret"])
+    sip = f"{r['sip_host']}:{r['sip_port']}" if r["sip_host"] is not None else None
+    return Node(r["id"], r["name"], r["ami_host"], r["ami_port"], r["ami_user"], r["ami_secret"], sip)

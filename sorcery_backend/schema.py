@@ -128,6 +128,7 @@ async def reset(conn: asyncpg.Connection) -> None:
         await conn.execute(
             """
             DROP SCHEMA IF EXISTS pbx CASCADE;
+            DROP SCHEMA IF EXISTS kamailio CASCADE;
             DROP SCHEMA IF EXISTS public CASCADE;
             CREATE SCHEMA public;
             GRANT USAGE ON SCHEMA public TO PUBLIC;
@@ -135,9 +136,10 @@ async def reset(conn: asyncpg.Connection) -> None:
         )
 
 
-async def ensure_asterisk_login(conn: asyncpg.Connection, user: str, password: str) -> None:
-    """The login role a node's realtime driver connects with: created or given this password, and
-    granted ``pbx_asterisk`` (read the realtime views, write ps_contacts) and nothing else."""
+async def ensure_login(conn: asyncpg.Connection, user: str, password: str, group: str) -> None:
+    """A login role created or given this password, and made a member of ``group``: Asterisk's
+    (``pbx_asterisk``: read the realtime views, write ps_contacts) or the SIP edge's
+    (``pbx_kamailio``: read its dispatcher view)."""
     async with conn.transaction():
         exists = await conn.fetchval("SELECT 1 FROM pg_roles WHERE rolname = $1", user)
         verb = "ALTER" if exists else "CREATE"
@@ -146,7 +148,7 @@ async def ensure_asterisk_login(conn: asyncpg.Connection, user: str, password: s
             f"SELECT format('{verb} ROLE %I LOGIN PASSWORD %L', $1::text, $2::text)", user, password
         )
         await conn.execute(statement)
-        await conn.execute(await conn.fetchval("SELECT format('GRANT pbx_asterisk TO %I', $1::text)", user))
+        await conn.execute(await conn.fetchval("SELECT format('GRANT %I TO %I', $1::text, $2::text)", group, user))
 
 
 def migrate_sync(dsn: str) -> None:

@@ -12,7 +12,7 @@ import asyncpg
 from pbx_base.settings import get_settings
 from pbxctl.commands._db import add_dsn_argument, run_with_connection
 from pbxctl.errors import EXIT_USAGE, CliError, Unreachable
-from sorcery_backend.schema import MigrationRefused, ensure_asterisk_login, migrate, reset
+from sorcery_backend.schema import MigrationRefused, ensure_login, migrate, reset
 
 __all__ = ["register"]
 
@@ -49,7 +49,7 @@ def _migrate(args: argparse.Namespace) -> int:
     async def body(conn: asyncpg.Connection) -> list[str]:
         applied = await migrate(conn)
         if password:
-            await ensure_asterisk_login(conn, settings.asterisk_db_user, password)
+            await ensure_login(conn, settings.asterisk_db_user, password, "pbx_asterisk")
         return applied
 
     deadline = time.monotonic() + args.wait

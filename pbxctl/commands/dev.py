@@ -10,7 +10,7 @@ import sys
 from typing import Any
 
 from pbx_base.settings import DEFAULTS, get_settings
-from pbxctl.errors import CliError, Unreachable
+from pbxctl.errors import CliError, Invalid, Unreachable
 
 __all__ = ["register"]
 
@@ -25,6 +25,14 @@ def register(subparsers: Any) -> None:
     ):
         p = sub.add_parser(name, help=help_text)
         p.add_argument("--name", help=f"stack name (default: $PBX_STACK, else {DEFAULTS.stack})")
+        if name == "up":
+            p.add_argument(
+                "--nodes",
+                type=int,
+                metavar="N",
+                help="Asterisk nodes: 1 is the plain stack; 2 to 9 a cluster behind a Kamailio SIP edge "
+                "(default: as the stack was made, 1 for a new one)",
+            )
         if name == "status":
             p.add_argument("--json", action="store_true")
         p.set_defaults(func=func)
@@ -49,15 +57,22 @@ def _print_exports(exports: dict[str, str]) -> None:
 def _up(args: argparse.Namespace) -> int:
     from devstack.asterisk import AsteriskError
     from devstack.chroot import ChrootError
+    from devstack.kamailio import KamailioError
     from devstack.postgres import PostgresError
     from devstack.services import ServicesError
-    from devstack.stack import Stack
+    from devstack.settings import MAX_NODES
+    from devstack.stack import Stack, StackResized
 
+    if args.nodes is not None and not 1 <= args.nodes <= MAX_NODES:
+        raise Invalid(f"stack {_name(args)}: --nodes must be 1 to {MAX_NODES}, not {args.nodes}")
     _guard_root()
-    stack = Stack.named(_name(args))
+    try:
+        stack = Stack.named(_name(args), args.nodes)
+    except StackResized as exc:
+        raise Invalid(str(exc)) from None
     try:
         stack.up()
-    except (AsteriskError, ChrootError, PostgresError, ServicesError) as exc:
+    except (AsteriskError, ChrootError, KamailioError, PostgresError, ServicesError) as exc:
         raise Unreachable(f"stack {_name(args)}: {exc}") from None
     print(f"stack {_name(args)} is up", file=sys.stderr)
     _print_exports(stack.settings.exports())
@@ -85,6 +100,19 @@ def _status(args: argparse.Namespace) -> int:
             f" ({status['asterisk_version']})",
             file=sys.stderr,
         )
+        nodes = status.get("nodes")
+        for node in nodes if isinstance(nodes, list) else []:
+            print(
+                f"  node {node['name']}: asterisk {node['asterisk']}, serve {node['serve']}, SIP {node['sip_addr']}",
+                file=sys.stderr,
+            )
+        edge = status.get("edge")
+        if isinstance(edge, dict):
+            targets = ", ".join(f"{uri} ({flags})" for uri, flags in (edge["dispatching_to"] or {}).items())
+            print(
+                f"  edge {edge['sip_addr']}: kamailio {edge['kamailio']}, dispatching to {targets or 'nothing'}",
+                file=sys.stderr,
+            )
         _print_exports(Stack.named(_name(args)).settings.exports())
     return 0
 

@@ -1,4 +1,6 @@
-"""`pbxctl nodes add|list|remove`: the Asterisk nodes the pusher delivers changes to."""
+"""`pbxctl nodes add|list|remove`: the Asterisk nodes the pusher delivers changes to and, for those
+with a SIP address, the cluster's SIP edge dispatches to: after a change the edge reloads its node
+list over its RPC socket (``PBX_KAMAILIO_RPC``)."""
 
 from __future__ import annotations
 
@@ -10,8 +12,10 @@ from typing import Any
 
 import asyncpg
 
+from pbx_base.settings import get_settings
 from pbxctl.commands._db import add_dsn_argument, run_with_connection
-from pbxctl.errors import Invalid
+from pbxctl.errors import Invalid, Unreachable
+from sorcery_backend.kamailio_rpc import EdgeRefused, EdgeUnreachable, reload_dispatcher
 from sorcery_backend.nodes import NodeRefused, add_node, list_nodes, remove_node
 
 __all__ = ["register"]
@@ -25,6 +29,12 @@ def register(subparsers: Any) -> None:
     p.add_argument("name")
     p.add_argument("--ami", required=True, metavar="HOST:PORT", help="the node's AMI address")
     p.add_argument("--user", required=True, help="AMI user (manager.conf section)")
+    p.add_argument(
+        "--sip",
+        metavar="HOST:PORT",
+        help="the node's SIP address, where the cluster's SIP edge (Kamailio) sends requests; without it the "
+        "edge does not use the node",
+    )
     p.add_argument(
         "--secret-env",
         default="PBX_AMI_PASSWORD",
@@ -56,7 +66,7 @@ def _add(args: argparse.Namespace) -> int:
 
     async def body(conn: asyncpg.Connection) -> Any:
         try:
-            return await add_node(conn, args.name, args.ami, args.user, secret, replace=args.replace)
+            return await add_node(conn, args.name, args.ami, args.user, secret, sip=args.sip, replace=args.replace)
         except NodeRefused as exc:
             raise Invalid(str(exc)) from None
 
@@ -64,6 +74,7 @@ def _add(args: argparse.Namespace) -> int:
     print(f"node {node.name} added ({node.ami_addr})", file=sys.stderr)
     if args.json:
         print(json.dumps(node.to_json()))
+    _reload_edge(f"node {node.name} added")
     return 0
 
 
@@ -73,7 +84,7 @@ def _list(args: argparse.Namespace) -> int:
         print(json.dumps({"nodes": [n.to_json() for n in nodes]}, indent=1))
     else:
         for n in nodes:
-            print(f"{n.name}\t{n.ami_addr}\t{n.ami_user}")
+            print(f"{n.name}\t{n.ami_addr}\t{n.ami_user}\t{n.sip_addr or '-'}")
     return 0
 
 
@@ -86,4 +97,17 @@ def _remove(args: argparse.Namespace) -> int:
 
     run_with_connection(args, body)
     print(f"node {args.name} removed", file=sys.stderr)
+    _reload_edge(f"node {args.name} removed")
     return 0
+
+
+def _reload_edge(done: str) -> None:
+    """The edge re-reads its node list; without an edge configured there is nothing to tell."""
+    rpc = get_settings().kamailio_rpc
+    if rpc is None:
+        return
+    try:
+        reload_dispatcher(rpc)
+    except (EdgeUnreachable, EdgeRefused) as exc:
+        raise Unreachable(f"{done}, but the SIP edge did not reload its node list: {exc}") from None
+    print(f"SIP edge reloaded its node list ({rpc})", file=sys.stderr)
