@@ -16,10 +16,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from stack import LAB_POLICY, apply_yaml, pbxctl
+from stack import apply_yaml, pbxctl
 
 from devstack import sipp
-from devstack.stack import Stack, run_sql
+from devstack.stack import Stack, allow_lab_contexts, run_sql
 
 pytestmark = pytest.mark.stack
 
@@ -58,7 +58,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     st = Stack.named(f"test-{os.getpid()}-clu", nodes=2)
     try:
         st.up()
-        run_sql(st, LAB_POLICY)
+        allow_lab_contexts(st)
         apply_yaml(st, PHONES, tmp_path_factory.mktemp("clu"))
         yield st
     finally:
