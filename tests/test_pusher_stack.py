@@ -440,7 +440,7 @@ tenants:
   boot:
     domain: boot.example
     templates:
-      base: {transport: transport-udp, endpoint: {context: pbx-dial-test, allow: "!all,ulaw"}}
+      base: {transport: transport-udp, endpoint: {context: pbx-dial-test, allow: "!all,ulaw"}, aor: {max_contacts: 1}}
     endpoints:
       "1000": {templates: [base], auth: {password: pw-boot}}
 %s
