@@ -129,26 +129,38 @@ class SippRun:
 
 
 def sipp_register_load(
-    sip_addr: str, tenant: str, n: int, *, local_port: int, rate: int = 5000, limit: int = 100
+    sip_addr: str,
+    tenant: str,
+    n: int,
+    *,
+    local_port: int,
+    rate: int = 5000,
+    limit: int = 100,
+    first: int = 0,
+    timeout_s: int = 600,
+    cpu: int | None = None,
 ) -> SippRun:
-    """REGISTER every endpoint once (digest auth) as fast as Asterisk answers, from one local port."""
+    """REGISTER endpoints ``first`` .. ``first + n - 1`` once each (digest auth) as fast as Asterisk
+    answers, from one local port; ``cpu``: sipp runs on that core only."""
     with tempfile.TemporaryDirectory(prefix="pbx-bench-sipp-") as tmp:
         rows = Path(tmp) / "rows.csv"
         rows.write_text(
             "SEQUENTIAL\n"
             + "".join(
                 f"{100000 + i};{tenant}.example;[authentication username={100000 + i} password=pw{i}];3600\n"
-                for i in range(n)
+                for i in range(first, first + n)
             )
         )
         stats = Path(tmp) / "stats.csv"
         argv = [
             "sipp", sip_addr, "-sf", str(SCENARIO), "-inf", str(rows), "-m", str(n), "-r", str(rate),
             "-l", str(limit), "-i", "127.0.0.1", "-p", str(local_port), "-t", "u1", "-nostdin",
-            "-timeout", "600s", "-trace_stat", "-stf", str(stats), "-fd", "3600",
+            "-timeout", f"{timeout_s}s", "-trace_stat", "-stf", str(stats), "-fd", "3600",
         ]  # fmt: skip
+        if cpu is not None:
+            argv = ["taskset", "-c", str(cpu), *argv]
         t0 = time.perf_counter()
-        subprocess.run(argv, capture_output=True, text=True, timeout=700, cwd=tmp, check=False)
+        subprocess.run(argv, capture_output=True, text=True, timeout=timeout_s + 100, cwd=tmp, check=False)
         seconds = time.perf_counter() - t0
         lines = [x for x in stats.read_text().splitlines() if x.strip()] if stats.exists() else []
     if len(lines) < 2:

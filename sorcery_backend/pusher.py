@@ -32,6 +32,7 @@ import asyncpg
 from pbx_base.retry import Backoff
 from pbx_base.settings import DEFAULTS, Settings
 from sorcery_backend.ami import AmiDisconnected, AmiError, AmiSession, AmiUnreachable
+from sorcery_backend.boot_set import sync_boot_set
 from sorcery_backend.nodes import Node, list_nodes
 from sorcery_backend.push_plan import (
     CACHE_OF_VIEW,
@@ -58,6 +59,7 @@ _BENIGN = (
     "The provided cache does not exist",
     "Unable to retrieve registration entry",
 )
+_BOOT_VIEWS = frozenset({"ps_aors", "ps_endpoints"})  # what decides a node's boot set
 _CACHE_COUNT = re.compile(r"Number of objects within cache:\s*(\d+)")
 
 
@@ -264,6 +266,17 @@ class NodeWorker:
             boot_id,
         )
         await self._ensure_contexts(conn, session, None)
+        await self._sync_boot_set(conn, session)
+
+    async def _sync_boot_set(self, conn: asyncpg.Connection, session: AmiSession) -> None:
+        """The trunks the node loads at its next boot (sorcery_backend/boot_set.py)."""
+        try:
+            put, deleted = await sync_boot_set(conn, session)
+        except AmiError as exc:  # a node that refuses it still gets every other change
+            log.warning("node %s: boot set not synced: %s", self.node.name, exc.message)
+            return
+        if put or deleted:
+            log.info("node %s: boot set: %d objects written, %d removed", self.node.name, put, deleted)
 
     async def _expire_everything(self, conn: asyncpg.Connection, session: AmiSession) -> None:
         """First contact: the node's caches may hold anything. Every change pending now is covered."""
@@ -338,6 +351,8 @@ class NodeWorker:
             aors = await aor_qualify(conn, [r.object_id for r in rows if r.view == "ps_aors" and r.op != "deleted"])
             plan = plan_batch(rows, counts.get, whole_cache_min=self.settings.whole_cache_min, aors=aors)
             await self._ensure_contexts(conn, session, [r.object_id for r in rows if r.view == "ps_endpoints"])
+            if any(r.view in _BOOT_VIEWS for r in rows):  # before the expiries: see boot_set's doc
+                await self._sync_boot_set(conn, session)
             t2 = time.perf_counter()
             await self._run_plan(conn, session, plan, rows)
             t3 = time.perf_counter()

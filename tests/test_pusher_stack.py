@@ -433,3 +433,37 @@ def test_an_object_the_node_refuses_is_reported_and_holds_back_nothing(stack: St
     assert node["connected"] and node["undelivered"] == 0
     assert list(node["refused"]) == [f"context:{long_context}"], node["refused"]
     assert node["refused"][f"context:{long_context}"].startswith("DialplanExtensionAdd: ")
+
+
+BOOT_TENANT = """
+tenants:
+  boot:
+    domain: boot.example
+    templates:
+      base: {transport: transport-udp, endpoint: {context: pbx-dial-test, allow: "!all,ulaw"}, aor: {max_contacts: 1}}
+    endpoints:
+      "1000": {templates: [base], auth: {password: pw-boot}}
+%s
+"""
+BOOT_TRUNK = '      gw: {templates: [base], aor: {contact: ["sip:127.0.0.9:5999"], qualify_frequency: 1}}'
+
+
+def test_a_restarted_node_loads_its_trunks_and_no_phone_and_phones_still_register(stack: Stack, tmp_path: Path) -> None:
+    apply_yaml(stack, BOOT_TENANT % BOOT_TRUNK, tmp_path)
+    wait_delivered(stack)
+    node = stack.asterisk
+    wait_for(
+        "the trunk in the node's boot set",
+        lambda: "/pbx_boot/endpoint/gw@boot.example" in node.rx("database show pbx_boot"),
+    )
+    node.stop()
+    node.start()
+    aors = node.rx("pjsip show aors")
+    assert "gw@boot.example" in aors
+    assert "1000@boot.example" not in aors  # a phone is read when it is used, not at boot
+    # Qualified from boot on, as when Asterisk read every AOR: nothing answers at that address.
+    wait_for("the trunk's contact qualified", lambda: "Unavail" in node.rx("pjsip show aor gw@boot.example"), 30)
+    assert sipp.register(stack.settings.sip_addr, "1000", "boot.example", "pw-boot").final == 200
+    apply_yaml(stack, BOOT_TENANT % "", tmp_path)
+    wait_delivered(stack)
+    wait_for("the trunk gone from the boot set", lambda: "gw@boot.example" not in node.rx("database show pbx_boot"))
