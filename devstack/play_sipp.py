@@ -131,11 +131,55 @@ def device_xml(behaviour: Mapping[str, Any], t0_ms: int) -> str:
     return "".join(parts)
 
 
-def caller_xml(horizon_ms: int, talk_ms: int = 1000, *, auth: bool = True) -> str:
+def _refer(target: str, after_failure_ms: int) -> str:
+    """A blind transfer of the answered call to ``target`` (a number of the caller's domain): REFER,
+    its 202, then each NOTIFY answered 200 until the sipfrag's final status. 200: the transfer
+    worked, the caller hangs up; anything else: the call is still up, ``after_failure_ms`` more
+    talk, then BYE. The loop jumps from the 200's send itself: a NOTIFY arriving while sipp sits
+    on a <nop> after it would be "unexpected"."""
+    return f"""
+  <label id="refer"/>
+  <send retrans="500">
+    <![CDATA[
+      REFER [next_url] SIP/2.0
+      Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]
+      From: "[field4]" <sip:[field0]@[field1]>;tag=[pid]call[call_number]
+      To: <sip:[field3]@[field1]>[peer_tag_param]
+      Call-ID: [call_id]
+      CSeq: 3 REFER
+      Contact: <sip:[field0]@[local_ip]:[local_port];transport=[transport]>
+      Refer-To: <sip:{target}@[field1]>
+      Referred-By: <sip:[field0]@[field1]>
+      Max-Forwards: 70
+      Content-Length: 0
+
+    ]]>
+  </send>
+  <recv response="202"/>
+  <label id="notify"/>
+  <recv request="NOTIFY">
+    <action>
+      <ereg regexp="SIP/2.0 [0-9]" search_in="body" check_it="true" assign_to="class"/>
+      <strcmp assign_to="is2" variable="class" value="SIP/2.0 2"/>
+      <test assign_to="transferred" variable="is2" compare="equal" value="0"/>
+      <strcmp assign_to="is1" variable="class" value="SIP/2.0 1"/>
+      <test assign_to="trying" variable="is1" compare="equal" value="0"/>
+    </action>
+  </recv>{_ok_to_last().replace("<send>", '<send next="notify" test="trying">', 1)}
+  <nop next="bye" test="transferred"/>
+  <pause milliseconds="{after_failure_ms}"/>
+  <nop next="bye"/>"""
+
+
+def caller_xml(
+    horizon_ms: int, talk_ms: int = 1000, *, auth: bool = True, transfer_to: str | None = None, after_ms: int = 1000
+) -> str:
     """The caller: INVITE with digest auth; stays until a final answer or the horizon, then CANCEL;
     once answered, ``talk_ms`` of talk and BYE. Fields: 0 from user, 1 domain, 2 [authentication],
     3 number, 4 display name. Without ``auth`` (a carrier, known by its address; or nobody), the
-    INVITE goes without credentials. A 401 to the INVITE that carries them (or would) is final."""
+    INVITE goes without credentials. A 401 to the INVITE that carries them (or would) is final.
+    With ``transfer_to``, the talk ends in a blind transfer to that number instead (``_refer``:
+    a failed one talks ``after_ms`` more before the BYE)."""
     invite = (
         """
   <send retrans="500"{rtd}>
@@ -195,9 +239,10 @@ def caller_xml(horizon_ms: int, talk_ms: int = 1000, *, auth: bool = True) -> st
             f'\n  <recv response="200" rrs="true"{until}/>',
             ack.format(uri="[next_url]", cseq=2, branch="[branch]").replace("<send>", '<send rtd="setup">', 1),
             '\n  <label id="talk"/>',
-            f'\n  <recv request="INVITE" timeout="{talk_ms}" ontimeout="bye"/>',
+            f'\n  <recv request="INVITE" timeout="{talk_ms}" ontimeout="{"bye" if transfer_to is None else "refer"}"/>',
             _ok_to_last(sdp=True),
             '\n  <recv request="ACK"/>\n  <nop next="talk"/>',
+            "" if transfer_to is None else _refer(transfer_to, after_ms),
             '\n  <label id="bye"/>',
             """
   <send retrans="500">
@@ -207,7 +252,7 @@ def caller_xml(horizon_ms: int, talk_ms: int = 1000, *, auth: bool = True) -> st
       From: "[field4]" <sip:[field0]@[field1]>;tag=[pid]call[call_number]
       To: <sip:[field3]@[field1]>[peer_tag_param]
       Call-ID: [call_id]
-      CSeq: 3 BYE
+      CSeq: 4 BYE
       Max-Forwards: 70
       Content-Length: 0
 

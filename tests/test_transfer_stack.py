@@ -1,0 +1,105 @@
+"""Transfers and hold on the real stack: sipp phones REFER and re-INVITE, the controller answers.
+
+Who talks to whom is read from the conference bridge over ARI; what the transferer's phone was told
+from its own trace (the REFER's 202 and the NOTIFY sipfrags).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from stack import apply_yaml
+from test_controller_stack import (
+    TENANT,
+    Phones,
+    _hang_up_everything,
+    bridges,
+    channels,
+    conference,
+    final_of,
+    wait_for,
+)
+
+from devstack import sipp
+from devstack.play_sipp import caller_xml
+from devstack.stack import Stack
+
+pytestmark = pytest.mark.stack
+
+
+@pytest.fixture
+def phones(stack: Stack, tmp_path: Path) -> Iterator[Phones]:
+    apply_yaml(stack, TENANT, tmp_path)
+    p = Phones(stack, tmp_path)
+    try:
+        yield p
+    finally:
+        p.stop()
+        asyncio.run(_hang_up_everything(stack))
+        for user in ("1001", "1002", "1003", "1004"):
+            sipp.unregister_all(stack.settings.sip_addr, user, "conf.example", f"pw-{user}")
+
+
+def transferring_caller(
+    phones: Phones, user: str, number: str, target: str, *, after_ms: int = 1000
+) -> sipp.SippProcess:
+    """``user`` calls ``number``, talks 1 s, REFERs the call to ``target``."""
+    proc = phones._proc(f"transferer-{user}")
+    auth = f"[authentication username={user} password=pw-{user}]"
+    xml = caller_xml(60_000, 1000, transfer_to=target, after_ms=after_ms)
+    proc.start(phones.stack.settings.sip_addr, xml, [user, "conf.example", auth, number, user], 90)
+    return proc
+
+
+def sipfrags(proc: sipp.SippProcess) -> list[str]:
+    """The status lines of the NOTIFYs the phone received, in order."""
+    text = proc.trace_path.read_text(errors="replace") if proc.trace_path.exists() else ""
+    blocks = re.split(r"^UDP message (?:sent|received).*$", text, flags=re.M)
+    notifies = [b for b in blocks if b.lstrip().startswith("NOTIFY ")]
+    return [m.group(1) for b in notifies if (m := re.search(r"^\s*(SIP/2\.0 \d{3}[^\r\n]*)", b, re.M))]
+
+
+def endpoints_in(stack: Stack, bridge_channels: tuple[str, ...]) -> list[str]:
+    names = {c.id: c.name for c in channels(stack)}
+    return sorted(names[c].split("/", 1)[1].rsplit("-", 1)[0] for c in bridge_channels if c in names)
+
+
+def test_blind_transfer_puts_the_target_in_the_conference_and_the_transferer_leaves(
+    stack: Stack, phones: Phones
+) -> None:
+    phones.device("1002", {"answer_at": 0})
+    carol = phones.device("1003", {"answer_at": 0})
+    alice = transferring_caller(phones, "1001", "1002", "1003")
+
+    assert alice.wait(30) == 0, alice.stderr()
+    assert carol.got("INVITE")
+    # Alice's phone: 202 to its REFER, then NOTIFY sipfrags ending in 200.
+    received = [m.first_line for m in alice.messages() if m.direction == "received"]
+    assert "SIP/2.0 202 Accepted" in received, received
+    assert sipfrags(alice)[-1].startswith("SIP/2.0 200"), sipfrags(alice)
+    # Bob (the transferee) and Carol talk in the conference; Alice is gone from it.
+    bridge = wait_for("Bob and Carol in the conference", lambda: conference(stack, 2))
+    wait_for(
+        "Alice out of the conference",
+        lambda: endpoints_in(stack, conference(stack, 2).channels) == ["1002@conf.example", "1003@conf.example"],  # type: ignore[union-attr]
+    )
+    assert bridge.bridge_type == "mixing"
+    wait_for("Alice's channel gone", lambda: not [c for c in channels(stack) if "1001@" in c.name])
+
+
+def test_blind_transfer_to_an_unknown_number_fails_cleanly_and_the_call_stays_up(stack: Stack, phones: Phones) -> None:
+    phones.device("1002", {"answer_at": 0})
+    alice = transferring_caller(phones, "1001", "1002", "9999", after_ms=3000)
+    wait_for("the refused transfer's NOTIFY", lambda: any(not f.startswith("SIP/2.0 1") for f in sipfrags(alice)))
+    assert not sipfrags(alice)[-1].startswith("SIP/2.0 200"), sipfrags(alice)
+    # The original call is still Alice and Bob.
+    bridge = conference(stack, 2)
+    assert bridge is not None
+    assert endpoints_in(stack, bridge.channels) == ["1001@conf.example", "1002@conf.example"]
+    assert alice.wait(30) == 0, alice.stderr()
+    assert final_of(alice) == 200
+    wait_for("no conference left", lambda: not any(b.id.startswith("conf-") for b in bridges(stack)))
