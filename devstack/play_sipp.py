@@ -146,7 +146,7 @@ def _refer(target: str, after_failure_ms: int) -> str:
       From: "[field4]" <sip:[field0]@[field1]>;tag=[pid]call[call_number]
       To: <sip:[field3]@[field1]>[peer_tag_param]
       Call-ID: [call_id]
-      CSeq: 3 REFER
+      CSeq: 5 REFER
       Contact: <sip:[field0]@[local_ip]:[local_port];transport=[transport]>
       Refer-To: <sip:{target}@[field1]>
       Referred-By: <sip:[field0]@[field1]>
@@ -171,15 +171,68 @@ def _refer(target: str, after_failure_ms: int) -> str:
   <nop next="bye"/>"""
 
 
+def _reinvite(cseq: int, direction: str) -> str:
+    """A re-INVITE of the answered call with the media ``direction`` (sendonly: hold; sendrecv:
+    resume), and its ACK. The SDP version goes up with the CSeq: the offer changed."""
+    sdp = _SDP.replace("o=dev 1 1", f"o=dev 1 {cseq}") + f"      a={direction}\n"
+    return f"""
+  <send retrans="500">
+    <![CDATA[
+      INVITE [next_url] SIP/2.0
+      Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]
+      From: "[field4]" <sip:[field0]@[field1]>;tag=[pid]call[call_number]
+      To: <sip:[field3]@[field1]>[peer_tag_param]
+      Call-ID: [call_id]
+      CSeq: {cseq} INVITE
+      Contact: <sip:[field0]@[local_ip]:[local_port];transport=[transport]>
+      Max-Forwards: 70
+{sdp}
+    ]]>
+  </send>
+  <recv response="100" optional="true"/>
+  <recv response="200"/>
+  <send>
+    <![CDATA[
+      ACK [next_url] SIP/2.0
+      Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]
+      From: "[field4]" <sip:[field0]@[field1]>;tag=[pid]call[call_number]
+      To: <sip:[field3]@[field1]>[peer_tag_param]
+      Call-ID: [call_id]
+      CSeq: {cseq} ACK
+      Max-Forwards: 70
+      Content-Length: 0
+
+    ]]>
+  </send>"""
+
+
+def _hold(talk_ms: int, hold_ms: int) -> str:
+    """``talk_ms`` of talk, then hold (sendonly) for ``hold_ms``, then resume."""
+    return (
+        f'\n  <pause milliseconds="{talk_ms}"/>'
+        + _reinvite(3, "sendonly")
+        + f'\n  <pause milliseconds="{hold_ms}"/>'
+        + _reinvite(4, "sendrecv")
+    )
+
+
 def caller_xml(
-    horizon_ms: int, talk_ms: int = 1000, *, auth: bool = True, transfer_to: str | None = None, after_ms: int = 1000
+    horizon_ms: int,
+    talk_ms: int = 1000,
+    *,
+    auth: bool = True,
+    transfer_to: str | None = None,
+    after_ms: int = 1000,
+    hold_ms: int | None = None,
 ) -> str:
     """The caller: INVITE with digest auth; stays until a final answer or the horizon, then CANCEL;
     once answered, ``talk_ms`` of talk and BYE. Fields: 0 from user, 1 domain, 2 [authentication],
     3 number, 4 display name. Without ``auth`` (a carrier, known by its address; or nobody), the
     INVITE goes without credentials. A 401 to the INVITE that carries them (or would) is final.
     With ``transfer_to``, the talk ends in a blind transfer to that number instead (``_refer``:
-    a failed one talks ``after_ms`` more before the BYE)."""
+    a failed one talks ``after_ms`` more before the BYE). With ``hold_ms``, the caller first talks
+    ``talk_ms``, holds the call that long, resumes it, then talks ``talk_ms`` again. In-dialog
+    CSeqs: re-INVITEs 3 and 4, REFER 5, BYE 9."""
     invite = (
         """
   <send retrans="500"{rtd}>
@@ -238,6 +291,7 @@ def caller_xml(
             finals.replace("/>", f"{until}/>"),
             f'\n  <recv response="200" rrs="true"{until}/>',
             ack.format(uri="[next_url]", cseq=2, branch="[branch]").replace("<send>", '<send rtd="setup">', 1),
+            "" if hold_ms is None else _hold(talk_ms, hold_ms),
             '\n  <label id="talk"/>',
             f'\n  <recv request="INVITE" timeout="{talk_ms}" ontimeout="{"bye" if transfer_to is None else "refer"}"/>',
             _ok_to_last(sdp=True),
@@ -252,7 +306,7 @@ def caller_xml(
       From: "[field4]" <sip:[field0]@[field1]>;tag=[pid]call[call_number]
       To: <sip:[field3]@[field1]>[peer_tag_param]
       Call-ID: [call_id]
-      CSeq: 4 BYE
+      CSeq: 9 BYE
       Max-Forwards: 70
       Content-Length: 0
 

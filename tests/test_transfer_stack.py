@@ -17,6 +17,7 @@ from test_controller_stack import (
     TENANT,
     Phones,
     _hang_up_everything,
+    ari,
     bridges,
     channels,
     conference,
@@ -24,6 +25,7 @@ from test_controller_stack import (
     wait_for,
 )
 
+from ari_app.ari import AriClient, AriNotFound
 from devstack import sipp
 from devstack.play_sipp import caller_xml
 from devstack.stack import Stack
@@ -103,3 +105,36 @@ def test_blind_transfer_to_an_unknown_number_fails_cleanly_and_the_call_stays_up
     assert alice.wait(30) == 0, alice.stderr()
     assert final_of(alice) == 200
     wait_for("no conference left", lambda: not any(b.id.startswith("conf-") for b in bridges(stack)))
+
+
+def playback_state(stack: Stack, playback_id: str) -> str | None:
+    async def go() -> str | None:
+        async with ari(stack) as t:
+            try:
+                return (await AriClient(t, "pbx-test").playbacks.get(playback_id)).state
+            except AriNotFound:
+                return None
+
+    return asyncio.run(go())
+
+
+def test_hold_gives_the_other_party_the_hold_tone_and_resume_ends_it(stack: Stack, phones: Phones) -> None:
+    phones.device("1002", {"answer_at": 0})
+    proc = phones._proc("holder-1001")
+    auth = "[authentication username=1001 password=pw-1001]"
+    proc.start(
+        stack.settings.sip_addr,
+        caller_xml(60_000, 1000, hold_ms=4000),
+        ["1001", "conf.example", auth, "1002", "1001"],
+        90,
+    )
+    bridge = wait_for("the conference", lambda: conference(stack, 2))
+    bob = next(c for c in bridge.channels if "-l" in c)
+    wait_for("the hold tone playing to Bob", lambda: playback_state(stack, f"{bob}-hold") == "playing")
+    # Nothing else changed: both still in the conference, nobody hung up.
+    assert set(conference(stack, 2).channels) == set(bridge.channels)  # type: ignore[union-attr]
+    wait_for("the tone stopped on resume", lambda: playback_state(stack, f"{bob}-hold") is None, 10)
+    assert conference(stack, 2) is not None
+    assert proc.wait(30) == 0, proc.stderr()
+    oks = [m for m in proc.messages() if m.direction == "received" and m.first_line.startswith("SIP/2.0 200")]
+    assert len([m for m in oks if "INVITE" in m.headers.get("cseq", "")]) >= 3  # the call, hold, resume
