@@ -132,11 +132,14 @@ def device_xml(behaviour: Mapping[str, Any], t0_ms: int) -> str:
 
 
 def _refer(target: str, after_failure_ms: int) -> str:
-    """A blind transfer of the answered call to ``target`` (a number of the caller's domain): REFER,
+    """A transfer of the answered call to ``target`` (a number of the caller's domain; with
+    ``?Replaces=...`` after it, an attended transfer to the dialog it names): REFER,
     its 202, then each NOTIFY answered 200 until the sipfrag's final status. 200: the transfer
     worked, the caller hangs up; anything else: the call is still up, ``after_failure_ms`` more
     talk, then BYE. The loop jumps from the 200's send itself: a NOTIFY arriving while sipp sits
     on a <nop> after it would be "unexpected"."""
+    user, mark, rest = target.partition("?")
+    headers = mark + rest
     return f"""
   <label id="refer"/>
   <send retrans="500">
@@ -148,7 +151,7 @@ def _refer(target: str, after_failure_ms: int) -> str:
       Call-ID: [call_id]
       CSeq: 5 REFER
       Contact: <sip:[field0]@[local_ip]:[local_port];transport=[transport]>
-      Refer-To: <sip:{target}@[field1]>
+      Refer-To: <sip:{user}@[field1]{headers}>
       Referred-By: <sip:[field0]@[field1]>
       Max-Forwards: 70
       Content-Length: 0
@@ -224,6 +227,7 @@ def caller_xml(
     transfer_to: str | None = None,
     after_ms: int = 1000,
     hold_ms: int | None = None,
+    until_bye: bool = False,
 ) -> str:
     """The caller: INVITE with digest auth; stays until a final answer or the horizon, then CANCEL;
     once answered, ``talk_ms`` of talk and BYE. Fields: 0 from user, 1 domain, 2 [authentication],
@@ -232,7 +236,17 @@ def caller_xml(
     With ``transfer_to``, the talk ends in a blind transfer to that number instead (``_refer``:
     a failed one talks ``after_ms`` more before the BYE). With ``hold_ms``, the caller first talks
     ``talk_ms``, holds the call that long, resumes it, then talks ``talk_ms`` again. In-dialog
-    CSeqs: re-INVITEs 3 and 4, REFER 5, BYE 9."""
+    CSeqs: re-INVITEs 3 and 4, REFER 5, BYE 9. With ``until_bye``, the answered caller waits for
+    the other side's BYE instead (up to the horizon) and never sends one."""
+    talk = [
+        '\n  <label id="talk"/>',
+        f'\n  <recv request="INVITE" timeout="{talk_ms}" ontimeout="{"bye" if transfer_to is None else "refer"}"/>',
+        _ok_to_last(sdp=True),
+        '\n  <recv request="ACK"/>\n  <nop next="talk"/>',
+        "" if transfer_to is None else _refer(transfer_to, after_ms),
+    ]
+    if until_bye:
+        talk = [f'\n  <recv request="BYE" timeout="{horizon_ms}"/>', _ok_to_last(), '\n  <nop next="end"/>']
     invite = (
         """
   <send retrans="500"{rtd}>
@@ -292,11 +306,7 @@ def caller_xml(
             f'\n  <recv response="200" rrs="true"{until}/>',
             ack.format(uri="[next_url]", cseq=2, branch="[branch]").replace("<send>", '<send rtd="setup">', 1),
             "" if hold_ms is None else _hold(talk_ms, hold_ms),
-            '\n  <label id="talk"/>',
-            f'\n  <recv request="INVITE" timeout="{talk_ms}" ontimeout="{"bye" if transfer_to is None else "refer"}"/>',
-            _ok_to_last(sdp=True),
-            '\n  <recv request="ACK"/>\n  <nop next="talk"/>',
-            "" if transfer_to is None else _refer(transfer_to, after_ms),
+            *talk,
             '\n  <label id="bye"/>',
             """
   <send retrans="500">

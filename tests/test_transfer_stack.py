@@ -10,6 +10,7 @@ import asyncio
 import re
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import quote
 
 import pytest
 from stack import apply_yaml
@@ -138,3 +139,45 @@ def test_hold_gives_the_other_party_the_hold_tone_and_resume_ends_it(stack: Stac
     assert proc.wait(30) == 0, proc.stderr()
     oks = [m for m in proc.messages() if m.direction == "received" and m.first_line.startswith("SIP/2.0 200")]
     assert len([m for m in oks if "INVITE" in m.headers.get("cseq", "")]) >= 3  # the call, hold, resume
+
+
+def _tag(header: str) -> str:
+    return header.split("tag=", 1)[1].split(";", 1)[0].strip()
+
+
+def test_attended_transfer_joins_the_two_remote_parties_and_the_transferer_leaves(stack: Stack, phones: Phones) -> None:
+    phones.device("1002", {"answer_at": 0})
+    carol = phones.device("1003", {"answer_at": 0})
+    auth = "[authentication username=1001 password=pw-1001]"
+    # Alice's second call (to Carol) first: the REFER of her first call names it by its dialog.
+    second = phones._proc("alice-second")
+    second.start(
+        stack.settings.sip_addr,
+        caller_xml(60_000, until_bye=True),
+        ["1001", "conf.example", auth, "1003", "1001"],
+        90,
+    )
+    ok = wait_for(
+        "Carol answering Alice",
+        lambda: next(
+            (m for m in second.messages() if m.direction == "received" and m.first_line.startswith("SIP/2.0 200")),
+            None,
+        ),
+    )
+    replaces = quote(f"{ok.headers['call-id']};to-tag={_tag(ok.headers['to'])};from-tag={_tag(ok.headers['from'])}")
+    first = transferring_caller(phones, "1001", "1002", f"1003?Replaces={replaces}")
+
+    assert first.wait(30) == 0, first.stderr()
+    assert sipfrags(first)[-1].startswith("SIP/2.0 200"), sipfrags(first)
+    # Alice's second call ended by Asterisk (BYE), Carol kept.
+    assert second.wait(30) == 0, second.stderr()
+    wait_for(
+        "Bob and Carol in one conference",
+        lambda: (
+            (c := conference(stack, 2)) is not None
+            and endpoints_in(stack, c.channels) == ["1002@conf.example", "1003@conf.example"]
+        ),
+    )
+    assert len([b for b in bridges(stack) if b.id.startswith("conf-")]) == 1
+    assert not carol.got("BYE")
+    wait_for("Alice's channels gone", lambda: not [c for c in channels(stack) if "1001@" in c.name])
