@@ -68,10 +68,43 @@ def _cancelled() -> str:
     return _ok_to_last() + _reply("487 Request Terminated") + '\n  <recv request="ACK"/>\n  <nop next="end"/>'
 
 
-def _talk() -> str:
-    # Answered: take re-INVITEs (media changes) until the BYE.
+def _device_refer(target: str) -> str:
+    """The answered device transfers its caller to ``target`` (blind): REFER in its own dialog,
+    built from the INVITE it answered (``from_hdr``, ``to_hdr``, ``contact``, read on receipt),
+    then each NOTIFY answered 200 until the final one; the call goes on either way (Asterisk ends
+    a transferred device's dialog itself)."""
+    notify = _ok_to_last().replace("<send>", '<send next="dnotify" test="dtrying">', 1)
+    return f"""
+  <send retrans="500">
+    <![CDATA[
+      REFER [$contact] SIP/2.0
+      Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]
+      From: [$to_hdr];tag=[pid]dev[call_number]
+      To: [$from_hdr]
+      Call-ID: [call_id]
+      CSeq: 1 REFER
+      Contact: <sip:[local_ip]:[local_port];transport=[transport]>
+      Refer-To: <sip:{target}@[remote_ip]>
+      Max-Forwards: 70
+      Content-Length: 0
+
+    ]]>
+  </send>
+  <recv response="202"/>
+  <label id="dnotify"/>
+  <recv request="NOTIFY">
+    <action>
+      <ereg regexp="SIP/2.0 [0-9]" search_in="body" check_it="true" assign_to="dclass"/>
+      <strcmp assign_to="dis1" variable="dclass" value="SIP/2.0 1"/>
+      <test assign_to="dtrying" variable="dis1" compare="equal" value="0"/>
+    </action>
+  </recv>{notify}"""
+
+
+def _talk(transfer: str = "") -> str:
+    # Answered: take re-INVITEs (media changes) until the BYE; ``transfer`` first, if any.
     return (
-        '\n  <recv request="ACK" crlf="true"/>\n  <label id="talk"/>'
+        '\n  <recv request="ACK" crlf="true"/>' + transfer + '\n  <label id="talk"/>'
         '\n  <recv request="INVITE" optional="true" next="reinvite"/>\n  <recv request="BYE"/>'
         + _ok_to_last()
         + '\n  <nop next="end"/>\n  <label id="reinvite"/>'
@@ -101,14 +134,33 @@ def _wait_until(epoch_ms: int) -> str:
 def device_xml(behaviour: Mapping[str, Any], t0_ms: int) -> str:
     """One device: rings (180) on the INVITE, then answers or rejects at the scenario's absolute
     time (``answer_at``/``reject_at``, seconds from the caller's INVITE), rejects at once
-    (``busy: true``), or rings until cancelled. A CANCEL while it waits is answered 200 + 487."""
+    (``busy: true``), or rings until cancelled. A CANCEL while it waits is answered 200 + 487.
+    Answered, ``transfer_at`` (same clock) with ``transfer_to`` (a number) makes it transfer the
+    call there (blind, SIP REFER), ``transfer_at - answer_at`` after its answer; a re-INVITE
+    meanwhile restarts that wait (it comes within milliseconds of the answer)."""
+    transfer = ""
+    dialog = ""
+    if "transfer_at" in behaviour:
+        # Counted from the answer, in a recv rather than a pause: Asterisk re-INVITEs an answered
+        # device (direct media, connected line), which a pause would take as unexpected.
+        delay_ms = max(1, int((float(behaviour["transfer_at"]) - float(behaviour.get("answer_at", 0))) * 1000))
+        transfer = (
+            f'\n  <label id="dwait"/>\n  <recv request="INVITE" timeout="{delay_ms}" ontimeout="refer_due"/>'
+            + _ok_to_last(sdp=True)
+            + '\n  <recv request="ACK"/>\n  <nop next="dwait"/>\n  <label id="refer_due"/>'
+            + _device_refer(str(behaviour["transfer_to"]))
+        )
+        dialog = """
+      <ereg regexp=".*" search_in="hdr" header="From:" check_it="true" assign_to="from_hdr"/>
+      <ereg regexp=".*" search_in="hdr" header="To:" check_it="true" assign_to="to_hdr"/>
+      <ereg regexp="sips?:[^>;]*" search_in="hdr" header="Contact:" check_it="true" assign_to="contact"/>"""
     parts = [
         _HEAD,
         '<scenario name="device">',
-        """
+        f"""
   <recv request="INVITE" crlf="true">
     <action>
-      <ereg regexp="[0-9]+" search_in="hdr" header="CSeq:" check_it="true" assign_to="invcseq"/>
+      <ereg regexp="[0-9]+" search_in="hdr" header="CSeq:" check_it="true" assign_to="invcseq"/>{dialog}
     </action>
   </recv>""",
     ]
@@ -120,7 +172,7 @@ def device_xml(behaviour: Mapping[str, Any], t0_ms: int) -> str:
             key = "answer_at" if "answer_at" in behaviour else "reject_at"
             parts.append(_wait_until(t0_ms + int(float(behaviour[key]) * 1000)))
             if key == "answer_at":
-                parts += [_reply("200 OK", sdp=True, retrans=True), _talk()]
+                parts += [_reply("200 OK", sdp=True, retrans=True), _talk(transfer)]
             else:
                 parts += [_reply("486 Busy Here"), '\n  <recv request="ACK"/>\n  <nop next="end"/>']
             # A CANCEL during the pause is "unexpected" to sipp: it jumps here.

@@ -200,3 +200,13 @@ async def test_in_a_conference_of_three_hold_affects_only_the_holder(rig: Rig) -
     # The third party leaves: Bob is alone with a held party now, and hears the tone.
     rig.fake.push(destroyed("A-p1", 16))
     await rig.until("the tone", lambda: rig.fake.calls("POST", f"/channels/{bob}/play"))
+
+
+async def test_a_refer_seen_twice_starts_one_transfer(rig: Rig) -> None:
+    await answered_call(rig)
+    event = refer(channel("A"), "1003") | {"timestamp": "2026-12-03T11:24:21.779+0000"}
+    rig.fake.push(event, event)
+    await rig.until("the target rings", lambda: [o for o in rig.originates() if "-t" in o.params["channelId"]])
+    rig.fake.push(refer(channel("A"), "9999"))  # a later REFER is another one
+    await rig.until("declined", lambda: "channel_declined" in progress(rig, "A"))
+    assert len([o for o in rig.originates() if "-t" in o.params["channelId"]]) == 1

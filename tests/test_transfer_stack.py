@@ -7,13 +7,14 @@ from its own trace (the REFER's 202 and the NOTIFY sipfrags).
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import quote
 
 import pytest
-from stack import apply_yaml
+from stack import apply_yaml, pbxctl
 from test_controller_stack import (
     TENANT,
     Phones,
@@ -181,3 +182,67 @@ def test_attended_transfer_joins_the_two_remote_parties_and_the_transferer_leave
     assert len([b for b in bridges(stack) if b.id.startswith("conf-")]) == 1
     assert not carol.got("BYE")
     wait_for("Alice's channels gone", lambda: not [c for c in channels(stack) if "1001@" in c.name])
+
+
+PLAYED = """
+id: X01
+title: Bob answers and transfers Alice to Carol
+config:
+  tenants:
+    t:
+      domain: xfer.example
+      templates:
+        phone: {endpoint: {context: t-internal, allow: "!all,ulaw"}, aor: {max_contacts: 5}}
+      endpoints:
+        "1001": {templates: [phone], auth: {password: pw-x1001}}
+        "1002": {templates: [phone], auth: {password: pw-x1002}}
+        "1003": {templates: [phone], auth: {password: pw-x1003}}
+      extensions:
+        "1001": {type: simple, name: Alice, endpoints: ["1001"]}
+        "1002": {type: simple, name: Bob, endpoints: ["1002"]}
+        "1003": {type: simple, name: Carol, endpoints: ["1003"]}
+registrations: {"1002": [dev-1002], "1003": [dev-1003]}
+call: {tenant: t, caller: "1001", called: "1002"}
+behaviour:
+  dev-1002: {answer_at: 1, transfer_at: 3, transfer_to: "1003"}
+  dev-1003: {answer_at: 4}
+horizon_s: 8
+"""
+
+
+def test_call_play_plays_a_transfer_behaviour(stack: Stack, tmp_path: Path) -> None:
+    scenario = tmp_path / "X01.yaml"
+    scenario.write_text(PLAYED)
+    p = pbxctl(stack, "call", "play", str(scenario), "--json")
+    assert p.returncode == 0, p.stderr
+    out = json.loads(p.stdout)
+    timeline = out["timeline"]
+    assert out["result"] == "answered", out
+    transfer = next((e for e in timeline if "transfer" in e), None)
+    assert transfer is not None, timeline
+    assert transfer["transfer"] == "dev-1002" and transfer["to"] == "1003" and transfer["result"] == "answered"
+    assert 2.5 <= transfer["t"] <= 4.5, timeline
+    ring = next(e for e in timeline if e.get("ring") == "dev-1003")
+    # Carol sees the transferer's caller id: the new leg is Bob's call.
+    assert ring["caller"] == "1002" and ring["t"] >= transfer["t"], timeline
+    assert any(e.get("answer") == "dev-1003" for e in timeline), timeline
+    assert len([e for e in timeline if e.get("ring") == "dev-1003"]) == 1, timeline  # one transfer, one ring
+
+
+def test_the_callee_transfers_the_caller_as_its_own_extension(stack: Stack, phones: Phones) -> None:
+    bob = phones.device("1002", {"answer_at": 0, "transfer_at": 2, "transfer_to": "1003"})
+    carol = phones.device("1003", {"answer_at": 0})
+    alice = phones.call("1001", "1002", talk_s=30)
+    wait_for(
+        "Alice and Carol in the conference",
+        lambda: (
+            (c := conference(stack, 2)) is not None
+            and endpoints_in(stack, c.channels) == ["1001@conf.example", "1003@conf.example"]
+        ),
+        20,
+    )
+    invite = next(m for m in carol.messages() if m.direction == "received" and m.first_line.startswith("INVITE "))
+    assert '"Bob" <sip:1002@' in invite.headers["from"], invite.headers["from"]  # Bob's call, Bob's caller id
+    assert sipfrags(bob)[-1].startswith("SIP/2.0 200"), (sipfrags(bob), bob.stderr())
+    wait_for("Bob's dialog ended", lambda: bob.got("BYE"))
+    assert alice.proc is not None and alice.proc.poll() is None  # Alice still talking

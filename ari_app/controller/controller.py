@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
@@ -116,6 +117,9 @@ class Controller:
         # Channels a transfer moved into the conference of another call than the one their id
         # names: channel id -> that call (rebuilt from bridge membership at reconnect).
         self._moved: dict[str, str] = {}
+        # The last REFERs seen: a ChannelTransfer comes once for the app and once for the endpoint
+        # subscription, and must start one transfer.
+        self._refers: deque[tuple[str, str]] = deque(maxlen=64)
         self._subscribed = False
         # One handler per stream item type. Event types without one are not even sent: the app's
         # event filter is made from this table (see _connected).
@@ -478,6 +482,10 @@ class Controller:
         if event.state is not None:
             return  # the echo of a progress the controller reported itself
         source = event.referred_by.source_channel
+        key = (source.id, str(event.timestamp))
+        if key in self._refers:
+            return
+        self._refers.append(key)
         log = CallLog(logger, {"call_id": self._call_id_of(source.id)})
         conf = self._conference(self._call_id_of(source.id))
         if conf is None or conf.closed or source.id not in conf.members:
