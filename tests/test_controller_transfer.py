@@ -19,6 +19,15 @@ def quick_hangup(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(transfer_module, "TRANSFERER_HANGUP_S", 0.01)
 
 
+@pytest.fixture(autouse=True)
+def playbacks(rig: Rig) -> None:
+    def play(r: Any) -> dict[str, Any]:
+        target = f"channel:{r.path_params['channel_id']}"
+        return {"id": r.params["playbackId"], "media_uri": r.params["media"], "target_uri": target, "state": "queued"}
+
+    rig.fake.route("POST", "/channels/{channel_id}/play", play)
+
+
 def outcomes(r: Rig) -> list[TransferOutcome]:
     seen: list[TransferOutcome] = []
     original = r.controller.on_transfer
@@ -86,6 +95,7 @@ async def test_a_blind_transfer_rings_the_target_as_the_transferer_and_swaps_it_
     assert rig.controller.conferences["A"].members == {bob, target}
     await rig.until("reported", lambda: seen)
     assert seen[0].kind == "blind" and seen[0].result == "answered" and seen[0].answered_by == target
+    assert rig.controller.metrics.value("pbx_transfers_total", kind="blind", result="answered") == 1
     # Carol's channel, moved into call A's conference, is known by it: her hangup ends it.
     rig.fake.push(destroyed(target, 16))
     await rig.until("the conference ends", lambda: rig.fake.calls("DELETE", "/bridges/conf-A"))
@@ -210,3 +220,28 @@ async def test_a_refer_seen_twice_starts_one_transfer(rig: Rig) -> None:
     rig.fake.push(refer(channel("A"), "9999"))  # a later REFER is another one
     await rig.until("declined", lambda: "channel_declined" in progress(rig, "A"))
     assert len([o for o in rig.originates() if "-t" in o.params["channelId"]]) == 1
+
+
+async def test_a_transfer_to_a_group_rings_it_rank_by_rank(rig: Rig) -> None:
+    await answered_call(rig)
+    rig.fake.push(refer(channel("A"), "2002"))  # Chain: 1003, then 1005, then 1006
+    rings = await rig.until(
+        "two ranks", lambda: len(t := [o for o in rig.originates() if "-t" in o.params["channelId"]]) >= 2 and t
+    )
+    assert [r.params["endpoint"].split("/")[1] for r in rings[:2]] == ["1003@t.example", "1005@t.example"]
+    assert rings[0].json["variables"]["PBX_CALLED_NAME"] == "Chain"
+
+
+async def test_the_party_being_transferred_hears_ringing_until_the_target_answers(rig: Rig) -> None:
+    bob = await answered_call(rig)
+    rig.fake.push(refer(channel("A"), "1003"))
+    [ring] = await rig.until("the target rings", lambda: [o for o in rig.originates() if "-t" in o.params["channelId"]])
+    [tone] = rig.fake.calls("POST", f"/channels/{bob}/play")
+    assert tone.params == {"media": "tone:ring", "playbackId": f"{bob}-transfer"}
+    assert not rig.fake.calls("POST", "/channels/A/play")
+    target = ring.params["channelId"]
+    rig.fake.push(
+        stasis_start(target, "leg", "A-t", "1", endpoint="1003@t.example"),
+        {"type": "ChannelStateChange", "application": "pbx", "channel": {**channel(target), "state": "Up"}},
+    )
+    await rig.until("the tone stopped", lambda: rig.fake.calls("DELETE", f"/playbacks/{bob}-transfer"))

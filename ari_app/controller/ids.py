@@ -11,6 +11,7 @@ process left behind::
     <call>-ringback   the ringback tone played to the caller
     <call>-t<ms>      a blind transfer of the call's conference: its legs are <call>-t<ms>-l<n>
     <channel>-hold    the hold tone played to a party while everyone else holds
+    <channel>-transfer  the ring tone a party being transferred hears while the target rings
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ __all__ = [
     "parse_channel_id",
     "party_channel_id",
     "ringback_playback_id",
+    "transfer_playback_id",
 ]
 
 Kind = Literal["leg", "party"]
@@ -96,3 +98,7 @@ def ringback_playback_id(call_id: str) -> str:
 
 def hold_playback_id(channel_id: str) -> str:
     return f"{channel_id}-hold"
+
+
+def transfer_playback_id(channel_id: str) -> str:
+    return f"{channel_id}-transfer"

@@ -28,6 +28,9 @@ class Metrics:
             ),
             "pbx_legs_total": Counter("pbx_legs_total", "Device legs started, by outcome", ["outcome"], registry=r),
             "pbx_failures_total": Counter("pbx_failures_total", "Controller errors, by kind", ["kind"], registry=r),
+            "pbx_transfers_total": Counter(
+                "pbx_transfers_total", "REFER transfers, by kind and result", ["kind", "result"], registry=r
+            ),
         }
         self._gauges = {
             "pbx_calls_active": Gauge("pbx_calls_active", "Calls ringing or bridged now", registry=r),

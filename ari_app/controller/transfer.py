@@ -27,6 +27,7 @@ from typing import Any, Literal
 from ari_app.ari import AriClient, AriError, Channel
 from ari_app.controller.call import Leg, LiveCall
 from ari_app.controller.conference import Conference
+from ari_app.controller.ids import transfer_playback_id
 from pbx_base.settings import get_settings
 
 __all__ = ["TRANSFERER_HANGUP_S", "TransferCall", "TransferOutcome", "report_progress"]
@@ -72,11 +73,31 @@ class TransferCall(LiveCall):
         self.number = number
         self.answered_by: str | None = None
         self.refused: str | None = None
+        self._ring_tones: list[str] = []  # the parties hearing the ring tone while the target rings
         conference.transfers += 1
 
     @property
     def transferer(self) -> Channel:
         return self.caller
+
+    async def start(self, ringback: str | None = None) -> None:
+        """The parties being transferred hear ringing (not silence) until the target answers or
+        the transfer fails."""
+        for channel_id in sorted(self.target.members - {self.transferer.id}):
+            try:
+                await self.ari.channels.play(channel_id, "tone:ring", playback_id=transfer_playback_id(channel_id))
+                self._ring_tones.append(channel_id)
+            except Exception as exc:  # a courtesy: the transfer goes on without it
+                self.log.info("ring tone to %s: %s", channel_id, exc)
+        await super().start()
+
+    async def _stop_ring_tones(self) -> None:
+        for channel_id in self._ring_tones:
+            try:
+                await self.ari.playbacks.stop(transfer_playback_id(channel_id))
+            except AriError:
+                pass  # over already
+        self._ring_tones = []
 
     def leg_ringing(self) -> None:
         """The transferer already had its NOTIFY 100; nobody else is to be rung back."""
@@ -86,6 +107,7 @@ class TransferCall(LiveCall):
 
     async def _unanswered(self, result: str) -> None:
         self.refused = result
+        await self._stop_ring_tones()
         await report_progress(self.ari, self.transferer.id, _failure_state(result), self.log)
         await self.target.transfer_ended()
 
@@ -94,6 +116,7 @@ class TransferCall(LiveCall):
         # The controller finds the conference of this call's legs through it from here on.
         self.conference = conf
         try:
+            await self._stop_ring_tones()
             await asyncio.wait_for(leg.in_stasis.wait(), get_settings().answered_leg_wait_s)
             await conf.add_member(leg.channel_id)
             self.answered_by = leg.channel_id
