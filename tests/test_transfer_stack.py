@@ -29,7 +29,7 @@ from test_controller_stack import (
 
 from ari_app.ari import AriClient, AriNotFound
 from devstack import sipp
-from devstack.play_sipp import caller_xml
+from devstack.play_sipp import caller_xml, device_xml
 from devstack.stack import Stack
 
 pytestmark = pytest.mark.stack
@@ -246,3 +246,55 @@ def test_the_callee_transfers_the_caller_as_its_own_extension(stack: Stack, phon
     assert sipfrags(bob)[-1].startswith("SIP/2.0 200"), (sipfrags(bob), bob.stderr())
     wait_for("Bob's dialog ended", lambda: bob.got("BYE"))
     assert alice.proc is not None and alice.proc.poll() is None  # Alice still talking
+
+
+TRUNKED = """
+tenants:
+  xtrunk:
+    domain: xtrunk.example
+    templates:
+      phone: {{endpoint: {{context: xt-internal, allow: "!all,ulaw", direct_media: "no"}}, aor: {{max_contacts: 2}}}}
+      carrier: {{endpoint: {{context: xt-carrier, allow: "!all,ulaw"}}}}
+    endpoints:
+      "1001": {{templates: [phone], auth: {{password: pw-t1001}}}}
+      "1002": {{templates: [phone], auth: {{password: pw-t1002}}}}
+      out: {{templates: [carrier], aor: {{contact: ["sip:127.0.0.9:{port}"]}}}}
+    extensions:
+      "1001": {{type: simple, name: Alice, endpoints: ["1001"], dialout: true}}
+      "1002": {{type: simple, name: Bob, endpoints: ["1002"]}}
+      "0": {{type: trunk, name: Out, endpoints: [out], outbound: {{strip: 1}}}}
+"""
+
+
+def test_a_blind_transfer_to_an_external_number_goes_out_through_the_trunk(
+    stack: Stack, phones: Phones, tmp_path: Path
+) -> None:
+    port = sipp.free_udp_port()
+    apply_yaml(stack, TRUNKED.format(port=port), tmp_path)
+    carrier = sipp.SippProcess("carrier", port, tmp_path / "carrier", ip="127.0.0.9")
+    bob = phones._proc("dev-t1002")
+    (tmp_path / "carrier").mkdir()
+    phones.procs.append(carrier)
+    r = sipp.register(stack.settings.sip_addr, "1002", "xtrunk.example", "pw-t1002", local_port=bob.port)
+    assert r.final == 200, (r.responses, r.stderr)
+    try:
+        bob.start(stack.settings.sip_addr, device_xml({"answer_at": 0}, 0), ["-"], 120)
+        carrier.start(stack.settings.sip_addr, device_xml({"answer_at": 0}, 0), ["-"], 120)
+        alice = phones._proc("transferer-t1001")
+        auth = "[authentication username=1001 password=pw-t1001]"
+        xml = caller_xml(60_000, 1000, transfer_to="00301")
+        alice.start(stack.settings.sip_addr, xml, ["1001", "xtrunk.example", auth, "1002", "1001"], 90)
+        assert alice.wait(30) == 0, alice.stderr()
+        assert sipfrags(alice)[-1].startswith("SIP/2.0 200"), sipfrags(alice)
+        invite = next(m for m in carrier.messages() if m.direction == "received" and m.first_line.startswith("INVITE"))
+        assert invite.first_line.startswith(f"INVITE sip:0301@127.0.0.9:{port}"), invite.first_line  # strip 1
+        assert '"Alice" <sip:1001@' in invite.headers["from"], invite.headers["from"]
+        wait_for(
+            "Bob and the carrier in the conference",
+            lambda: (
+                (c := conference(stack, 2)) is not None
+                and endpoints_in(stack, c.channels) == ["1002@xtrunk.example", "out@xtrunk.example"]
+            ),
+        )
+    finally:
+        sipp.unregister_all(stack.settings.sip_addr, "1002", "xtrunk.example", "pw-t1002")
