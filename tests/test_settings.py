@@ -41,7 +41,8 @@ def test_every_variable_the_product_reads_is_a_field() -> None:
     """No PBX_* name in the product's code that the settings do not know (the dev stack's export
     lines included): a new variable must come with a default and a meaning."""
     known = {f"PBX_{name.upper()}" for name in Settings.model_fields}
-    channel_variables = {"PBX_CALL_ID", "PBX_CALLED_NAME", "PBX_ORIGINALLY_CALLED"}  # set on legs, not read
+    # Asterisk channel variables the controller sets on legs, not environment.
+    channel_variables = {"PBX_CALL_ID", "PBX_CALLED_NAME", "PBX_ORIGINALLY_CALLED", "PBX_EXTENSION"}
     found: set[str] = set()
     for package in (
         "pbx_base",
