@@ -160,6 +160,7 @@ async def play(scenario: Mapping[str, Any], target: PlayTarget, horizon_s: float
     )
     horizon = float(horizon_s if horizon_s is not None else scenario.get("horizon_s") or 120)
     behaviour = {str(k): v or {} for k, v in (scenario.get("behaviour") or {}).items()}
+    _check_transfers(behaviour)
 
     with tempfile.TemporaryDirectory(prefix="pbx-play-") as tmp:
         conn = await asyncpg.connect(target.database_url)
@@ -198,6 +199,20 @@ async def play(scenario: Mapping[str, Any], target: PlayTarget, horizon_s: float
                 await _forget_contacts(conn, target, plan)
             finally:
                 await conn.close()
+
+
+def _check_transfers(behaviour: Mapping[str, Mapping[str, Any]]) -> None:
+    """``transfer_at`` (seconds, the clock of ``answer_at``) needs the number to transfer to, and a
+    device that answers before it."""
+    for dev, b in behaviour.items():
+        if "transfer_at" not in b and "transfer_to" not in b:
+            continue
+        if "transfer_at" not in b or not str(b.get("transfer_to") or ""):
+            raise PlayError(f"behaviour: {dev}: transfer_at and transfer_to go together (when, and the number)")
+        if not re.fullmatch(r"[+*#0-9A-Za-z]+", str(b["transfer_to"])):
+            raise PlayError(f"behaviour: {dev}: transfer_to {b['transfer_to']!r} is not a number one can dial")
+        if "answer_at" not in b or float(b["transfer_at"]) < float(b["answer_at"]):
+            raise PlayError(f"behaviour: {dev}: transfer_at needs an answer_at before it (only a call up transfers)")
 
 
 async def _caller(conn: asyncpg.Connection, plan: _Plan, endpoint: str | None) -> _Caller:
@@ -329,11 +344,13 @@ def _run_call(
         auth = f"[authentication username={user} password={password}]"
     row = [str(call["caller"]), plan.domain, auth, str(call["called"]), name]
     time.sleep(max(0.0, t0 - time.time()))  # the agreed start time, not a wait for some state
-    xml = caller_xml(int(horizon * 1000), auth=who.credentials is not None)
-    caller.start(target.sip_addr, xml, row, horizon + 30)
+    # A transfer happens during the talk: the caller then stays on until the horizon.
+    talk_s = horizon if any("transfer_at" in b for b in behaviour.values()) else 1.0
+    xml = caller_xml(int(horizon * 1000), int(talk_s * 1000), auth=who.credentials is not None)
+    caller.start(target.sip_addr, xml, row, horizon + talk_s + 30)
     try:
         assert caller.proc is not None
-        caller.proc.wait(timeout=horizon + 40)
+        caller.proc.wait(timeout=horizon + talk_s + 40)
         # Devices that rang end by themselves (CANCEL or BYE); wait for those, kill the rest.
         deadline = time.monotonic() + 5
         for proc in devices.values():
@@ -409,6 +426,8 @@ def _timeline(
                 elif hangup_at is not None and m.at >= hangup_at:
                     why = "caller_hangup"
                 events.append({"t": t(m), "stop": dev, "why": why})
+            elif m.direction == "sent" and m.first_line.startswith("REFER "):
+                events.append({"t": t(m), "transfer": dev, "to": _refer_to(m), "result": _transfer_result(messages)})
             elif m.direction == "sent" and "INVITE" in m.headers.get("cseq", ""):
                 code = status_code(m.first_line)
                 if code == 200 and not any(e.get("answer") == dev for e in events):
@@ -417,6 +436,18 @@ def _timeline(
                     events.append({"t": t(m), "stop": dev, "why": "rejected"})
     events.sort(key=lambda e: (e["t"], 0 if "ring" in e else 1))
     return {"status": status, "result": result, "timeline": events, "horizon_s": horizon}
+
+
+def _refer_to(refer: Message) -> str:
+    m = re.search(r"sips?:([^@;>]+)@", refer.headers.get("refer-to", ""))
+    return m.group(1) if m else ""
+
+
+def _transfer_result(messages: list[Message]) -> str:
+    """``answered`` when the last NOTIFY's sipfrag says 200, else ``failed`` (declined, nobody
+    answered, or no final NOTIFY at all)."""
+    frags = [m.body for m in messages if m.direction == "received" and m.first_line.startswith("NOTIFY ")]
+    return "answered" if frags and frags[-1].startswith("SIP/2.0 200") else "failed"
 
 
 def _request_user(first_line: str) -> str:

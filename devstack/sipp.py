@@ -54,6 +54,7 @@ class Message:
     direction: str  # sent | received
     first_line: str
     headers: Mapping[str, str]  # the first value of each header, names in lower case
+    body: str = ""  # after the blank line (a NOTIFY's sipfrag, an SDP)
 
 
 def read_trace(text: str) -> list[Message]:
@@ -66,13 +67,15 @@ def read_trace(text: str) -> list[Message]:
         if not lines:
             continue
         headers: dict[str, str] = {}
-        for line in lines[1:]:
+        end = len(lines)
+        for n, line in enumerate(lines[1:], start=1):
             if not line.strip():
+                end = n
                 break
             name, _, value = line.partition(":")
             headers.setdefault(name.strip().lower(), value.strip())
         at = datetime.strptime(m.group(1), "%Y-%m-%d %H:%M:%S.%f").timestamp()
-        out.append(Message(at, m.group(2), lines[0], headers))
+        out.append(Message(at, m.group(2), lines[0], headers, "\n".join(lines[end + 1 :]).strip()))
     return out
 
 

@@ -17,6 +17,7 @@ import asyncpg
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from test_controller import Rig, channel, destroyed, rig, stasis_start
+from test_controller_transfer import answered_call, refer
 
 from ari_app.controller.metrics import Metrics
 from ari_app.controller.record_writer import RecordWriter
@@ -40,6 +41,24 @@ def records(rig: Rig) -> list[CallRecord]:
 
 def _leg_number(channel_id: str) -> str:
     return channel_id.rsplit("l", 1)[1]
+
+
+async def test_an_answered_blind_transfer_names_the_transferer_and_the_target(
+    rig: Rig, records: list[CallRecord]
+) -> None:
+    bob = await answered_call(rig)
+    rig.fake.push(refer(channel("A"), "1003"))
+    [ring] = await rig.until("the target rings", lambda: [o for o in rig.originates() if "-t" in o.params["channelId"]])
+    carol = ring.params["channelId"]
+    rig.fake.push(
+        destroyed("A", 16),
+        stasis_start(carol, "leg", "A-t", "1", endpoint="1003@t.example"),
+        {"type": "ChannelStateChange", "application": "pbx", "channel": {**channel(carol), "state": "Up"}},
+    )
+    await rig.until("Carol bridged", lambda: rig.fake.calls("POST", "/bridges/conf-A/addChannel")[1:])
+    rig.fake.push(destroyed(carol, 16), destroyed(bob, 16))
+    [rec] = await rig.until("the record", lambda: [r for r in records if r.call_id == "A"])
+    assert (rec.transferred_from, rec.transferred_to) == ("A", "1003")
 
 
 async def test_an_answered_call_is_one_record_with_a_row_per_leg(rig: Rig, records: list[CallRecord]) -> None:

@@ -305,6 +305,9 @@ async def test_the_app_gets_only_the_event_types_the_controller_handles(rig: Rig
     [request] = rig.fake.calls("PUT", "/applications/pbx/eventFilter")
     allowed = {entry["type"] for entry in request.json["allowed"]}
     assert allowed == {
+        "ChannelTransfer",
+        "ChannelHold",
+        "ChannelUnhold",
         "StasisStart",
         "StasisEnd",
         "ChannelStateChange",

@@ -27,6 +27,7 @@ def test_every_metric_is_declared_before_it_is_used() -> None:
         "pbx_calls": "counter",
         "pbx_legs": "counter",
         "pbx_failures": "counter",
+        "pbx_transfers": "counter",
         "pbx_calls_active": "gauge",
         "pbx_ari_connected": "gauge",
         "pbx_routing_seconds": "summary",

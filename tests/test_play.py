@@ -8,7 +8,7 @@ from datetime import datetime
 
 import pytest
 
-from devstack.play import Message, PlayError, _plan, _timeline, read_trace
+from devstack.play import Message, PlayError, _check_transfers, _plan, _timeline, read_trace
 from devstack.play_sipp import caller_xml, device_xml
 
 TRACE = """----------------------------------------------- 2026-11-30 04:47:50.044657
@@ -132,3 +132,59 @@ def test_plan_static_devices_on_loopback_only() -> None:
         PlayError, match=re.escape("carrier: contact sip:192.0.2.1:5060: 192.0.2.1 is not a 127.0.0.0/8")
     ):
         _plan(scenario)
+
+
+def test_a_device_transfer_is_a_timeline_event_with_its_outcome() -> None:
+    t0 = ts("2026-11-30 04:47:50.000000")
+    caller = [
+        Message(t0, "sent", "INVITE sip:1002@t SIP/2.0", {"cseq": "1 INVITE"}),
+        Message(t0 + 1, "received", "SIP/2.0 200 OK", {"cseq": "2 INVITE"}),
+    ]
+    frag = "SIP/2.0 100 Trying"
+    bob = [
+        Message(t0 + 0.1, "received", "INVITE sip:1002@x SIP/2.0", {"from": '"Alice" <sip:1001@t>', "to": "<sip:x>"}),
+        Message(t0 + 1, "sent", "SIP/2.0 200 OK", {"cseq": "1 INVITE"}),
+        Message(t0 + 3, "sent", "REFER sip:127.0.0.1 SIP/2.0", {"refer-to": "<sip:1003@127.0.0.1>"}),
+        Message(t0 + 3.1, "received", "NOTIFY sip:x SIP/2.0", {"event": "refer"}, frag),
+        Message(t0 + 4, "received", "NOTIFY sip:x SIP/2.0", {"event": "refer"}, "SIP/2.0 200 OK"),
+    ]
+    out = _timeline(caller, {"dev-1002": bob}, 10)
+    assert {"t": 3.0, "transfer": "dev-1002", "to": "1003", "result": "answered"} in out["timeline"]
+    bob[-1] = Message(t0 + 4, "received", "NOTIFY sip:x SIP/2.0", {"event": "refer"}, "SIP/2.0 603 Declined")
+    assert _timeline(caller, {"dev-1002": bob}, 10)["timeline"][-1]["result"] == "failed"
+
+
+def test_read_trace_keeps_the_body() -> None:
+    trace = TRACE.replace("CSeq: 1 CANCEL\n", "CSeq: 1 CANCEL\n\nSIP/2.0 200 OK\n")
+    assert read_trace(trace)[1].body == "SIP/2.0 200 OK"
+
+
+@pytest.mark.parametrize(
+    ("behaviour", "error"),
+    [
+        ({"answer_at": 1, "transfer_at": 3}, "transfer_at and transfer_to go together"),
+        ({"answer_at": 1, "transfer_to": "1003"}, "transfer_at and transfer_to go together"),
+        ({"transfer_at": 3, "transfer_to": "1003"}, "needs an answer_at before it"),
+        ({"answer_at": 1, "transfer_at": 3, "transfer_to": "1003,x"}, "not a number one can dial"),
+    ],
+)
+def test_a_transfer_behaviour_is_checked(behaviour: dict[str, object], error: str) -> None:
+    with pytest.raises(PlayError, match=error):
+        _check_transfers({"dev-1002": behaviour})
+
+
+@pytest.mark.parametrize(
+    "xml",
+    [
+        device_xml({"answer_at": 1, "transfer_at": 3, "transfer_to": "1003"}, 1_800_000_000_000),
+        caller_xml(7000, 2000, transfer_to="1003"),
+        caller_xml(7000, 2000, hold_ms=1000),
+        caller_xml(7000, until_bye=True),
+    ],
+)
+def test_transfer_and_hold_scenarios_are_well_formed_with_unique_labels(xml: str) -> None:
+    root = ET.fromstring(xml)
+    labels = [e.get("id") for e in root if e.tag == "label"]
+    assert len(labels) == len(set(labels))
+    jumps = {e.get(a) for e in root for a in ("next", "ontimeout") if e.get(a)}
+    assert jumps <= set(labels)

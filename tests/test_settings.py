@@ -41,7 +41,12 @@ def test_every_variable_the_product_reads_is_a_field() -> None:
     """No PBX_* name in the product's code that the settings do not know (the dev stack's export
     lines included): a new variable must come with a default and a meaning."""
     known = {f"PBX_{name.upper()}" for name in Settings.model_fields}
-    channel_variables = {"PBX_CALL_ID", "PBX_CALLED_NAME", "PBX_ORIGINALLY_CALLED"}  # set on legs, not read
+    channel_variables = {
+        "PBX_CALL_ID",
+        "PBX_CALLED_NAME",
+        "PBX_ORIGINALLY_CALLED",
+        "PBX_EXTENSION",
+    }  # set on legs, not read
     # Read by compose/docker-compose.yml and its images (build arguments, the Postgres container's
     # first start), never by Python: compose/README in the project README names them.
     compose_only = {"PBX_ASTERISK_IMAGE", "PBX_BOOKWORM_IMAGE", "PBX_DB_ADMIN_PASSWORD"}

@@ -22,8 +22,11 @@ __all__ = [
     "ChannelDtmfReceived",
     "ChannelEnteredBridge",
     "ChannelHangupRequest",
+    "ChannelHold",
     "ChannelLeftBridge",
     "ChannelStateChange",
+    "ChannelTransfer",
+    "ChannelUnhold",
     "ChannelVarset",
     "ContactInfo",
     "ContactStatusChange",
@@ -32,6 +35,9 @@ __all__ = [
     "Event",
     "PlaybackFinished",
     "PlaybackStarted",
+    "ReferTo",
+    "ReferredBy",
+    "RequestedDestination",
     "StasisEnd",
     "StasisStart",
     "UnknownEvent",
@@ -140,6 +146,53 @@ class ContactStatusChange(Event):
     contact_info: ContactInfo
 
 
+class ChannelHold(Event):
+    """The channel's phone put the call on hold (a re-INVITE sendonly/inactive). In a mixing
+    bridge Asterisk does nothing else about it: the other parties hear silence unless the app acts."""
+
+    channel: Channel
+    musicclass: str = ""
+
+
+class ChannelUnhold(Event):
+    channel: Channel
+
+
+class RequestedDestination(AriModel):
+    """ARI's RequiredDestination: ``destination`` is the Refer-To user part (blind), ``protocol_id``
+    the SIP Call-ID of the dialog a REFER with Replaces names (attended)."""
+
+    destination: str = ""
+    protocol_id: str | None = None
+    additional_protocol_params: tuple[Mapping[str, str], ...] = ()
+
+
+class ReferTo(AriModel):
+    requested_destination: RequestedDestination
+    # Attended: the channel of the dialog to replace, its peer, and the bridge they are in.
+    destination_channel: Channel | None = None
+    connected_channel: Channel | None = None
+    bridge: Bridge | None = None
+
+
+class ReferredBy(AriModel):
+    source_channel: Channel  # the channel the REFER came in on (the transferer)
+    connected_channel: Channel | None = None
+    bridge: Bridge | None = None
+
+
+class ChannelTransfer(Event):
+    """A SIP REFER on a channel whose transfer handling is ``ari-only`` (PJSIP_TRANSFER_HANDLING,
+    Asterisk 22.3+): Asterisk answered 202 and waits for the app. ``state`` is absent on the request
+    itself; each progress the app reports (POST /channels/{id}/transfer_progress) comes back as
+    another ChannelTransfer with the state sent (channel_progress, channel_answered,
+    channel_declined)."""
+
+    refer_to: ReferTo
+    referred_by: ReferredBy
+    state: str | None = None
+
+
 class PlaybackStarted(Event):
     playback: Playback
 
@@ -173,6 +226,9 @@ _TYPES: dict[str, type[Event]] = {
         ChannelEnteredBridge,
         ChannelLeftBridge,
         ChannelVarset,
+        ChannelHold,
+        ChannelUnhold,
+        ChannelTransfer,
         EndpointStateChange,
         ContactStatusChange,
         PlaybackStarted,

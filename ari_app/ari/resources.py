@@ -213,6 +213,12 @@ class Channels(_Resource):
     async def start_moh(self, channel_id: str, moh_class: str | None = None) -> None:
         await self._call("POST", f"/channels/{_seg(channel_id)}/moh", encode_params(mohClass=moh_class))
 
+    async def transfer_progress(self, channel_id: str, state: str) -> None:
+        """Tell the transferer's phone how its REFER goes (a NOTIFY with a sipfrag):
+        channel_progress (100), channel_answered (200, the end), channel_declined (603) or
+        channel_unavailable (503). ``channel_id``: the channel the ChannelTransfer came on."""
+        await self._call("POST", f"/channels/{_seg(channel_id)}/transfer_progress", encode_params(states=state))
+
     async def stop_moh(self, channel_id: str) -> None:
         await self._call("DELETE", f"/channels/{_seg(channel_id)}/moh")
 

@@ -42,7 +42,11 @@ from routing.fork import (
     TimerFired,
 )
 
-__all__ = ["Leg", "LiveCall", "dial_string", "setup_summary"]
+__all__ = ["TRANSFER_HANDLING", "Leg", "LiveCall", "dial_string", "setup_summary"]
+
+# chan_pjsip's per-channel switch (Asterisk 22.3+; there is no endpoint option for it in 22.10):
+# written on a channel, it hands the channel's REFERs to ARI as ChannelTransfer events.
+TRANSFER_HANDLING = "PJSIP_TRANSFER_HANDLING()"
 
 
 @dataclass
@@ -295,8 +299,13 @@ class LiveCall:
         elif isinstance(cmd, EndCall):
             self.metrics.inc("pbx_calls_total", result=cmd.result)
             self.log.info("call ended: %s", cmd.result)
-            if cmd.result != "answered" and not self.caller_gone:
-                await self._hangup_code(self.caller.id, caller_cause(cmd.result))
+            if cmd.result != "answered":
+                await self._unanswered(cmd.result)
+
+    async def _unanswered(self, result: str) -> None:
+        """Nobody answered: the caller gets the result as its final response."""
+        if not self.caller_gone:
+            await self._hangup_code(self.caller.id, caller_cause(result))
 
     async def _ring(self, cmd: RingDevice) -> None:
         leg = self.legs[cmd.leg_id]
@@ -320,6 +329,10 @@ class LiveCall:
                     "PBX_CALL_ID": self.call_id,
                     "PBX_CALLED_NAME": cmd.calledname,
                     "PBX_ORIGINALLY_CALLED": cmd.originally_called,
+                    # The extension the device answers for: what a transfer it makes is routed as.
+                    "PBX_EXTENSION": cmd.extension,
+                    # A REFER from this device comes to the controller (see transfer.py).
+                    TRANSFER_HANDLING: "ari-only",
                 },
             )
             self.marks.setdefault("originated", time.perf_counter())
@@ -358,15 +371,7 @@ class LiveCall:
 
     async def _run_bridge(self, leg: Leg) -> None:
         try:
-            if self.ringback is not None:
-                await self._stop_ringback(self.ringback)
-            self.conference = Conference(self.ari, self.call_id, self.log, tenant_domain=self.domain)
-            try:
-                await self.conference.open(self.caller.id, leg.channel_id, leg.in_stasis.wait(), self.marks)
-                self.log.info("setup: %s", setup_summary(self.marks))
-            except AriError as exc:
-                self.log.warning("bridging failed: %s", exc)
-                await self.conference.close()
+            await self._connect(leg)
         except Exception:  # the conference's own requests log theirs; this is anything else
             self.metrics.inc("pbx_failures_total", kind="command")
             self.log.exception("bridging %s failed", leg.channel_id)
@@ -374,6 +379,18 @@ class LiveCall:
             self._bridging = False
             if self._runner is None or self._runner.done():
                 self._finish_if_over()
+
+    async def _connect(self, leg: Leg) -> None:
+        """The answered leg and the caller in a new conference."""
+        if self.ringback is not None:
+            await self._stop_ringback(self.ringback)
+        self.conference = Conference(self.ari, self.call_id, self.log, tenant_domain=self.domain)
+        try:
+            await self.conference.open(self.caller.id, leg.channel_id, leg.in_stasis.wait(), self.marks)
+            self.log.info("setup: %s", setup_summary(self.marks))
+        except AriError as exc:
+            self.log.warning("bridging failed: %s", exc)
+            await self.conference.close()
 
     async def _start_ringback(self, ringback: str) -> str | None:
         """``tone-<zone>`` (e.g. tone-de): the country's ring tone as early media (183) instead of the

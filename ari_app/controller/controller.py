@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
@@ -24,7 +25,10 @@ from ari_app.ari import (
     Channel,
     ChannelDestroyed,
     ChannelHangupRequest,
+    ChannelHold,
     ChannelStateChange,
+    ChannelTransfer,
+    ChannelUnhold,
     Connected,
     ContactStatusChange,
     Disconnected,
@@ -43,6 +47,7 @@ from ari_app.controller.party import dial_string, party_endpoint
 from ari_app.controller.presence import Presence
 from ari_app.controller.reachability import ContactReachability
 from ari_app.controller.records import NO_RECORDS, CallRecorder
+from ari_app.controller.transfer import TransferCall, TransferOutcome, hang_up_later, report_progress
 from pbx_base.errors import NotFound
 from routing.fork import Fork
 from routing.lookup import CallLookup, split_endpoint_id
@@ -118,6 +123,12 @@ class Controller:
         self._arriving: dict[str, bool] = {}  # caller channel id -> hung up during lookup
         self._tasks: set[asyncio.Task[None]] = set()
         self._orphan_candidates: set[str] = set()
+        # Channels a transfer moved into the conference of another call than the one their id
+        # names: channel id -> that call (rebuilt from bridge membership at reconnect).
+        self._moved: dict[str, str] = {}
+        # The last REFERs seen: a ChannelTransfer comes once for the app and once for the endpoint
+        # subscription, and must start one transfer.
+        self._refers: deque[tuple[str, str]] = deque(maxlen=64)
         self._subscribed = False
         # One handler per stream item type. Event types without one are not even sent: the app's
         # event filter is made from this table (see _connected).
@@ -131,6 +142,9 @@ class Controller:
             ChannelDestroyed: self._on_destroyed,
             EndpointStateChange: self._on_endpoint_state,
             ContactStatusChange: self._on_contact_status,
+            ChannelTransfer: self._on_transfer,
+            ChannelHold: self._on_hold,
+            ChannelUnhold: self._on_unhold,
         }
 
     # -- running ------------------------------------------------------------------------------
@@ -289,10 +303,19 @@ class Controller:
             del self.calls[call.call_id]
         # Legs still ringing when the call ended are hung up by the engine's stop commands; their
         # late events find no call and only update presence.
-        if call.conference is not None and not call.conference.closed:
-            self._adopt(call.conference)
+        conf = call.conference
+        if conf is not None and not conf.closed:
+            if conf.call_id == call.call_id:
+                self._adopt(conf)
+            else:  # a transfer's answer, now in another call's conference
+                self._moved.update({c: conf.call_id for c in conf.members if call_of_channel(c) == call.call_id})
         else:
             self.records.call_over(call.call_id)
+        if isinstance(call, TransferCall):
+            result = "answered" if call.answered_by else (call.refused or call.result or "failed")
+            self.on_transfer(
+                TransferOutcome(call.target.call_id, "blind", call.transferer.id, call.number, result, call.answered_by)
+            )
         self._count_active()
 
     def _adopt(self, conf: Conference) -> None:
@@ -316,9 +339,13 @@ class Controller:
             conf = call.conference
         return conf
 
+    def _call_id_of(self, channel_id: str) -> str:
+        """The call whose conference a channel is in: the one its id names, unless a transfer moved it."""
+        return self._moved.get(channel_id) or call_of_channel(channel_id)
+
     def _follows(self, channel_id: str) -> bool:
         """A channel of a call or conference of ours (an orphan is one that is not)."""
-        call_id = call_of_channel(channel_id)
+        call_id = self._call_id_of(channel_id)
         conf = self._conference(call_id)
         if conf is not None and conf.follows(channel_id):
             return True
@@ -330,7 +357,7 @@ class Controller:
         if channel_id in self._arriving:
             self._arriving[channel_id] = True
             return
-        call_id = call_of_channel(channel_id)
+        call_id = self._call_id_of(channel_id)
         conf = self._conference(call_id)
         if conf is not None:
             self._spawn(conf.left(channel_id))
@@ -342,6 +369,10 @@ class Controller:
     def _channel_gone(self, channel_id: str, cause: int) -> None:
         self.records.channel_gone(channel_id, cause)
         self.presence.gone(channel_id)
+        if channel_id in self._moved:
+            self._hangup_request(channel_id)
+            del self._moved[channel_id]
+            return
         self._orphan_candidates.discard(channel_id)
         if channel_id in self._arriving:
             self._arriving[channel_id] = True
@@ -376,6 +407,13 @@ class Controller:
                     call.leg_ended(leg_channel, 0)
             if call.caller.id not in channels:
                 call.caller_hung_up()
+        self._moved = {
+            c: call_id
+            for b in bridges
+            if (call_id := call_of_bridge(b.id)) is not None
+            for c in b.channels
+            if call_of_channel(c) != call_id
+        }
         for b in bridges:
             call_id = call_of_bridge(b.id)
             if call_id is None or call_id in self.calls:
@@ -454,6 +492,135 @@ class Controller:
             code = None if parse_channel_id(channel_id) is not None else TEMPORARY_FAILURE
             await self._hangup(channel_id, code=code, reason="normal" if code is None else None)
             self.metrics.inc("pbx_failures_total", kind="orphan")
+
+    # -- transfers and hold (transfer.py) -----------------------------------------------------
+    def on_transfer(self, outcome: TransferOutcome) -> None:
+        """Every transfer's outcome, once: where call records learn "transferred from/to"."""
+        logger.info(
+            "[call %s] %s transfer by %s to %s: %s",
+            outcome.call_id,
+            outcome.kind,
+            outcome.transferer,
+            outcome.target,
+            outcome.result,
+        )
+        self.metrics.inc("pbx_transfers_total", kind=outcome.kind, result=outcome.result)
+        if outcome.result == "answered":  # a failed transfer leaves the call as it was
+            self.records.set_transfer(
+                outcome.call_id, transferred_from=outcome.transferer, transferred_to=outcome.target
+            )
+
+    async def _on_transfer(self, event: ChannelTransfer) -> None:
+        if event.state is not None:
+            return  # the echo of a progress the controller reported itself
+        source = event.referred_by.source_channel
+        key = (source.id, str(event.timestamp))
+        if key in self._refers:
+            return
+        self._refers.append(key)
+        log = CallLog(logger, {"call_id": self._call_id_of(source.id)})
+        conf = self._conference(self._call_id_of(source.id))
+        if conf is None or conf.closed or source.id not in conf.members:
+            log.info("REFER on %s, which is in no conference: declined", source.id)
+            await report_progress(self.ari, source.id, "channel_declined", log)
+            return
+        wanted = event.refer_to.requested_destination
+        if wanted.protocol_id:
+            replaced = event.refer_to.destination_channel
+            await self._attended_transfer(conf, source, replaced.id if replaced else None, log)
+        else:
+            self._spawn(self._blind_transfer(conf, source, wanted.destination, log))
+
+    async def _blind_transfer(self, conf: Conference, source: Channel, number: str, log: CallLog) -> None:
+        await report_progress(self.ari, source.id, "channel_progress", log)
+        endpoint_id = endpoint_of(source)
+        try:
+            extension = await self._extension_of(source)
+            routed = None if endpoint_id is None else await self.lookup.route(endpoint_id, extension, "", number)
+        except Exception:
+            log.exception("transfer lookup failed")
+            self.metrics.inc("pbx_failures_total", kind="lookup")
+            routed = None
+        if routed is None or routed.status != "ok" or routed.tree is None or routed.data is None:
+            status = "failed" if routed is None else routed.status
+            log.info("transfer by %s to %s not routed: %s", source.id, number, status)
+            await report_progress(self.ari, source.id, "channel_declined", log)
+            result = "noroute" if status == "noroute" else "refused"
+            self.on_transfer(TransferOutcome(conf.call_id, "blind", source.id, number, result))
+            return
+        assert routed.request is not None
+        # Unique for Asterisk's life (channel ids may not repeat), not only this process's.
+        call_id = f"{conf.call_id}-t{time.time_ns() // 1_000_000}"
+        call = TransferCall(
+            conference=conf,
+            number=number,
+            call_id=call_id,
+            ari=self.ari,
+            caller=source,
+            fork=Fork(
+                routed.tree,
+                routed.request.called,
+                _Devices(routed.data.contacts, routed.domain, self.presence, call_id),
+                reachability=self.reachability.of_domain(routed.domain),
+            ),
+            domain=routed.domain,
+            contact_uris=routed.contact_uris,
+            presence=self.presence,
+            metrics=self.metrics,
+            log=log,
+        )
+        log.info("transfer by %s to %s rings as call %s", source.id, number, call_id)
+        self.calls[call_id] = call
+        self._spawn(self._follow_call(call))
+        await call.start()
+
+    async def _extension_of(self, channel: Channel) -> str:
+        """The number the channel's phone calls as: a caller's own (the routing tree checked it when
+        it called), a leg's the extension it was rung for."""
+        if parse_channel_id(channel.id) is None:
+            return channel.caller.number
+        try:
+            return await self.ari.channels.get_variable(channel.id, "PBX_EXTENSION") or channel.caller.number
+        except AriError:
+            return channel.caller.number
+
+    async def _attended_transfer(self, conf: Conference, source: Channel, replaced: str | None, log: CallLog) -> None:
+        """The parties of the replaced channel's conference join ``conf``; both of the transferer's
+        channels leave."""
+        other = self._conference(self._call_id_of(replaced)) if replaced else None
+        if other is None or other.closed or other is conf or replaced not in other.members:
+            log.info("attended transfer by %s: no conference of ours for %s: declined", source.id, replaced)
+            await report_progress(self.ari, source.id, "channel_declined", log)
+            self.on_transfer(TransferOutcome(conf.call_id, "attended", source.id, str(replaced), "refused"))
+            return
+        assert replaced is not None
+        moving = sorted(other.members - {replaced})
+        try:
+            for channel_id in moving:
+                await other.release(channel_id)
+                await conf.add_member(channel_id)
+                self._moved[channel_id] = conf.call_id
+        except AriError as exc:
+            log.warning("attended transfer by %s failed: %s", source.id, exc)
+            await report_progress(self.ari, source.id, "channel_declined", log)
+            self.on_transfer(TransferOutcome(conf.call_id, "attended", source.id, other.call_id, "failed"))
+            return
+        await report_progress(self.ari, source.id, "channel_answered", log)
+        await conf.remove_member(source.id)
+        await other.close()  # hangs up the transferer's second channel, the only one left in it
+        self._spawn(hang_up_later(self.ari, source.id))
+        answered_by = moving[0] if moving else None
+        self.on_transfer(TransferOutcome(conf.call_id, "attended", source.id, other.call_id, "answered", answered_by))
+
+    async def _on_hold(self, event: ChannelHold) -> None:
+        conf = self._conference(self._call_id_of(event.channel.id))
+        if conf is not None and not conf.closed:
+            await conf.hold(event.channel.id, True)
+
+    async def _on_unhold(self, event: ChannelUnhold) -> None:
+        conf = self._conference(self._call_id_of(event.channel.id))
+        if conf is not None and not conf.closed:
+            await conf.hold(event.channel.id, False)
 
     # -- third parties -----------------------------------------------------------------------
     def _open_conference(self, call_id: str) -> Conference:

@@ -9,6 +9,9 @@ process left behind::
     <call>-p<n>       party n: a channel dialed into the call's conference
     conf-<call>       the call's conference bridge
     <call>-ringback   the ringback tone played to the caller
+    <call>-t<ms>      a blind transfer of the call's conference: its legs are <call>-t<ms>-l<n>
+    <channel>-hold    the hold tone played to a party while everyone else holds
+    <channel>-transfer  the ring tone a party being transferred hears while the target rings
 """
 
 from __future__ import annotations
@@ -22,10 +25,12 @@ __all__ = [
     "bridge_id_for",
     "call_of_bridge",
     "call_of_channel",
+    "hold_playback_id",
     "leg_channel_id",
     "parse_channel_id",
     "party_channel_id",
     "ringback_playback_id",
+    "transfer_playback_id",
 ]
 
 Kind = Literal["leg", "party"]
@@ -89,3 +94,11 @@ def call_of_bridge(bridge_id: str) -> str | None:
 
 def ringback_playback_id(call_id: str) -> str:
     return f"{call_id}-ringback"
+
+
+def hold_playback_id(channel_id: str) -> str:
+    return f"{channel_id}-hold"
+
+
+def transfer_playback_id(channel_id: str) -> str:
+    return f"{channel_id}-transfer"

@@ -36,6 +36,9 @@ class Metrics:
                 "Call records dropped: the database was away longer than the buffer holds",
                 registry=r,
             ),
+            "pbx_transfers_total": Counter(
+                "pbx_transfers_total", "REFER transfers, by kind and result", ["kind", "result"], registry=r
+            ),
         }
         self._gauges = {
             "pbx_calls_active": Gauge("pbx_calls_active", "Calls ringing or bridged now", registry=r),
