@@ -14,7 +14,14 @@ from devstack.ports import free_port
 from devstack.postgres import PostgresCluster
 from sorcery_backend.schema import migrate_sync
 
-__all__ = ["percentile", "private_postgres", "timed"]
+__all__ = ["LAB_POLICY", "percentile", "private_postgres", "timed"]
+
+# The benches dial through the node's own contexts (pbx-dial-test: a plain Dial(), pbx-ari-floor),
+# which the fences refuse as reserved: the operator's override for a lab stack, as tests/stack.py.
+LAB_POLICY = (
+    "INSERT INTO pbx.option_policy (plan, section, option, allowed, unfenced) "
+    "VALUES ('default', 'endpoint', 'context', true, true) ON CONFLICT DO NOTHING"
+)
 
 
 def percentile(samples: list[float], p: float) -> float:

@@ -12,10 +12,11 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from bench._common import LAB_POLICY
 from devstack.asterisk import AsteriskNode
 from devstack.ports import free_port
 from devstack.settings import StackSettings
-from devstack.stack import Stack
+from devstack.stack import Stack, run_sql
 
 __all__ = ["SippRun", "StaticNode", "apply_config", "config_yaml", "endpoint_ids", "sipp_register_load"]
 
@@ -40,6 +41,7 @@ def config_yaml(tenant: str, n: int, callerid: str = "Base <0>") -> str:
 
 def apply_config(stack: Stack, text: str) -> None:
     """`pbxctl apply` of a YAML text to the stack's database, as an admin would."""
+    run_sql(stack, LAB_POLICY)
     with tempfile.TemporaryDirectory(prefix="pbx-bench-") as tmp:
         f = Path(tmp) / "config.yaml"
         f.write_text(text)

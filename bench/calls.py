@@ -11,8 +11,9 @@ highest cps where every call succeeded is reported.
 
     python bench/calls.py [--quick]
 
-Last line: JSON with setup_vs_dial_ratio and max_cps_zero_fail (and the figures behind them), and
-floor_vs_dial_ratio: the baseline ARI app over Dial().
+Last line: JSON with setup_vs_dial_ratio and max_cps_zero_fail (and the figures behind them),
+floor_vs_dial_ratio: the baseline ARI app over Dial(), and controller_vs_floor_ratio: the controller
+over the baseline ARI app (its own share above what ARI call control costs).
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from ari_app.controller.call import dial_string
 from bench import _ari_floor
-from bench._common import percentile
+from bench._common import LAB_POLICY, percentile
 from devstack import sipp
 from devstack.play import SippProcess, read_trace
 from devstack.play_sipp import caller_xml, device_xml
@@ -137,6 +138,7 @@ def main() -> int:
             tmp = Path(t)
             cfg = tmp / "tenant.yaml"
             cfg.write_text(TENANT)
+            run_sql(stack, LAB_POLICY)
             pbxctl(stack, "apply", str(cfg))
             phones = [phone(stack, tmp, u, 10**6) for u in ("1002", "1003", "1004")]
             _ari_floor.install_context(stack)
@@ -184,6 +186,7 @@ def main() -> int:
                 "dial_p95_ms": round(percentile(dial, 95) * 1000, 2),
                 "floor_p50_ms": round(f50 * 1000, 2),
                 "floor_vs_dial_ratio": round(f50 / d50, 3),
+                "controller_vs_floor_ratio": round(o50 / f50, 3),
                 "max_cps_zero_fail": best,
                 "calls_per_mode": len(ours),
             }
