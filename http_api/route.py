@@ -61,20 +61,14 @@ async def _route(request: web.Request) -> web.Response:
         return forbidden(f"tenant {q['tenant']}", who)
     kwargs: dict[str, Any] = {"endpoint": q["endpoint"]} if "endpoint" in q else {}
     call = CallRequest(q["tenant"], q["caller"], q["called"], **kwargs)
-    explain = q.get("explain", "") not in ("", "0", "false")
-
-    def answer(data: CallData) -> dict[str, Any]:
-        return {**decide(data, call, explain=explain), "cached": data.cached}
-
     t0 = time.perf_counter()
     async with request.app[POOL].acquire() as conn:
         try:
-            # Decided from memory while the cache's check runs, kept only if the check confirms it.
-            out = await request.app[ROUTING].decide_call(
-                conn, call.tenant, call.caller, call.called, q.get("endpoint"), answer
-            )
+            data = await request.app[ROUTING].for_call(conn, call.tenant, call.caller, call.called, q.get("endpoint"))
         except UnknownTenant:
             return json_error(404, f"tenant {call.tenant}: unknown tenant")
+    out = decide(data, call, explain=q.get("explain", "") not in ("", "0", "false"))
+    out["cached"] = data.cached
     out["routing_time_us"] = int((time.perf_counter() - t0) * 1e6)
     return web.json_response(out)
 
