@@ -20,11 +20,9 @@ pays for it. A call that finds no usable snapshot is routed by the uncached load
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import TypeVar
 
 import asyncpg
 
@@ -42,7 +40,6 @@ from routing_store.loader import load_for_call, load_tenant
 __all__ = ["NOTIFY_CHANNEL", "CacheStats", "RoutingData", "TenantSnapshot", "load_snapshot"]
 
 NOTIFY_CHANNEL = "pbx_routing"
-T = TypeVar("T")
 _log = logging.getLogger(__name__)
 
 # The per-call statement: the tenant's current identity and version, the contacts' counter, and
@@ -160,7 +157,11 @@ class RoutingData:
         if snap is not None:
             ids = snap.endpoint_ids(caller, called, endpoint or "")
             row = await self._check(conn, snap, ids)
-            if row is not None and self._current(row, snap):
+            if row is not None and (row["version"], row["name"], row["domain"]) == (
+                snap.version,
+                snap.name,
+                snap.domain,
+            ):
                 self.stats.hits += 1
                 probed = row["contacts"]
                 if probed is None:
@@ -172,45 +173,6 @@ class RoutingData:
         self.stats.misses += 1
         self.refresh(tenant)
         return await load_for_call(conn, tenant, caller, called, endpoint)
-
-    async def decide_call(
-        self,
-        conn: asyncpg.Connection,
-        tenant: str,
-        caller: str,
-        called: str,
-        endpoint: str | None,
-        decide: Callable[[CallData], T],
-    ) -> T:
-        """`decide(self.for_call(...))`, with the decision made from memory while Postgres answers the
-        call's check (the decision is pure: it is kept only when the check confirms its inputs were
-        the committed ones, else it is made again from what `for_call` returns). Raises UnknownTenant.
-        """
-        snap = self._snaps.get(tenant)
-        at = self.contacts.current
-        if snap is None or at is None:
-            return decide(await self.for_call(conn, tenant, caller, called, endpoint))
-        ids = snap.endpoint_ids(caller, called, endpoint or "")
-        check = asyncio.ensure_future(conn.fetchrow(_CHECK, snap.tenant_id, ids, *at))
-        try:
-            await asyncio.sleep(0)  # the statement goes out before the decision is made
-            contacts, uris = decode_contacts(self.contacts.rows(ids), snap.domain)
-            result = decide(CallData(snap.directory, contacts, snap.domain, cached=True, contact_uris=uris))
-            row = await check
-        finally:
-            if not check.done():
-                check.cancel()
-                with contextlib.suppress(BaseException):
-                    await check
-        if row is not None and row["contacts"] is None and self._current(row, snap):
-            self.stats.hits += 1
-            self.stats.contact_hits += 1
-            return result
-        return decide(await self.for_call(conn, tenant, caller, called, endpoint))
-
-    @staticmethod
-    def _current(row: asyncpg.Record, snap: TenantSnapshot) -> bool:
-        return bool((row["version"], row["name"], row["domain"]) == (snap.version, snap.name, snap.domain))
 
     async def _check(self, conn: asyncpg.Connection, snap: TenantSnapshot, ids: list[str]) -> asyncpg.Record | None:
         at = self.contacts.current or (-1, -1)

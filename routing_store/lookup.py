@@ -36,27 +36,17 @@ class DbLookup:
 
     async def route(self, endpoint_id: str, caller_number: str, caller_name: str, called: str) -> Routed:
         name, domain = split_endpoint_id(endpoint_id)
-
-        def decide(data: CallData) -> Routed:
-            return route_call(data, name, caller_number, caller_name, called)
-
         async with self.pool.acquire() as conn:
             tenant = self._tenants.get(domain)
-            if tenant is not None:
-                # The usual call: the tenant is known, its decision is made while the check runs.
-                try:
-                    routed = await self.routing.decide_call(conn, tenant, caller_number, called, name, decide)
-                except UnknownTenant:
-                    routed = None
-                if routed is not None and routed.domain == domain:
-                    return routed
-            # First call of the domain, or the domain moved: ask the database, not the memo.
-            tenant = await tenant_of_domain(conn, domain)
-            if tenant is None:
-                self._tenants.pop(domain, None)
-                return Routed("noroute", domain)
-            self._tenants[domain] = tenant
-            data = await self._load(conn, tenant, caller_number, called, name)
-            if data is None:
-                return Routed("noroute", domain)
-        return decide(data)
+            data = await self._load(conn, tenant, caller_number, called, name) if tenant is not None else None
+            if data is None or data.domain != domain:
+                # First call of the domain, or the domain moved: ask the database, not the memo.
+                tenant = await tenant_of_domain(conn, domain)
+                if tenant is None:
+                    self._tenants.pop(domain, None)
+                    return Routed("noroute", domain)
+                self._tenants[domain] = tenant
+                data = await self._load(conn, tenant, caller_number, called, name)
+                if data is None:
+                    return Routed("noroute", domain)
+        return route_call(data, name, caller_number, caller_name, called)
