@@ -288,21 +288,23 @@ class RoutingData:
 
     def _on_contacts_notification(self, _conn: object, _pid: int, _channel: str, payload: str) -> None:
         if not self.contacts.on_notification(payload) and self._contacts_loading is None:
-            task = asyncio.get_running_loop().create_task(self._load_contacts())
-            self._contacts_loading = task
-            task.add_done_callback(lambda _t: setattr(self, "_contacts_loading", None))
+            self._contacts_loading = asyncio.get_running_loop().create_task(self._load_contacts())
 
     async def _load_contacts(self) -> None:
         """Read the contact set again until it is usable (a gap during the load asks for another)."""
-        for _ in range(5):
-            try:
-                async with self._pool.acquire() as conn:
-                    await self.contacts.load(conn)
-            except Exception as exc:  # calls probe ps_contacts meanwhile; the next gap retries
-                _log.warning("routing cache: cannot load the contact set: %s", exc)
-                return
-            if self.contacts.current is not None:
-                return
+        try:
+            for _ in range(5):
+                try:
+                    async with self._pool.acquire() as conn:
+                        await self.contacts.load(conn)
+                except Exception as exc:  # calls probe ps_contacts meanwhile; the next gap retries
+                    _log.warning("routing cache: cannot load the contact set: %s", exc)
+                    return
+                if self.contacts.current is not None:
+                    return
+        finally:
+            # Here, not in a done callback: a gap heard after this point must start a new load.
+            self._contacts_loading = None
 
     async def listen(self) -> None:
         """LISTEN for routing changes until cancelled; reconnects, dropping the cache each time
