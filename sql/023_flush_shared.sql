@@ -246,3 +246,26 @@ END $$;
 
 -- The audit's change-set query runs once per transaction; JIT compiled it for ~0.6 s on a 10k flush.
 ALTER FUNCTION pbx.write_audit() SET jit = off;
+
+-- sql/014 notes an AOR row with static contacts as routing data when the flush inserts or deletes
+-- it; a changed row is now an UPDATE of its changed columns, so that side is noted here: a change of
+-- what routing reads of the row (its contact, its qualify_frequency).
+CREATE FUNCTION pbx.note_static_contact_update() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pbx, pg_temp AS $$
+DECLARE
+    ids bigint[];
+BEGIN
+    SELECT array_agg(DISTINCT t.id ORDER BY t.id) INTO ids
+    FROM new_rows n JOIN old_rows o ON o.id = n.id
+    JOIN pbx.tenants t ON t.domain = split_part(n.id, '@', 2)
+    WHERE (n.contact, n.qualify_frequency) IS DISTINCT FROM (o.contact, o.qualify_frequency)
+      AND (n.contact IS NOT NULL OR o.contact IS NOT NULL);
+    IF ids IS NOT NULL THEN
+        PERFORM pbx.routing_changed(ids);
+    END IF;
+    RETURN NULL;
+END $$;
+
+CREATE TRIGGER routing_static_contact_upd AFTER UPDATE ON pbx.rt_ps_aors
+    REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION pbx.note_static_contact_update();
