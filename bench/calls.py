@@ -15,8 +15,9 @@ highest cps where every call succeeded is reported.
     python bench/calls.py [--quick]
 
 Last line: JSON with setup_vs_dial_ratio and max_cps_zero_fail (and the figures behind them),
-floor_vs_dial_ratio: the baseline ARI app over Dial(), records_on_vs_off_ratio, and
-recorder_setup_us_per_call: the recorder's own work on a call's setup path, timed in-process.
+floor_vs_dial_ratio: the baseline ARI app over Dial(), controller_vs_floor_ratio: the controller
+over the baseline ARI app (its own share above what ARI call control costs), records_on_vs_off_ratio,
+and recorder_setup_us_per_call: the recorder's own work on a call's setup path, timed in-process.
 """
 
 from __future__ import annotations
@@ -238,6 +239,7 @@ def main() -> int:
                 "dial_p95_ms": round(percentile(dial, 95) * 1000, 2),
                 "floor_p50_ms": round(f50 * 1000, 2),
                 "floor_vs_dial_ratio": round(f50 / d50, 3),
+                "controller_vs_floor_ratio": round(o50 / f50, 3),
                 "max_cps_zero_fail": best,
                 "calls_per_mode": len(ours),
                 "records_off_p50_ms": round(r50 * 1000, 2),

@@ -6,8 +6,9 @@ Data: 10k simple extensions (each with its endpoint), a group tree of depth 6 wi
 of 6. Cases: a simple call, the group tree, the forward chain.
 
 Figures:
-- in-process: the routing data (`RoutingData.for_call`: the tenant's directory from memory, its
-  routing version and the contacts of the reachable endpoints in one statement) + stage 1 +
+- in-process: the routing data (`RoutingData.for_call`: the tenant's directory and the registered
+  contacts from memory, checked by one statement that reads the routing version and the contacts'
+  counter; the cache's listener runs as in `pbxctl serve`) + stage 1 +
   stage 2 + the fork's first commands; against the same with the uncached loader (`load_for_call`,
   one statement), interleaved; and the cached path split into its phases;
 - HTTP, like for like: our `GET /route` (served by `pbxctl serve`; the decision) and
@@ -168,11 +169,13 @@ async def measure_inproc(dsn: str, rounds: int) -> dict[str, Any]:
     from routing.stage1 import build_tree
 
     out: dict[str, Any] = {}
-    pool = await asyncpg.create_pool(dsn, min_size=1, max_size=2)
+    pool = await asyncpg.create_pool(dsn, min_size=1, max_size=3)
     conn = await asyncpg.connect(dsn)
     rng = random.Random(5)
+    routing = RoutingData(pool)
+    listener = asyncio.create_task(routing.listen())
     try:
-        routing = RoutingData(pool)
+        await asyncio.wait_for(routing.listening.wait(), 30)
         await routing.preload("bench")
         for case, (caller, called) in CASES.items():
             call = CallRequest("bench", caller, called)
@@ -210,7 +213,10 @@ async def measure_inproc(dsn: str, rounds: int) -> dict[str, Any]:
             out[f"inproc_{case}_cache_speedup"] = round(percentile(plain, 50) / percentile(cached, 50), 2)
             for k, v in phases.items():
                 out[f"inproc_{case}_{k}_p50_ms"] = _ms(v, 50)
+        out["inproc_contacts_from_memory"] = routing.stats.contact_hits
     finally:
+        listener.cancel()
+        await asyncio.gather(listener, return_exceptions=True)
         await conn.close()
         await pool.close()
     return out

@@ -2,15 +2,18 @@
 
 A tenant's directory (extensions, ranks, members, forwards, extension -> endpoint links, its
 domain) is loaded once into a `TenantSnapshot` stamped with the tenant's routing version
-(sql/010_routing_notify.sql bumps it in every transaction that changes routing data). Per call one
-small statement reads, together, the current version and the registered contacts of the endpoints
-the call can reach; a snapshot whose version differs is never used.
+(sql/010_routing_notify.sql bumps it in every transaction that changes routing data). The
+registered contacts are kept in one `ContactSet` (routing_store/contacts.py) stamped with the
+contacts' counter (sql/022_contacts_notify.sql). Per call one small statement reads, together, the
+current routing version and the contacts' counter; a snapshot whose version differs is never used,
+and when the contact set is not at that counter the same statement probes ps_contacts for the
+endpoints the call can reach, as before.
 
-Why both a version and LISTEN/NOTIFY: the version alone makes every call exact (it routes on the
+Why both versions and LISTEN/NOTIFY: the versions alone make every call exact (it routes on the
 data committed before its own statement, as the uncached loader does: the stale-read window is
-zero, for contacts too, which are never cached). The NOTIFY from the same triggers lets the
-listener drop and reload a changed tenant in the background, so the call after an edit rarely pays
-for the reload. A call that finds no usable snapshot is routed by the uncached loader
+zero). The NOTIFYs from the same triggers let the listener drop and reload a changed tenant, and
+apply each contact change, in the background, so the call after an edit or a registration rarely
+pays for it. A call that finds no usable snapshot is routed by the uncached loader
 (`load_for_call`, one statement) and schedules a reload.
 """
 
@@ -29,6 +32,8 @@ from pbx_base.settings import DEFAULTS
 from routing.lookup import CallData
 from routing.model import Directory
 from routing.stage1 import reachable
+from routing_store.contacts import CHANNEL as CONTACTS_CHANNEL
+from routing_store.contacts import ContactSet
 from routing_store.decode import decode_contacts
 from routing_store.loader import load_for_call, load_tenant
 
@@ -37,20 +42,20 @@ __all__ = ["NOTIFY_CHANNEL", "CacheStats", "RoutingData", "TenantSnapshot", "loa
 NOTIFY_CHANNEL = "pbx_routing"
 _log = logging.getLogger(__name__)
 
-# The per-call statement: the tenant's current identity and version, and the contacts. Always one
-# row while the tenant exists (the LEFT JOIN keeps it when nobody is registered). One index probe
-# per endpoint (OFFSET 0 keeps the LATERAL a probe): `endpoint = ANY($2)` lets the planner pick a
-# sequential scan of ps_contacts (5 ms at 10k contacts) whenever its statistics are behind.
+# The per-call statement: the tenant's current identity and version, the contacts' counter, and
+# the contacts only when the in-memory contact set is not at that counter ($3, $4; -1 when it is
+# unusable): then one index probe per endpoint (OFFSET 0 keeps the LATERAL a probe: `endpoint =
+# ANY($2)` lets the planner pick a sequential scan of ps_contacts whenever its statistics are
+# behind). CASE evaluates the probes only in that branch. Always one row while the tenant exists.
 _CHECK = """
-SELECT t.name, t.domain, coalesce(v.version, 0) AS version, c.endpoint, c.id, c.uri
+SELECT t.name, t.domain, coalesce(v.version, 0) AS version, cv.epoch, cv.version AS contacts_version,
+       CASE WHEN (cv.epoch, cv.version) IS NOT DISTINCT FROM ($3::bigint, $4::bigint) THEN NULL ELSE
+       array(SELECT ROW(e.ep, pc.id, pc.uri) FROM unnest($2::text[]) AS e(ep),
+             LATERAL (SELECT id, uri FROM public.ps_contacts WHERE endpoint = e.ep OFFSET 0) pc) END AS contacts
 FROM pbx.tenants t
 LEFT JOIN pbx.routing_versions v ON v.tenant_id = t.id
-LEFT JOIN LATERAL (
-    SELECT e.ep AS endpoint, pc.id, pc.uri FROM unnest($2::text[]) AS e(ep),
-    LATERAL (SELECT id, uri FROM public.ps_contacts WHERE endpoint = e.ep OFFSET 0) pc
-) c ON true
+LEFT JOIN pbx.contacts_version cv ON true
 WHERE t.id = $1
-ORDER BY c.id
 """
 
 _MEMO_LIMIT = 4096
@@ -102,6 +107,7 @@ class CacheStats:
     discarded: int = 0  # snapshots loaded but outdated by a notification during the load
     notifications: int = 0
     connects: int = 0  # LISTEN connections established
+    contact_hits: int = 0  # hits whose contacts came from the in-memory contact set
 
 
 class RoutingData:
@@ -133,6 +139,8 @@ class RoutingData:
         self._changed = asyncio.Condition()
         self._background: set[asyncio.Task[None]] = set()  # the loop only keeps weak references
         self.stats = CacheStats()
+        self.contacts = ContactSet()
+        self._contacts_loading: asyncio.Task[None] | None = None
         self.listener_pid: int | None = None
         self.listening = asyncio.Event()
 
@@ -147,20 +155,34 @@ class RoutingData:
         """
         snap = self._snaps.get(tenant)
         if snap is not None:
-            rows = await conn.fetch(_CHECK, snap.tenant_id, snap.endpoint_ids(caller, called, endpoint or ""))
-            if rows and (rows[0]["version"], rows[0]["name"], rows[0]["domain"]) == (
+            ids = snap.endpoint_ids(caller, called, endpoint or "")
+            row = await self._check(conn, snap, ids)
+            if row is not None and (row["version"], row["name"], row["domain"]) == (
                 snap.version,
                 snap.name,
                 snap.domain,
             ):
                 self.stats.hits += 1
-                contacts, uris = decode_contacts(((r["endpoint"], r["id"], r["uri"]) for r in rows), snap.domain)
+                probed = row["contacts"]
+                if probed is None:
+                    self.stats.contact_hits += 1
+                contacts, uris = decode_contacts(self.contacts.rows(ids) if probed is None else probed, snap.domain)
                 return CallData(snap.directory, contacts, snap.domain, cached=True, contact_uris=uris)
             if self._snaps.get(tenant) is snap:
                 del self._snaps[tenant]
         self.stats.misses += 1
         self.refresh(tenant)
         return await load_for_call(conn, tenant, caller, called, endpoint)
+
+    async def _check(self, conn: asyncpg.Connection, snap: TenantSnapshot, ids: list[str]) -> asyncpg.Record | None:
+        at = self.contacts.current or (-1, -1)
+        row: asyncpg.Record | None = await conn.fetchrow(_CHECK, snap.tenant_id, ids, *at)
+        if row is not None and row["contacts"] is None and self.contacts.current is None:
+            # The set matched the statement's counter but became unusable while it ran (a gap):
+            # ask again, with the probes.
+            row = await conn.fetchrow(_CHECK, snap.tenant_id, ids, -1, -1)
+        # A set that moved on meanwhile holds what was committed up to a later version: still exact.
+        return row
 
     # --- snapshots ---------------------------------------------------------------------------------
     def snapshot(self, tenant: str) -> TenantSnapshot | None:
@@ -264,6 +286,26 @@ class RoutingData:
             return
         self.invalidate(tenant_id)
 
+    def _on_contacts_notification(self, _conn: object, _pid: int, _channel: str, payload: str) -> None:
+        if not self.contacts.on_notification(payload) and self._contacts_loading is None:
+            self._contacts_loading = asyncio.get_running_loop().create_task(self._load_contacts())
+
+    async def _load_contacts(self) -> None:
+        """Read the contact set again until it is usable (a gap during the load asks for another)."""
+        try:
+            for _ in range(5):
+                try:
+                    async with self._pool.acquire() as conn:
+                        await self.contacts.load(conn)
+                except Exception as exc:  # calls probe ps_contacts meanwhile; the next gap retries
+                    _log.warning("routing cache: cannot load the contact set: %s", exc)
+                    return
+                if self.contacts.current is not None:
+                    return
+        finally:
+            # Here, not in a done callback: a gap heard after this point must start a new load.
+            self._contacts_loading = None
+
     async def listen(self) -> None:
         """LISTEN for routing changes until cancelled; reconnects, dropping the cache each time
         (changes made while nobody listened were not heard)."""
@@ -277,6 +319,7 @@ class RoutingData:
             finally:
                 self.listening.clear()
                 self.listener_pid = None
+                self.contacts.invalidate()
                 self.invalidate()
             await asyncio.sleep(self._backoff.delay(attempt))
             attempt += 1
@@ -291,8 +334,10 @@ class RoutingData:
             conn.add_termination_listener(on_lost)
             try:
                 await conn.add_listener(NOTIFY_CHANNEL, self._on_notification)
+                await conn.add_listener(CONTACTS_CHANNEL, self._on_contacts_notification)
                 # Only now is every later change heard: forget what was loaded before.
                 self.invalidate()
+                await self._load_contacts()
                 self.stats.connects += 1
                 self.listener_pid = conn.get_server_pid()
                 self.listening.set()
@@ -307,3 +352,4 @@ class RoutingData:
                 conn.remove_termination_listener(on_lost)
                 if not conn.is_closed():
                     await conn.remove_listener(NOTIFY_CHANNEL, self._on_notification)
+                    await conn.remove_listener(CONTACTS_CHANNEL, self._on_contacts_notification)
