@@ -17,7 +17,7 @@ import asyncpg
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from test_controller import Rig, channel, destroyed, rig, stasis_start
-from test_controller_transfer import answered_call, refer
+from test_controller_transfer import answered_call, refer, replaces
 
 from ari_app.controller.metrics import Metrics
 from ari_app.controller.record_writer import RecordWriter
@@ -59,6 +59,19 @@ async def test_an_answered_blind_transfer_names_the_transferer_and_the_target(
     rig.fake.push(destroyed(carol, 16), destroyed(bob, 16))
     [rec] = await rig.until("the record", lambda: [r for r in records if r.call_id == "A"])
     assert (rec.transferred_from, rec.transferred_to) == ("A", "1003")
+
+
+async def test_an_answered_attended_transfer_names_the_transferer_and_the_second_call(
+    rig: Rig, records: list[CallRecord]
+) -> None:
+    bob = await answered_call(rig, "A", "1002")
+    carol = await answered_call(rig, "B", "1003")
+    rig.fake.push(replaces(carol))
+    await rig.until("Carol joined Bob", lambda: carol in rig.controller.conferences["A"].members)
+    rig.fake.push(destroyed("A", 16), destroyed("B", 16), destroyed(carol, 16), destroyed(bob, 16))
+    recs = await rig.until("both records", lambda: len(records) == 2 and {r.call_id: r for r in records})
+    assert (recs["A"].transferred_from, recs["A"].transferred_to) == ("A", "B")
+    assert (recs["B"].transferred_from, recs["B"].transferred_to) == (None, None)
 
 
 async def test_an_answered_call_is_one_record_with_a_row_per_leg(rig: Rig, records: list[CallRecord]) -> None:

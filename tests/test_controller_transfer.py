@@ -5,13 +5,17 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from test_controller import Rig, channel, destroyed, rig, stasis_start
+from test_controller import TENANT, Rig, channel, destroyed, rig, stasis_start
 
+from ari_app.ari import AriNotFound, AriStatusError
 from ari_app.controller import transfer as transfer_module
 from ari_app.controller.conference import HOLD_TONE
 from ari_app.controller.transfer import TransferOutcome
 
 __all__ = ["rig"]  # the fixture, shared with test_controller
+
+# An extension whose forward each test sets: it rings Eve's phone (1005) before forwarding.
+FORWARDED: dict[str, Any] = {"type": "simple", "name": "Fwd", "endpoints": ["1005"]}
 
 
 @pytest.fixture(autouse=True)
@@ -71,11 +75,24 @@ def progress(r: Rig, channel_id: str) -> list[str]:
     return [q.params["states"] for q in r.fake.calls("POST", f"/channels/{channel_id}/transfer_progress")]
 
 
+def transfer_rings(r: Rig) -> list[Any]:
+    return [o for o in r.originates() if "-t" in o.params["channelId"]]
+
+
+def answer(r: Rig, leg_id: str, endpoint: str) -> None:
+    """The transfer's leg ``leg_id`` answers (its StasisStart and its Up)."""
+    call_id, _, number = leg_id.rpartition("-l")
+    r.fake.push(
+        stasis_start(leg_id, "leg", call_id, number, endpoint=endpoint),
+        {"type": "ChannelStateChange", "application": "pbx", "channel": {**channel(leg_id, endpoint), "state": "Up"}},
+    )
+
+
 async def test_a_blind_transfer_rings_the_target_as_the_transferer_and_swaps_it_in(rig: Rig) -> None:
     seen = outcomes(rig)
     bob = await answered_call(rig)
     rig.fake.push(refer(channel("A"), "1003"))
-    [ring] = await rig.until("the target rings", lambda: [o for o in rig.originates() if "-t" in o.params["channelId"]])
+    [ring] = await rig.until("the target rings", lambda: transfer_rings(rig))
     target = ring.params["channelId"]
     assert target.startswith("A-t") and "-l" in target
     assert ring.params["endpoint"].startswith("PJSIP/1003@t.example/")
@@ -87,10 +104,7 @@ async def test_a_blind_transfer_rings_the_target_as_the_transferer_and_swaps_it_
     await rig.until("A gone", lambda: "A" not in rig.controller.conferences["A"].members)
     assert not rig.fake.calls("DELETE", "/bridges/conf-A")
     # Carol answers: she joins Bob.
-    rig.fake.push(
-        stasis_start(target, "leg", "A-t", "1", endpoint="1003@t.example"),
-        {"type": "ChannelStateChange", "application": "pbx", "channel": {**channel(target), "state": "Up"}},
-    )
+    answer(rig, target, "1003@t.example")
     await rig.until("Carol bridged", lambda: [q for q in rig.fake.calls("POST", "/bridges/conf-A/addChannel")][1:])
     assert rig.controller.conferences["A"].members == {bob, target}
     await rig.until("reported", lambda: seen)
@@ -105,12 +119,9 @@ async def test_a_blind_transfer_rings_the_target_as_the_transferer_and_swaps_it_
 async def test_the_transferer_still_there_is_told_200_taken_out_and_hung_up(rig: Rig) -> None:
     bob = await answered_call(rig)
     rig.fake.push(refer(channel("A"), "1003"))
-    [ring] = await rig.until("the target rings", lambda: [o for o in rig.originates() if "-t" in o.params["channelId"]])
+    [ring] = await rig.until("the target rings", lambda: transfer_rings(rig))
     target = ring.params["channelId"]
-    rig.fake.push(
-        stasis_start(target, "leg", "A-t", "1", endpoint="1003@t.example"),
-        {"type": "ChannelStateChange", "application": "pbx", "channel": {**channel(target), "state": "Up"}},
-    )
+    answer(rig, target, "1003@t.example")
     await rig.until("taken out", lambda: rig.fake.calls("POST", "/bridges/conf-A/removeChannel"))
     assert progress(rig, "A") == ["channel_progress", "channel_answered"]
     await rig.until("hung up", lambda: rig.hangups("A"))
@@ -130,7 +141,7 @@ async def test_a_transfer_to_an_unknown_number_is_declined_and_the_call_stays(ri
 async def test_a_transfer_nobody_answers_is_declined_and_the_call_stays(rig: Rig) -> None:
     bob = await answered_call(rig)
     rig.fake.push(refer(channel("A"), "1003"))
-    [ring] = await rig.until("the target rings", lambda: [o for o in rig.originates() if "-t" in o.params["channelId"]])
+    [ring] = await rig.until("the target rings", lambda: transfer_rings(rig))
     rig.fake.push(destroyed(ring.params["channelId"], 17))  # busy
     await rig.until("declined", lambda: "channel_declined" in progress(rig, "A"))
     assert rig.controller.conferences["A"].members == {"A", bob}
@@ -141,7 +152,7 @@ async def test_a_transfer_by_the_callee_routes_as_the_extension_it_answered_for(
     bob = await answered_call(rig)
     rig.fake.route("GET", f"/channels/{bob}/variable", {"value": "1002"})
     rig.fake.push(refer(channel(bob, "1002@t.example", number="1001"), "1003"))
-    [ring] = await rig.until("the target rings", lambda: [o for o in rig.originates() if "-t" in o.params["channelId"]])
+    [ring] = await rig.until("the target rings", lambda: transfer_rings(rig))
     assert ring.params["callerId"] == '"Bob" <1002>'
 
 
@@ -183,7 +194,7 @@ async def test_progress_echoes_are_not_new_transfers(rig: Rig) -> None:
     rig.fake.push(refer(channel("A"), "9999"))
     await rig.until("the real one declined", lambda: "channel_declined" in progress(rig, "A"))
     assert progress(rig, "A") == ["channel_progress", "channel_declined"]  # the second REFER's only
-    assert not [o for o in rig.originates() if "-t" in o.params["channelId"]]
+    assert not transfer_rings(rig)
 
 
 def hold(cid: str, on: bool) -> dict[str, Any]:
@@ -216,18 +227,16 @@ async def test_a_refer_seen_twice_starts_one_transfer(rig: Rig) -> None:
     await answered_call(rig)
     event = refer(channel("A"), "1003") | {"timestamp": "2026-12-03T11:24:21.779+0000"}
     rig.fake.push(event, event)
-    await rig.until("the target rings", lambda: [o for o in rig.originates() if "-t" in o.params["channelId"]])
+    await rig.until("the target rings", lambda: transfer_rings(rig))
     rig.fake.push(refer(channel("A"), "9999"))  # a later REFER is another one
     await rig.until("declined", lambda: "channel_declined" in progress(rig, "A"))
-    assert len([o for o in rig.originates() if "-t" in o.params["channelId"]]) == 1
+    assert len(transfer_rings(rig)) == 1
 
 
 async def test_a_transfer_to_a_group_rings_it_rank_by_rank(rig: Rig) -> None:
     await answered_call(rig)
     rig.fake.push(refer(channel("A"), "2002"))  # Chain: 1003, then 1005, then 1006
-    rings = await rig.until(
-        "two ranks", lambda: len(t := [o for o in rig.originates() if "-t" in o.params["channelId"]]) >= 2 and t
-    )
+    rings = await rig.until("two ranks", lambda: len(t := transfer_rings(rig)) >= 2 and t)
     assert [r.params["endpoint"].split("/")[1] for r in rings[:2]] == ["1003@t.example", "1005@t.example"]
     assert rings[0].json["variables"]["PBX_CALLED_NAME"] == "Chain"
 
@@ -235,13 +244,155 @@ async def test_a_transfer_to_a_group_rings_it_rank_by_rank(rig: Rig) -> None:
 async def test_the_party_being_transferred_hears_ringing_until_the_target_answers(rig: Rig) -> None:
     bob = await answered_call(rig)
     rig.fake.push(refer(channel("A"), "1003"))
-    [ring] = await rig.until("the target rings", lambda: [o for o in rig.originates() if "-t" in o.params["channelId"]])
+    [ring] = await rig.until("the target rings", lambda: transfer_rings(rig))
     [tone] = rig.fake.calls("POST", f"/channels/{bob}/play")
     assert tone.params == {"media": "tone:ring", "playbackId": f"{bob}-transfer"}
     assert not rig.fake.calls("POST", "/channels/A/play")
     target = ring.params["channelId"]
-    rig.fake.push(
-        stasis_start(target, "leg", "A-t", "1", endpoint="1003@t.example"),
-        {"type": "ChannelStateChange", "application": "pbx", "channel": {**channel(target), "state": "Up"}},
-    )
+    answer(rig, target, "1003@t.example")
     await rig.until("the tone stopped", lambda: rig.fake.calls("DELETE", f"/playbacks/{bob}-transfer"))
+
+
+async def test_a_transfer_to_an_immediately_forwarded_extension_rings_the_forward(
+    rig: Rig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(TENANT["extensions"], "1007", FORWARDED | {"forward": {"mode": "always", "to": "1003"}})
+    seen = outcomes(rig)
+    bob = await answered_call(rig)
+    rig.fake.push(refer(channel("A"), "1007"))
+    [ring] = await rig.until("the forward's target rings", lambda: transfer_rings(rig))
+    assert ring.params["endpoint"].startswith("PJSIP/1003@t.example/")
+    carol = ring.params["channelId"]
+    answer(rig, carol, "1003@t.example")
+    await rig.until("reported", lambda: seen)
+    assert rig.controller.conferences["A"].members == {bob, carol}
+    assert progress(rig, "A") == ["channel_progress", "channel_answered"]
+    assert (seen[0].target, seen[0].result, seen[0].answered_by) == ("1007", "answered", carol)
+
+
+async def test_a_transfer_to_an_extension_forwarded_on_busy_rings_the_forward_when_it_is_busy(
+    rig: Rig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(TENANT["extensions"], "1007", FORWARDED | {"forward": {"mode": "busy", "to": "1003"}})
+    seen = outcomes(rig)
+    bob = await answered_call(rig)
+    rig.fake.push(refer(channel("A"), "1007"))
+    [first] = await rig.until("the extension rings", lambda: transfer_rings(rig))
+    assert first.params["endpoint"].startswith("PJSIP/1005@t.example/")
+    rig.fake.push(destroyed(first.params["channelId"], 17))  # busy
+    [_, ring] = await rig.until(
+        "the forward's target rings", lambda: len(transfer_rings(rig)) == 2 and transfer_rings(rig)
+    )
+    assert ring.params["endpoint"].startswith("PJSIP/1003@t.example/")
+    assert progress(rig, "A") == ["channel_progress"]  # not declined on the first device's busy
+    carol = ring.params["channelId"]
+    answer(rig, carol, "1003@t.example")
+    await rig.until("reported", lambda: seen)
+    assert rig.controller.conferences["A"].members == {bob, carol}
+    assert (seen[0].result, seen[0].answered_by) == ("answered", carol)
+
+
+async def test_a_transfer_to_an_extension_forwarded_on_no_answer_rings_the_forward_after_the_delay(
+    rig: Rig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(
+        TENANT["extensions"], "1007", FORWARDED | {"forward": {"mode": "always", "to": "1003", "delay_ms": 30}}
+    )
+    seen = outcomes(rig)
+    bob = await answered_call(rig)
+    rig.fake.push(refer(channel("A"), "1007"))
+    rings = await rig.until("both ring", lambda: len(transfer_rings(rig)) == 2 and transfer_rings(rig))
+    assert [r.params["endpoint"].split("/")[1] for r in rings] == ["1005@t.example", "1003@t.example"]
+    carol = rings[1].params["channelId"]
+    answer(rig, carol, "1003@t.example")
+    await rig.until("reported", lambda: seen)
+    assert rig.controller.conferences["A"].members == {bob, carol}
+    await rig.until("the first device stopped", lambda: rig.hangups(rings[0].params["channelId"]))
+
+
+async def two_calls(r: Rig) -> tuple[str, str]:
+    """Alice talks to Bob (call A), holds him, and calls Carol (call B): the attended transfer's start."""
+    bob = await answered_call(r, "A", "1002")
+    r.fake.push(hold("A", True))
+    await r.until("Bob hears the hold tone", lambda: r.fake.calls("POST", f"/channels/{bob}/play"))
+    carol = await answered_call(r, "B", "1003")
+    return bob, carol
+
+
+def replaces(carol: str, second: str = "B") -> dict[str, Any]:
+    """Alice's REFER on her first call (channel A) naming her second call (channel ``second``)."""
+    return refer(
+        channel("A"),
+        protocol_id=f"call-id-of-{second}",
+        destination_channel=channel(second),
+        connected_channel=channel(carol, "1003@t.example"),
+    )
+
+
+async def test_an_attended_transfer_given_up_leaves_the_first_call_as_it_was(rig: Rig) -> None:
+    seen = outcomes(rig)
+    bob, carol = await two_calls(rig)
+    # Alice hangs up on Carol instead of transferring: call B ends, call A is untouched.
+    rig.fake.push(destroyed("B", 16))
+    await rig.until("call B over", lambda: rig.fake.calls("DELETE", "/bridges/conf-B"))
+    assert rig.hangups(carol)
+    conf = rig.controller.conferences["A"]
+    assert (conf.members, conf.on_hold, conf.closed) == ({"A", bob}, {"A"}, False)
+    assert not rig.fake.calls("DELETE", f"/playbacks/{bob}-hold")  # Bob still hears the hold tone
+    assert not rig.hangups("A") and not rig.hangups(bob)
+    # A REFER naming the call that ended changes nothing either.
+    rig.fake.push(replaces(carol))
+    await rig.until("declined", lambda: progress(rig, "A") == ["channel_declined"])
+    assert (conf.members, conf.on_hold) == ({"A", bob}, {"A"})
+    assert not rig.fake.calls("POST", "/bridges/conf-A/removeChannel")
+    assert [(o.kind, o.result) for o in seen] == [("attended", "refused")]
+    # Alice takes Bob off hold: they talk again.
+    rig.fake.push(hold("A", False))
+    await rig.until("the tone stopped", lambda: rig.fake.calls("DELETE", f"/playbacks/{bob}-hold"))
+
+
+async def test_an_attended_transfer_naming_no_dialog_is_declined_and_both_calls_stay(rig: Rig) -> None:
+    bob, carol = await two_calls(rig)
+    # Replaces names a dialog Asterisk could not find: no destination channel in the event.
+    rig.fake.push(refer(channel("A"), protocol_id="no-such-call-id"))
+    await rig.until("declined", lambda: progress(rig, "A") == ["channel_declined"])
+    assert rig.controller.conferences["A"].members == {"A", bob}
+    assert rig.controller.conferences["B"].members == {"B", carol}
+    assert not [q for q in rig.fake.requests if q.method == "DELETE" and q.path.startswith("/channels/")]
+
+
+async def test_an_attended_transfer_that_fails_midway_puts_the_party_back_in_the_second_call(rig: Rig) -> None:
+    seen = outcomes(rig)
+    bob, carol = await two_calls(rig)
+
+    def refuse(r: Any) -> None:
+        raise AriStatusError(422, "Channel not in Stasis application")
+
+    rig.fake.route("POST", "/bridges/conf-A/addChannel", refuse)
+    rig.fake.push(replaces(carol))
+    await rig.until("declined", lambda: progress(rig, "A") == ["channel_declined"])
+    first, second = rig.controller.conferences["A"], rig.controller.conferences["B"]
+    assert (first.members, first.on_hold, second.members) == ({"A", bob}, {"A"}, {"B", carol})
+    assert rig.fake.calls("POST", "/bridges/conf-B/addChannel")[-1].params["channel"] == carol  # back with Alice
+    assert not [q for q in rig.fake.requests if q.method == "DELETE" and q.path.startswith("/channels/")]
+    assert [(o.kind, o.result) for o in seen] == [("attended", "failed")]
+    # Carol's hangup is still call B's: it ends it (and only it).
+    rig.fake.push(destroyed(carol, 16))
+    await rig.until("call B over", lambda: rig.fake.calls("DELETE", "/bridges/conf-B"))
+    assert not first.closed and first.members == {"A", bob}
+
+
+async def test_an_attended_transfer_whose_party_left_meanwhile_ends_the_second_call_only(rig: Rig) -> None:
+    bob, carol = await two_calls(rig)
+
+    def gone(r: Any) -> None:
+        raise AriNotFound(404, "Channel not found")
+
+    rig.fake.route("POST", "/bridges/conf-A/addChannel", gone)
+    rig.fake.route("POST", "/bridges/conf-B/addChannel", gone)
+    rig.fake.push(replaces(carol))
+    await rig.until("declined", lambda: progress(rig, "A") == ["channel_declined"])
+    # Carol's phone hung up as Alice transferred: Alice's second call is over, her first is not.
+    await rig.until("call B over", lambda: rig.fake.calls("DELETE", "/bridges/conf-B"))
+    assert rig.hangups("B") and not rig.hangups("A")
+    assert rig.controller.conferences["A"].members == {"A", bob}

@@ -104,12 +104,18 @@ class Conference:
         self.log.info("party %s joined %s (%d in)", channel_id, self.bridge_id, len(self.members))
 
     async def add_member(self, channel_id: str) -> None:
-        """A channel already answered (a transfer's target) joins."""
+        """A channel already answered (a transfer's target) joins. When the bridge refuses it (the
+        channel gone meanwhile), it is no party, and a conference left alone by that ends."""
         if self.closed:
             await self._hangup(channel_id)
             return
         self.members.add(channel_id)
-        await self.ari.bridges.add_channel(self.bridge_id, channel_id)
+        try:
+            await self.ari.bridges.add_channel(self.bridge_id, channel_id)
+        except AriError:
+            self.members.discard(channel_id)
+            await self._close_if_alone()
+            raise
         self.log.info("%s joined %s (%d in)", channel_id, self.bridge_id, len(self.members))
         await self._sync_hold_music()
 

@@ -595,13 +595,16 @@ class Controller:
             return
         assert replaced is not None
         moving = sorted(other.members - {replaced})
+        taken: list[str] = []
         try:
             for channel_id in moving:
+                taken.append(channel_id)
                 await other.release(channel_id)
                 await conf.add_member(channel_id)
                 self._moved[channel_id] = conf.call_id
         except AriError as exc:
             log.warning("attended transfer by %s failed: %s", source.id, exc)
+            await self._move_back(taken, conf, other, log)
             await report_progress(self.ari, source.id, "channel_declined", log)
             self.on_transfer(TransferOutcome(conf.call_id, "attended", source.id, other.call_id, "failed"))
             return
@@ -611,6 +614,17 @@ class Controller:
         self._spawn(hang_up_later(self.ari, source.id))
         answered_by = moving[0] if moving else None
         self.on_transfer(TransferOutcome(conf.call_id, "attended", source.id, other.call_id, "answered", answered_by))
+
+    async def _move_back(self, channels: list[str], conf: Conference, other: Conference, log: CallLog) -> None:
+        """A failed attended transfer: the parties taken from ``other`` go back to it, so both
+        calls are as they were (a party that cannot go back has hung up)."""
+        for channel_id in channels:
+            self._moved.pop(channel_id, None)
+            await conf.release(channel_id)
+            try:
+                await other.add_member(channel_id)
+            except AriError as exc:
+                log.info("%s not back in %s: %s", channel_id, other.bridge_id, exc)
 
     async def _on_hold(self, event: ChannelHold) -> None:
         conf = self._conference(self._call_id_of(event.channel.id))
