@@ -14,11 +14,12 @@ from pathlib import Path
 from urllib.parse import quote
 
 import pytest
-from stack import apply_yaml, pbxctl
+from stack import apply_yaml, pbxctl, serve_url
 from test_controller_stack import (
     TENANT,
     Phones,
     _hang_up_everything,
+    _hangup,
     ari,
     bridges,
     channels,
@@ -140,6 +141,35 @@ def test_hold_gives_the_other_party_the_hold_tone_and_resume_ends_it(stack: Stac
     assert proc.wait(30) == 0, proc.stderr()
     oks = [m for m in proc.messages() if m.direction == "received" and m.first_line.startswith("SIP/2.0 200")]
     assert len([m for m in oks if "INVITE" in m.headers.get("cseq", "")]) >= 3  # the call, hold, resume
+
+
+def test_in_a_conference_of_three_hold_affects_only_the_holder(stack: Stack, phones: Phones) -> None:
+    phones.device("1002", {"answer_at": 0})
+    phones.device("1003", {"answer_at": 0})
+    alice = phones._proc("holder-1001")
+    auth = "[authentication username=1001 password=pw-1001]"
+    # 8 s of talk (Carol is added meanwhile), 8 s on hold, resumed, 8 s of talk.
+    alice.start(
+        stack.settings.sip_addr,
+        caller_xml(60_000, 8000, hold_ms=8000),
+        ["1001", "conf.example", auth, "1002", "1001"],
+        90,
+    )
+    call_id = wait_for("the conference", lambda: conference(stack, 2)).id.removeprefix("conf-")
+    p = pbxctl(stack, "call", "add-party", call_id, "1003", "--http", serve_url(stack).removeprefix("http://"))
+    assert p.returncode == 0, p.stderr
+    three = wait_for("Carol in the conference", lambda: conference(stack, 3))
+    bob = next(c for c in three.channels if c.startswith(f"{call_id}-l"))
+    carol = next(c for c in three.channels if c.startswith(f"{call_id}-p"))
+    wait_for("the controller seeing Alice hold", lambda: f"{call_id} holds" in stack.serve.log_text(), 20)
+    # Bob and Carol go on talking to each other: no hold tone for either, nobody left.
+    assert playback_state(stack, f"{bob}-hold") is None and playback_state(stack, f"{carol}-hold") is None
+    assert set(conference(stack, 3).channels) == set(three.channels)  # type: ignore[union-attr]
+    # Carol leaves while Alice still holds: Bob, left with a held party only, hears the tone now.
+    asyncio.run(_hangup(stack, carol))
+    wait_for("the hold tone playing to Bob", lambda: playback_state(stack, f"{bob}-hold") == "playing")
+    wait_for("the tone stopped on resume", lambda: playback_state(stack, f"{bob}-hold") is None, 15)
+    assert alice.wait(30) == 0, alice.stderr()
 
 
 def _tag(header: str) -> str:

@@ -14,7 +14,8 @@ and leaves the conference as it was.
 Attended: the REFER names (Replaces) the transferer's second call. The parties of that call's
 conference move into the first one and the transferer's two channels leave: the two remote parties
 talk. A REFER naming a dialog the controller has no conference for is declined, both calls as
-they were.
+they were; one whose move fails midway (a party hung up meanwhile) puts the parties it took back
+into the second call (Controller._move_back) and is declined.
 """
 
 from __future__ import annotations
