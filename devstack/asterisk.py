@@ -8,6 +8,7 @@ import base64
 import os
 import shutil
 import subprocess
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -23,6 +24,9 @@ __all__ = ["AsteriskError", "AsteriskNode"]
 
 # Included by the rendered extensions.conf: test contexts a production node must not have.
 DEV_DIALPLAN = "extensions_dev.conf"
+
+
+PORT_WAIT_S = 15.0
 
 
 class AsteriskError(StackError, RuntimeError):
@@ -84,8 +88,12 @@ class AsteriskNode:
             return
         self.logfile.parent.mkdir(parents=True, exist_ok=True)
         for port, kind in ((self.settings.http_port, "ARI/HTTP"), (self.settings.ami_port, "AMI")):
-            if not port_free(port, host=self.settings.host):
-                raise AsteriskError(f"port {port} ({kind}) on {self.settings.host} is taken: cannot start Asterisk")
+            # A node stopped just before may still hold its ports for a moment (a restart).
+            deadline = time.monotonic() + PORT_WAIT_S
+            while not port_free(port, host=self.settings.host):
+                if time.monotonic() > deadline:
+                    raise AsteriskError(f"port {port} ({kind}) on {self.settings.host} is taken: cannot start Asterisk")
+                time.sleep(0.1)
         with open(self.logfile, "ab") as log:
             proc = subprocess.Popen(
                 ["chroot", str(self.chroot), "/usr/sbin/asterisk", "-f", "-n", "-C", self.conf],
