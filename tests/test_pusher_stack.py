@@ -342,7 +342,7 @@ def test_endpoint_context_is_created_on_the_node_and_leads_to_stasis(stack: Stac
     set_option(stack, "ctx", "base", "endpoint", "context", "acme-later")
     wait_delivered(stack)
     steps = asyncio.run(dialplan_steps_of_a_call(stack, "1000", "ctx.example", "pw-1000", "2000"))
-    assert steps == ["acme-later:Goto", "pbx-stasis:Stasis"], steps
+    assert steps == ["acme-later:Goto", "pbx-stasis:Set", "pbx-stasis:Stasis"], steps
     # Contexts of the node's own dialplan are never touched.
     assert "Goto(" not in stack.asterisk.rx("dialplan show pbx-dial-test")
 
