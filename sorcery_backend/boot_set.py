@@ -10,9 +10,10 @@ its content (family ``pbx_boot/aor`` and ``pbx_boot/endpoint``) equal to the dat
 AORs with static contacts, and the endpoints that use them (only their ``aors``: everything else
 is read from Postgres by id, the first wizard, whenever the endpoint is used).
 
-The pusher syncs a node's copy on every AMI connection and before it delivers a batch that touches
-ps_aors or ps_endpoints, so a trunk removed from the database is gone from the copy before its
-cache entry is expired (a lookup by id of an id Postgres no longer has reaches this wizard).
+The pusher syncs a node's copy on every AMI connection and before it delivers a batch whose AORs
+or endpoints were in the copy or are trunks now (:func:`may_change`), so a trunk removed from the
+database is gone from the copy before its cache entry is expired (a lookup by id of an id Postgres
+no longer has reaches this wizard).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import asyncpg
 
 from sorcery_backend.ami import AmiError, AmiSession
 
-__all__ = ["FAMILY", "BootObject", "diff", "parse_tree", "sync_boot_set", "wanted"]
+__all__ = ["FAMILY", "BootObject", "diff", "may_change", "parse_tree", "sync_boot_set", "wanted"]
 
 FAMILY = "pbx_boot"
 BootObject = tuple[str, str]  # (Sorcery type, id)
@@ -89,8 +90,32 @@ async def node_boot_set(session: AmiSession) -> dict[BootObject, str]:
         return {}
 
 
-async def sync_boot_set(conn: asyncpg.Connection, session: AmiSession) -> tuple[int, int]:
-    """Make the node's copy equal the database's; returns (put, deleted)."""
+# Whether changed AORs or endpoints are (now) trunks: one probe by id, not the whole set.
+_NOW_TRUNKS = """
+SELECT EXISTS (SELECT 1 FROM pbx.rt_ps_aors WHERE id = ANY($1::text[]) AND contact IS NOT NULL)
+    OR EXISTS (
+        SELECT 1 FROM pbx.rt_ps_endpoints e
+        WHERE e.id = ANY($2::text[]) AND EXISTS (
+            SELECT 1 FROM pbx.rt_ps_aors a
+            WHERE a.contact IS NOT NULL AND a.id = ANY (string_to_array(replace(e.aors, ' ', ''), ','))
+        )
+    )
+"""
+
+
+async def may_change(
+    conn: asyncpg.Connection, held: set[BootObject], aor_ids: list[str], endpoint_ids: list[str]
+) -> bool:
+    """Whether changes to these AORs and endpoints can change the boot set, which held ``held`` at
+    the last sync: one of them was in it, or is a trunk now. A phone's edit (nearly every edit)
+    then costs one probe instead of the whole set read and the node's copy fetched over AMI."""
+    if any(("aor", i) in held for i in aor_ids) or any(("endpoint", i) in held for i in endpoint_ids):
+        return True
+    return bool(await conn.fetchval(_NOW_TRUNKS, aor_ids, endpoint_ids))
+
+
+async def sync_boot_set(conn: asyncpg.Connection, session: AmiSession) -> tuple[int, int, set[BootObject]]:
+    """Make the node's copy equal the database's; returns (put, deleted, what it holds now)."""
     want = await wanted(conn)
     put, delete = diff(want, await node_boot_set(session))
     for kind, object_id in delete:
@@ -99,4 +124,4 @@ async def sync_boot_set(conn: asyncpg.Connection, session: AmiSession) -> tuple[
         await session.send(
             {"Action": "DBPut", "Family": f"{FAMILY}/{kind}", "Key": object_id, "Val": want[(kind, object_id)]}
         )
-    return len(put), len(delete)
+    return len(put), len(delete), set(want)

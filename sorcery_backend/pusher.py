@@ -32,7 +32,7 @@ import asyncpg
 from pbx_base.retry import Backoff
 from pbx_base.settings import DEFAULTS, Settings
 from sorcery_backend.ami import AmiDisconnected, AmiError, AmiSession, AmiUnreachable
-from sorcery_backend.boot_set import sync_boot_set
+from sorcery_backend.boot_set import BootObject, may_change, sync_boot_set
 from sorcery_backend.nodes import Node, list_nodes
 from sorcery_backend.push_plan import (
     CACHE_OF_VIEW,
@@ -59,7 +59,6 @@ _BENIGN = (
     "The provided cache does not exist",
     "Unable to retrieve registration entry",
 )
-_BOOT_VIEWS = frozenset({"ps_aors", "ps_endpoints"})  # what decides a node's boot set
 _CACHE_COUNT = re.compile(r"Number of objects within cache:\s*(\d+)")
 
 
@@ -194,6 +193,7 @@ class NodeWorker:
         self._first_notify: float | None = None
         self._last_notify = 0.0
         self._contexts: set[str] = set()  # ensured on the current AMI session
+        self._boot_held: set[BootObject] | None = None  # the node's boot set at the last sync
         self.refused: list[tuple[CacheAction, AmiError]] = []  # answered with an error, not yet recorded
 
     def notify(self) -> None:
@@ -271,9 +271,10 @@ class NodeWorker:
     async def _sync_boot_set(self, conn: asyncpg.Connection, session: AmiSession) -> None:
         """The trunks the node loads at its next boot (sorcery_backend/boot_set.py)."""
         try:
-            put, deleted = await sync_boot_set(conn, session)
+            put, deleted, self._boot_held = await sync_boot_set(conn, session)
         except AmiError as exc:  # a node that refuses it still gets every other change
             log.warning("node %s: boot set not synced: %s", self.node.name, exc.message)
+            self._boot_held = None  # unknown: the next batch that touches AORs or endpoints syncs
             return
         if put or deleted:
             log.info("node %s: boot set: %d objects written, %d removed", self.node.name, put, deleted)
@@ -351,7 +352,11 @@ class NodeWorker:
             aors = await aor_qualify(conn, [r.object_id for r in rows if r.view == "ps_aors" and r.op != "deleted"])
             plan = plan_batch(rows, counts.get, whole_cache_min=self.settings.whole_cache_min, aors=aors)
             await self._ensure_contexts(conn, session, [r.object_id for r in rows if r.view == "ps_endpoints"])
-            if any(r.view in _BOOT_VIEWS for r in rows):  # before the expiries: see boot_set's doc
+            boot_aors = [r.object_id for r in rows if r.view == "ps_aors"]
+            boot_endpoints = [r.object_id for r in rows if r.view == "ps_endpoints"]
+            if (boot_aors or boot_endpoints) and (
+                self._boot_held is None or await may_change(conn, self._boot_held, boot_aors, boot_endpoints)
+            ):  # before the expiries: see boot_set's doc
                 await self._sync_boot_set(conn, session)
             t2 = time.perf_counter()
             await self._run_plan(conn, session, plan, rows)

@@ -7,7 +7,7 @@ import json
 import asyncpg
 
 from sorcery_backend.apply import apply_config
-from sorcery_backend.boot_set import diff, parse_tree, wanted
+from sorcery_backend.boot_set import diff, may_change, parse_tree, wanted
 from sorcery_backend.declarative import load_yaml, parse_config
 
 CONFIG = """
@@ -36,6 +36,22 @@ async def test_the_boot_set_is_the_aors_with_static_contacts_and_their_endpoints
     assert aor["qualify_frequency"] == "30"  # inherited from the template, as Asterisk reads it
     assert "id" not in aor
     assert json.loads(want[("endpoint", "gw@acme.example")]) == {"aors": "gw@acme.example"}
+
+
+async def test_only_edits_of_trunks_or_of_what_the_copy_held_can_change_the_boot_set(db: str) -> None:
+    conn = await asyncpg.connect(db)
+    try:
+        await apply_config(conn, parse_config(load_yaml(CONFIG)))
+        held = set(await wanted(conn))
+        phone, gw = "1001@acme.example", "gw@acme.example"
+        assert not await may_change(conn, held, [phone], [phone])  # a phone's edit: no sync
+        assert await may_change(conn, held, [gw], [])
+        assert await may_change(conn, held, [], [gw])
+        assert await may_change(conn, set(), [gw], [])  # a trunk now, not yet in the copy
+        gone = {("aor", "old@acme.example")}
+        assert await may_change(conn, gone, ["old@acme.example"], [])  # removed from the database
+    finally:
+        await conn.close()
 
 
 def test_the_node_copy_is_read_from_dbgettree_and_diffed() -> None:

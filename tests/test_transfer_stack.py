@@ -31,7 +31,7 @@ from test_controller_stack import (
 from ari_app.ari import AriClient, AriNotFound
 from devstack import sipp
 from devstack.play_sipp import caller_xml, device_xml
-from devstack.stack import Stack
+from devstack.stack import Stack, sql
 
 pytestmark = pytest.mark.stack
 
@@ -94,6 +94,11 @@ def test_blind_transfer_puts_the_target_in_the_conference_and_the_transferer_lea
     )
     assert bridge.bridge_type == "mixing"
     wait_for("Alice's channel gone", lambda: not [c for c in channels(stack) if "1001@" in c.name])
+    # Once the conference is over (Bob and Carol hang up), the call's record names the transfer.
+    stack.asterisk.rx("channel request hangup all")
+    query = "SELECT transferred_from, transferred_to FROM pbx.call_records WHERE transferred_to = '1003'"
+    [row] = wait_for("the call's record", lambda: asyncio.run(sql(stack, query)), 30)
+    assert row["transferred_from"], dict(row)
 
 
 def test_blind_transfer_to_an_unknown_number_fails_cleanly_and_the_call_stays_up(stack: Stack, phones: Phones) -> None:
