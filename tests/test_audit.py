@@ -57,7 +57,7 @@ async def _rows(conn: asyncpg.Connection) -> list[dict[str, Any]]:
 
 
 @contextlib.asynccontextmanager
-async def _tenant_admin(db: str, admin: asyncpg.Connection, tenant: str) -> AsyncIterator[asyncpg.Connection]:
+async def tenant_admin(db: str, admin: asyncpg.Connection, tenant: str) -> AsyncIterator[asyncpg.Connection]:
     role = f"adm_{tenant}_" + db.rsplit("/", 1)[1]
     await admin.execute(f"CREATE ROLE {role} LOGIN")
     await admin.execute("SELECT pbx.grant_tenant_admin($1, $2)", tenant, role)
@@ -137,7 +137,7 @@ async def test_plain_sql_by_a_tenant_admin_is_recorded_with_its_role(db: str) ->
     try:
         await _apply(admin, ACME)
         await _apply(admin, BETA)
-        async with _tenant_admin(db, admin, "acme") as ta:
+        async with tenant_admin(db, admin, "acme") as ta:
             role = await ta.fetchval("SELECT current_user")
             async with ta.transaction():
                 await ta.execute("SET LOCAL pbx.actor = 'token:ops'")

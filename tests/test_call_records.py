@@ -7,15 +7,14 @@ The live stack's records are in test_call_records_stack.py.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import time
-from collections.abc import AsyncIterator
 from typing import Any
 
 import asyncpg
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
+from test_audit import tenant_admin
 from test_controller import Rig, channel, destroyed, rig, stasis_start
 from test_controller_transfer import answered_call, refer, replaces
 
@@ -300,19 +299,6 @@ async def test_put_never_waits_for_the_database() -> None:
     assert metrics.value("pbx_call_records_buffered") == 10000
 
 
-@contextlib.asynccontextmanager
-async def _tenant_admin(db: str, admin: asyncpg.Connection, tenant: str) -> AsyncIterator[asyncpg.Connection]:
-    role = f"adm_{tenant}_" + db.rsplit("/", 1)[1]
-    await admin.execute(f"CREATE ROLE {role} LOGIN")
-    await admin.execute("SELECT pbx.grant_tenant_admin($1, $2)", tenant, role)
-    conn = await asyncpg.connect(db.replace("postgres@", f"{role}@"))
-    try:
-        yield conn
-    finally:
-        await conn.close()
-        await admin.execute(f"DROP OWNED BY {role}; DROP ROLE {role}")
-
-
 async def _write(db: str, *records: CallRecord) -> None:
     metrics = Metrics()
     writer = RecordWriter(db, metrics, buffer=100, linger_s=0)
@@ -327,7 +313,7 @@ async def test_a_tenant_admin_reads_its_own_tenants_records_only_and_writes_none
     conn = await _seeded(db)
     await _write(db, record("a1"), record("b1", "beta.example"), record("x1", None))
     try:
-        async with _tenant_admin(db, conn, "acme") as ta:
+        async with tenant_admin(db, conn, "acme") as ta:
             assert [c["call_id"] for c in await read_calls(ta)] == ["a1"]
             assert await ta.fetchval("SELECT count(*) FROM pbx.call_legs") == 1
             with pytest.raises(Exception, match="unknown tenant"):

@@ -9,22 +9,20 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import quote
 
 import pytest
 from stack import apply_yaml, pbxctl, serve_url
 from test_controller_stack import (
-    TENANT,
     Phones,
-    _hang_up_everything,
     _hangup,
     ari,
     bridges,
     channels,
     conference,
     final_of,
+    phones,
     wait_for,
 )
 
@@ -35,18 +33,7 @@ from devstack.stack import Stack, sql
 
 pytestmark = pytest.mark.stack
 
-
-@pytest.fixture
-def phones(stack: Stack, tmp_path: Path) -> Iterator[Phones]:
-    apply_yaml(stack, TENANT, tmp_path)
-    p = Phones(stack, tmp_path)
-    try:
-        yield p
-    finally:
-        p.stop()
-        asyncio.run(_hang_up_everything(stack))
-        for user in ("1001", "1002", "1003", "1004"):
-            sipp.unregister_all(stack.settings.sip_addr, user, "conf.example", f"pw-{user}")
+__all__ = ["phones"]  # the fixture of test_controller_stack, used by name
 
 
 def transferring_caller(
