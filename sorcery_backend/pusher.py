@@ -51,6 +51,7 @@ log = logging.getLogger("pbx.pusher")
 DIALPLAN_TARGET = "pbx-stasis"
 # The same pattern as [pbx-stasis] in asterisk_conf/extensions.conf: every dialable number.
 _PATTERN = "_[+*#0-9a-zA-Z]!"
+_CONTEXT = "coalesce(nullif(context, ''), 'default')"  # Asterisk's own default
 _LOCK_CLASS = 0x70757368  # "push": advisory lock class, the node id is the key
 # Errors that mean "nothing to expire": the object was not cached, or the node runs without caches.
 # The last: PJSIPRegister for an outbound auth that no registration uses (one for outgoing calls only).
@@ -478,12 +479,14 @@ class NodeWorker:
         self, conn: asyncpg.Connection, session: AmiSession, endpoint_ids: list[str] | None
     ) -> None:
         """Every endpoint context exists on the node and leads to Stasis; ``None`` checks all endpoints."""
+        # An endpoint that names no context is in Asterisk's default one, `default`: it leads to
+        # Stasis like any other, or that endpoint's calls would meet an empty context (404).
         if endpoint_ids is None or len(endpoint_ids) > 1000:
             # One scan of every endpoint is cheaper than thousands of probes by id.
-            rows = await conn.fetch("SELECT DISTINCT context FROM pbx.rt_ps_endpoints WHERE context <> ''")
+            rows = await conn.fetch(f"SELECT DISTINCT {_CONTEXT} AS context FROM pbx.rt_ps_endpoints")
         elif endpoint_ids:
             rows = await conn.fetch(
-                "SELECT DISTINCT context FROM pbx.rt_ps_endpoints WHERE id = ANY($1::text[]) AND context <> ''",
+                f"SELECT DISTINCT {_CONTEXT} AS context FROM pbx.rt_ps_endpoints WHERE id = ANY($1::text[])",
                 endpoint_ids,
             )
         else:

@@ -343,6 +343,15 @@ def test_endpoint_context_is_created_on_the_node_and_leads_to_stasis(stack: Stac
     wait_delivered(stack)
     steps = asyncio.run(dialplan_steps_of_a_call(stack, "1000", "ctx.example", "pw-1000", "2000"))
     assert steps == ["acme-later:Goto", "pbx-stasis:Set", "pbx-stasis:Stasis"], steps
+    # An endpoint that names no context is in Asterisk's default one, which leads to Stasis too.
+    run_sql(
+        stack,
+        "DELETE FROM pbx.object_options o USING pbx.objects e, pbx.tenants t "
+        "WHERE o.object_id = e.id AND e.tenant_id = t.id AND t.name = 'ctx' AND o.option = 'context'",
+    )
+    wait_delivered(stack)
+    steps = asyncio.run(dialplan_steps_of_a_call(stack, "1000", "ctx.example", "pw-1000", "2000"))
+    assert steps == ["default:Goto", "pbx-stasis:Set", "pbx-stasis:Stasis"], steps
     # Contexts of the node's own dialplan are never touched.
     assert "Goto(" not in stack.asterisk.rx("dialplan show pbx-dial-test")
 
