@@ -14,6 +14,7 @@ from typing import Any
 
 import asyncpg
 
+from pbx_base.errors import InvalidInput
 from sorcery_backend.changes import ChangeSet, read_change_set
 from sorcery_backend.declarative import Config, DidRule, Extension, PjsipObject, Tenant, TenantSettings
 
@@ -60,18 +61,30 @@ async def apply_config(
 
 
 async def _converge_tenant(conn: asyncpg.Connection, name: str, tenant: Tenant) -> None:
-    tenant_id = await conn.fetchval(
-        """
-        INSERT INTO pbx.tenants (name, domain) VALUES ($1, $2)
-        ON CONFLICT (name) DO UPDATE SET domain = EXCLUDED.domain
-            WHERE pbx.tenants.domain IS DISTINCT FROM EXCLUDED.domain
-        RETURNING id
-        """,
-        name,
-        tenant.domain,
-    )
-    if tenant_id is None:
-        tenant_id = await conn.fetchval("SELECT id FROM pbx.tenants WHERE name = $1", name)
+    # A tenant that exists is read and updated, never upserted: a tenant admin may change its own
+    # tenants but not create one (no INSERT on pbx.tenants), and an upsert needs INSERT.
+    row = await conn.fetchrow("SELECT id, domain FROM pbx.tenants WHERE name = $1", name)
+    if row is None:
+        try:
+            tenant_id = await conn.fetchval(
+                """
+                INSERT INTO pbx.tenants (name, domain) VALUES ($1, $2)
+                ON CONFLICT (name) DO UPDATE SET domain = EXCLUDED.domain
+                RETURNING id
+                """,
+                name,
+                tenant.domain,
+            )
+        except asyncpg.InsufficientPrivilegeError:
+            # Row security hid it, or it does not exist: to this role both are "not yours".
+            raise InvalidInput(
+                f"tenant {name}: not one of this role's tenants (rule: a tenant admin changes only the "
+                "tenants granted to it; creating tenants is the operator's)"
+            ) from None
+    else:
+        tenant_id = row["id"]
+        if row["domain"] != tenant.domain:
+            await conn.execute("UPDATE pbx.tenants SET domain = $2 WHERE id = $1", tenant_id, tenant.domain)
     await _converge_settings(conn, tenant_id, tenant.settings or TenantSettings())
     await _converge_objects(conn, tenant_id, tenant)
     await _converge_extensions(conn, tenant_id, tenant)

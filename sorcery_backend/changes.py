@@ -40,7 +40,7 @@ class ChangeSet:
 async def read_change_set(conn: asyncpg.Connection) -> ChangeSet:
     """The rows the current transaction's flush wrote to the outbox."""
     cs = ChangeSet()
-    rows = await conn.fetch("SELECT op, view, object_id FROM pbx.outbox WHERE xid = pg_current_xact_id() ORDER BY seq")
+    rows = await conn.fetch("SELECT op, view, object_id FROM pbx.own_change_set()")
     for r in rows:
         cs.add(r["op"], r["view"], r["object_id"])
     return cs

@@ -12,6 +12,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 
+from pbx_base.errors import InvalidInput
 from sorcery_backend.apply import apply_config
 from sorcery_backend.declarative import load_yaml, parse_config
 
@@ -192,6 +193,30 @@ async def test_tenant_admin_cannot_alias_another_tenants_domain(
     assert "tenant beta: domain 'ACME.net' is already claimed" in msg
     msg = await refused(admin, "INSERT INTO pbx.tenants (name, domain) VALUES ('gamma', $1)", "a" * 200_000)
     assert "is not a domain name" in msg and len(msg) < 300
+
+
+async def test_tenant_admin_applies_a_file_of_its_own_tenant_and_no_other(
+    tenant_admin: tuple[asyncpg.Connection, asyncpg.Connection],
+) -> None:
+    """`pbxctl apply` as a tenant admin: its own tenant converges (also its domain); a tenant it
+    does not administer, existing or new, is refused and nothing of the file is kept."""
+    admin, ta = tenant_admin
+    own = CONFIG.split("  beta:")[0].replace("acme.example", "acme.net").replace("1001", "1002")
+    await apply_config(ta, parse_config(load_yaml(own)))
+    assert await admin.fetchval("SELECT domain FROM pbx.tenants WHERE name = 'acme'") == "acme.net"
+    got = await admin.fetch(
+        "SELECT o.name FROM pbx.objects o JOIN pbx.tenants t ON t.id = o.tenant_id "
+        "WHERE t.name = 'acme' AND o.kind = 'endpoint' ORDER BY 1"
+    )
+    assert [r["name"] for r in got] == ["1002", "carrier"]
+    for other in (
+        CONFIG.split("  beta:")[0].replace("acme", "gamma"),
+        "tenants:\n  beta:" + CONFIG.split("  beta:")[1],
+    ):
+        with pytest.raises(InvalidInput, match=r"^tenant (gamma|beta): not one of this role's tenants \(rule: "):
+            await apply_config(ta, parse_config(load_yaml(other.replace("1001", "1003"))))
+    assert await admin.fetchval("SELECT count(*) FROM pbx.tenants WHERE name = 'gamma'") == 0
+    assert await admin.fetchval("SELECT count(*) FROM pbx.objects WHERE name = '1003'") == 0
 
 
 async def test_tenant_admin_meets_the_fences_in_sql(
