@@ -10,12 +10,12 @@ request-URI user as `dialed` on a trunk's devices; CANCEL = stop; their own 200 
 own 486 = rejected) is the timeline, with times from the caller's first INVITE, in the JSON of
 `route simulate`.
 
-On a cluster stack every device registers and the caller dials through the edge (`PBX_SIP_ADDR`),
-so each phone lands on the node the edge hashes its AOR to and the call enters the node of the
-caller's AOR (its From); the
-calls of `in_use` are held on every node (devstack/play_nodes.py). A carrier's INVITE (a trunk
-caller, sent from its identify address) reaches the node from the edge's address, which no identify
-matches: such a scenario ends `error:noauth` on a cluster until the edge passes the source on.
+On a cluster stack every device registers and the caller dials through the edge (`PBX_SIP_ADDR`):
+each phone lands on the node the edge hashes its AOR to, the call enters the node of the caller's
+AOR (its From), and the calls of `in_use` are held on every node (devstack/play_nodes.py). A
+carrier's INVITE (a trunk caller, sent from its identify address) reaches the node from the edge's
+address, which no identify matches: such a scenario ends `error:noauth` on a cluster until the
+edge passes the source on.
 
 Live, an INVITE without credentials that no identify matches is challenged (401) and never
 reaches the controller: there is no anonymous endpoint, so such a caller gets `error:noauth`
