@@ -10,6 +10,13 @@ request-URI user as `dialed` on a trunk's devices; CANCEL = stop; their own 200 
 own 486 = rejected) is the timeline, with times from the caller's first INVITE, in the JSON of
 `route simulate`.
 
+On a cluster stack every device registers and the caller dials through the edge (`PBX_SIP_ADDR`):
+each phone lands on the node the edge hashes its AOR to, the call enters the node of the caller's
+AOR (its From), and the calls of `in_use` are held on every node (devstack/play_nodes.py). A
+carrier's INVITE (a trunk caller, sent from its identify address) reaches the node from the edge's
+address, which no identify matches: such a scenario ends `error:noauth` on a cluster until the
+edge passes the source on.
+
 Live, an INVITE without credentials that no identify matches is challenged (401) and never
 reaches the controller: there is no anonymous endpoint, so such a caller gets `error:noauth`
 (where the simulator routes an outside caller, `call.endpoint: null`, e.g. S48). A phone that
@@ -24,7 +31,6 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
-import os
 import re
 import shutil
 import tempfile
@@ -36,13 +42,11 @@ from typing import Any
 
 import asyncpg
 
-from ari_app.ari import AriClient, AriNotFound, DialplanTarget, HttpAriTransport
 from devstack import sipp
+from devstack.play_nodes import PlayError, PlayTarget, calls_held
 from devstack.play_sipp import caller_xml, device_xml
 from devstack.services import ServicesError, wait_delivered
 from devstack.sipp import Message, SippProcess, read_trace, status_code
-from pbx_base.errors import InvalidInput
-from pbx_base.settings import get_settings
 from routing.model import directory_from_config, static_contacts_from_config
 from routing.stage2 import static_device_name
 from sorcery_backend.apply import apply_config
@@ -51,27 +55,6 @@ from sorcery_backend.declarative import Config, parse_config
 __all__ = ["Message", "PlayError", "PlayTarget", "SippProcess", "play", "read_trace"]
 
 _START_MARGIN_S = 0.4  # time to start every device (each start returns once it holds its port) before t0
-
-
-class PlayError(InvalidInput):
-    """The scenario cannot be played live (one line, names the part of the scenario)."""
-
-
-@dataclass(frozen=True)
-class PlayTarget:
-    database_url: str
-    sip_addr: str
-    ari_url: str
-    ari_user: str
-    ari_password: str
-
-    @classmethod
-    def from_env(cls) -> PlayTarget:
-        s = get_settings()
-        if not s.database_url or not s.sip_addr or not s.ari_url:
-            missing = [f"PBX_{k.upper()}" for k in ("database_url", "sip_addr", "ari_url") if not getattr(s, k)]
-            raise PlayError(f"call play needs a running stack: {', '.join(missing)} unset (eval $(pbxctl dev up))")
-        return cls(s.database_url, s.sip_addr, s.ari_url, s.ari_user, s.ari_password.get_secret_value())
 
 
 @dataclass
@@ -177,23 +160,11 @@ async def play(scenario: Mapping[str, Any], target: PlayTarget, horizon_s: float
             await _forget_contacts(conn, target, plan)
             devices = await _register_devices(target, plan, Path(tmp))
             devices.update(_static_devices(plan, Path(tmp)))
-            async with HttpAriTransport(target.ari_url, target.ari_user, target.ari_password) as transport:
-                ari = AriClient(transport, "pbx-play")
-                holders: list[tuple[str, SippProcess]] = []
-                try:
-                    for endpoint, count in (scenario.get("in_use") or {}).items():
-                        for i in range(int(count or 0)):
-                            holders.append(await _hold_a_call(ari, target, plan, str(endpoint), i, Path(tmp)))
-                    return await asyncio.to_thread(
-                        _run_call, target, plan, devices, behaviour, caller, call, horizon, Path(tmp)
-                    )
-                finally:
-                    for channel_id, holder in holders:
-                        try:
-                            await ari.channels.hangup(channel_id)
-                        except AriNotFound:
-                            pass
-                        holder.stop()
+            in_use = {str(ep): int(n or 0) for ep, n in (scenario.get("in_use") or {}).items()}
+            async with calls_held(target, plan.domain, in_use, Path(tmp)):
+                return await asyncio.to_thread(
+                    _run_call, target, plan, devices, behaviour, caller, call, horizon, Path(tmp)
+                )
         finally:
             try:
                 await _forget_contacts(conn, target, plan)
@@ -288,36 +259,6 @@ async def _register_devices(target: PlayTarget, plan: _Plan, tmp: Path) -> dict[
 
     await asyncio.gather(*(asyncio.to_thread(register, dev) for dev in devices))
     return devices
-
-
-async def _hold_a_call(
-    ari: AriClient, target: PlayTarget, plan: _Plan, endpoint: str, n: int, tmp: Path
-) -> tuple[str, SippProcess]:
-    """A call up on ``endpoint`` that is not the scenario's: a channel from the endpoint to a sipp
-    that answers (context pbx-hold of the dev stack's dialplan, devstack/asterisk_dev/, keeps it up)."""
-    d = tmp / f"hold-{endpoint}-{n}"
-    d.mkdir()
-    holder = SippProcess(f"hold-{endpoint}", sipp.free_udp_port(), d)
-    holder.start(target.sip_addr, device_xml({"answer_at": 0}, 0), ["-"], 600)
-    channel_id = f"pbx-play-hold-{endpoint}-{n}-{os.getpid()}"
-    await ari.channels.originate(
-        f"PJSIP/{endpoint}@{plan.domain}/sip:hold@127.0.0.1:{holder.port}",
-        dialplan=DialplanTarget("pbx-hold", "hold", 1),
-        channel_id=channel_id,
-        timeout=10,
-    )
-    deadline = time.monotonic() + 10
-    while True:
-        try:
-            state = (await ari.channels.get(channel_id)).state
-        except AriNotFound:
-            state = "gone"
-        if state == "Up":
-            return channel_id, holder
-        if state == "gone" or time.monotonic() > deadline:
-            holder.stop()
-            raise PlayError(f"in_use: could not hold a call up on {endpoint} (channel {state})")
-        await asyncio.sleep(0.05)
 
 
 def _run_call(

@@ -11,6 +11,7 @@ import sys
 import textwrap
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import pytest
 
@@ -66,3 +67,30 @@ def serve_url(st: Stack) -> str:
 def without_controller(stack: Stack) -> Iterator[Stack]:
     with no_controller(stack):
         yield stack
+
+
+def _live_wrapper(tmp_path: Path) -> Path:
+    """The checker runs `pbxctl route simulate FILE --json --horizon H`: play it live instead."""
+    w = tmp_path / "live-pbxctl"
+    w.write_text(
+        "#!/bin/sh\n"
+        'if [ "$1" = route ] && [ "$2" = simulate ]; then shift 2; set -- call play "$@"; fi\n'
+        f'exec {sys.executable} -m pbxctl "$@"\n'
+    )
+    w.chmod(0o755)
+    return w
+
+
+def check_live(st: Stack, shared_dir: Path, files: list[Path], tmp_path: Path) -> None:
+    """The shared checker's `--live` run of ``files``, played on ``st`` (a cluster: through its edge)."""
+    env = dict(os.environ, **st.settings.exports())
+    checker = [sys.executable, str(shared_dir / "tools" / "check-scenarios"), "--live"]
+    p = subprocess.run(
+        [*checker, "--pbxctl", str(_live_wrapper(tmp_path)), *map(str, files)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=900,
+    )
+    logs = "".join(s.log_tail(20) for s in [st.serve, *st.node_serves])
+    assert p.returncode == 0, p.stdout + p.stderr + logs

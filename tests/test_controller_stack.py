@@ -20,7 +20,7 @@ from typing import Any
 import aiohttp
 import pytest
 import yaml
-from stack import apply_yaml, pbxctl, serve_url
+from stack import apply_yaml, check_live, pbxctl, serve_url
 
 from ari_app.ari import AriClient, AriNotFound, Bridge, Channel, HttpAriTransport
 from devstack import sipp
@@ -36,42 +36,11 @@ REPO = Path(__file__).resolve().parent.parent
 LIVE = ["S03", "S07", "S08", "S10", "S13", "S15a", "S16a", "S20b", "S21", "S23a", "S30", "S42"]
 
 
-def _live_wrapper(tmp_path: Path) -> Path:
-    """The checker runs `pbxctl route simulate FILE --json --horizon H`: play it live instead."""
-    w = tmp_path / "live-pbxctl"
-    w.write_text(
-        "#!/bin/sh\n"
-        'if [ "$1" = route ] && [ "$2" = simulate ]; then shift 2; set -- call play "$@"; fi\n'
-        f'exec {sys.executable} -m pbxctl "$@"\n'
-    )
-    w.chmod(0o755)
-    return w
-
-
-def _check_live(stack: Stack, shared_dir: Path, files: list[Path], tmp_path: Path) -> None:
-    env = dict(os.environ, **stack.settings.exports())
-    p = subprocess.run(
-        [
-            sys.executable,
-            str(shared_dir / "tools" / "check-scenarios"),
-            "--live",
-            "--pbxctl",
-            str(_live_wrapper(tmp_path)),
-        ]
-        + [str(f) for f in files],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=900,
-    )
-    assert p.returncode == 0, p.stdout + p.stderr + stack.serve.log_tail(20)
-
-
 def test_public_scenarios_played_live_give_the_simulated_timeline(
     stack: Stack, shared_dir: Path, tmp_path: Path
 ) -> None:
     files = [shared_dir / "scenarios" / "routing" / f"{sid}.yaml" for sid in LIVE]
-    _check_live(stack, shared_dir, files, tmp_path)
+    check_live(stack, shared_dir, files, tmp_path)
 
 
 def test_answers_rejects_and_busy_phones_played_live_match_the_simulator(
@@ -87,7 +56,7 @@ def test_answers_rejects_and_busy_phones_played_live_match_the_simulator(
         dst = tmp_path / src.name
         dst.write_text(yaml.safe_dump(doc, sort_keys=False))
         files.append(dst)
-    _check_live(stack, shared_dir, files, tmp_path)
+    check_live(stack, shared_dir, files, tmp_path)
 
 
 # Our own trunk scenarios left out live: T13's only event is at its 120 s horizon.
@@ -102,14 +71,14 @@ def test_trunk_scenarios_played_live_give_the_simulated_timeline(
     the DID rules, fallbacks, and the ring timeout (480, noanswer)."""
     files = sorted((shared_dir / "scenarios" / "trunks").glob("*.yaml"))
     own = sorted((REPO / "tests" / "scenarios" / "trunks").glob("T*.yaml"))
-    _check_live(stack, shared_dir, files + [p for p in own if p.stem not in TRUNKS_NOT_LIVE], tmp_path)
+    check_live(stack, shared_dir, files + [p for p in own if p.stem not in TRUNKS_NOT_LIVE], tmp_path)
 
 
 def test_unauthenticated_and_impersonating_callers_played_live(stack: Stack, shared_dir: Path, tmp_path: Path) -> None:
     """S35a: an INVITE without credentials is challenged and goes no further (error:noauth).
     S35b: a phone presenting another user's number is refused by the controller (403)."""
     files = [shared_dir / "scenarios" / "routing" / f"{sid}.yaml" for sid in ("S35a", "S35b")]
-    _check_live(stack, shared_dir, files, tmp_path)
+    check_live(stack, shared_dir, files, tmp_path)
 
 
 QUALIFIED = """

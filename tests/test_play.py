@@ -5,11 +5,15 @@ from __future__ import annotations
 import re
 import xml.etree.ElementTree as ET
 from datetime import datetime
+from pathlib import Path
 
 import pytest
 
 from devstack.play import Message, PlayError, _check_transfers, _plan, _timeline, read_trace
+from devstack.play_nodes import PlayTarget, node_ari_urls
 from devstack.play_sipp import caller_xml, device_xml
+from devstack.settings import StackSettings
+from pbx_base.settings import get_settings
 
 TRACE = """----------------------------------------------- 2026-11-30 04:47:50.044657
 UDP message received [343] bytes :
@@ -188,3 +192,40 @@ def test_transfer_and_hold_scenarios_are_well_formed_with_unique_labels(xml: str
     assert len(labels) == len(set(labels))
     jumps = {e.get(a) for e in root for a in ("next", "ontimeout") if e.get(a)}
     assert jumps <= set(labels)
+
+
+def _stack(nodes: int) -> StackSettings:
+    one = StackSettings(
+        name="p", pg_port=1, sip_port=2, http_port=3, ami_port=4, rtp_start=10000, rtp_end=10098,
+        db_password="d", ari_password="a", ami_password="m",
+    )  # fmt: skip
+    return one if nodes == 1 else one.model_copy(update={"rtp_start": 20000}).with_nodes(nodes)
+
+
+def test_play_holds_calls_on_every_node_of_the_stack_that_exported_the_ari_url() -> None:
+    single = _stack(1)
+    assert node_ari_urls(single.ari_url, single) == ("http://127.0.0.1:3",)
+    cluster = _stack(3)
+    assert node_ari_urls(cluster.ari_url + "/", cluster) == tuple(f"http://127.0.0.1{i}:3" for i in (1, 2, 3))
+    # Another stack's ARI (PBX_STACK names a stack the URL is not from), or no stack.json at all.
+    assert node_ari_urls("http://127.0.0.1:9", cluster) == ("http://127.0.0.1:9",)
+    assert node_ari_urls("http://127.0.0.1:9", None) == ("http://127.0.0.1:9",)
+
+
+def test_play_target_from_the_environment_of_a_cluster_stack(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    cluster = _stack(2)
+    (tmp_path / "p").mkdir()
+    (tmp_path / "p" / "stack.json").write_text(cluster.model_dump_json())
+    monkeypatch.setenv("PBX_STACKS_DIR", str(tmp_path))
+    for name, value in cluster.exports().items():
+        monkeypatch.setenv(name, value)
+    get_settings.cache_clear()  # the settings are read once per process
+    try:
+        target = PlayTarget.from_env()
+        assert target.sip_addr == "127.0.0.10:2"  # the edge
+        assert target.ari_urls == ("http://127.0.0.11:3", "http://127.0.0.12:3")
+        monkeypatch.setenv("PBX_STACK", "gone")
+        get_settings.cache_clear()
+        assert PlayTarget.from_env().ari_urls == ("http://127.0.0.11:3",)
+    finally:
+        get_settings.cache_clear()
