@@ -20,7 +20,11 @@ itself holds.
 
 Rules (several nodes share the table):
 - a contact whose expiration has passed is never written (Asterisk's own sweep deletes it);
-- an existing row is overwritten only by a copy that expires later (a later refresh is newer);
+- an existing row is overwritten only by a copy that expires later (a later refresh is newer), and
+  never while another node holds it: its reg_server is another node's and its expiry is ahead, so
+  that node took the phone's latest REGISTER (the phone moved nodes) and this copy is stale even
+  when it was registered for longer. The rule is sql/024's ``pbx.contact_held_elsewhere``, the
+  one the nodes' own deletes follow;
 - a missing row is not re-created when Postgres holds another contact of the same AOR, not held by
   this node, that expires later: another node superseded it (``remove_existing``) and this node's
   astdb copy is stale until its own expiry;
@@ -101,7 +105,8 @@ _UPSERT = f"""
 INSERT INTO public.ps_contacts AS p ({", ".join(COLUMNS)})
 SELECT {", ".join(COLUMNS)} FROM jsonb_populate_recordset(NULL::public.ps_contacts, $1::jsonb)
 ON CONFLICT (id) DO UPDATE SET {", ".join(f"{c} = excluded.{c}" for c in COLUMNS[1:])}
-WHERE p.expiration_time IS NULL OR p.expiration_time < excluded.expiration_time
+WHERE (p.expiration_time IS NULL OR p.expiration_time < excluded.expiration_time)
+  AND NOT pbx.contact_held_elsewhere(p.id, p.reg_server, p.expiration_time, coalesce(excluded.reg_server, ''))
 RETURNING p.id
 """
 # Only the version seen: a row refreshed (or re-created) since then has another expiry and stays.

@@ -230,6 +230,27 @@ async def test_a_delete_spares_a_row_refreshed_since_it_was_seen(db: str) -> Non
         await conn.close()
 
 
+async def test_a_copy_never_overwrites_a_contact_another_node_now_holds(db: str) -> None:
+    """Node a's astdb copy of a phone that moved to node b, registered for longer there than b
+    allows (sql/024's rule): written only once b's row has expired."""
+    now = int(time.time())
+    conn = await asyncpg.connect(db)
+    try:
+        await conn.execute(
+            "INSERT INTO ps_contacts (id, uri, expiration_time, endpoint, reg_server) "
+            "VALUES ('a^3B@1', 'sip:b', $1, 'x', 'b')",
+            now + 60,
+        )
+        row = {"id": "a^3B@1", "uri": "sip:a", "expiration_time": str(now + 3600), "endpoint": "x", "reg_server": "a"}
+        stale = Contact(row)
+        assert await write_contacts(conn, [stale]) == 0
+        await conn.execute("UPDATE ps_contacts SET expiration_time = $1", now - 1)
+        assert await write_contacts(conn, [stale]) == 1
+        assert await conn.fetchval("SELECT reg_server FROM ps_contacts") == "a"
+    finally:
+        await conn.close()
+
+
 async def test_restored_rows_equal_the_row_asterisk_wrote_and_a_newer_row_is_kept(db: str, node_ami: FakeAmi) -> None:
     contacts = await held(node_ami)
     conn = await asyncpg.connect(db)
