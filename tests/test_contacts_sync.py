@@ -145,6 +145,13 @@ def test_a_contact_another_node_superseded_is_not_brought_back() -> None:
     assert plan_writes(both, {"a^3B@two": StoredContact("a^3B@two", 2600)}, 1000) == both[:1]
 
 
+def test_of_two_nodes_copies_of_one_contact_only_the_later_one_is_written() -> None:
+    # The phone moved from node M to node N: both hold a^3B@1, N's copy expires later.
+    mine = [contact("a^3B@1", 2000)]
+    assert plan_writes(mine, {}, 1000, {"a^3B@1": 2600}) == []
+    assert plan_writes(mine, {}, 1000, {"a^3B@1": 2000}) == mine
+
+
 def test_rows_no_node_holds_are_to_delete_unless_expired_or_made_by_hand() -> None:
     seen = {
         "a^3B@1": StoredContact("a^3B@1", 2000),  # held: stays
