@@ -19,9 +19,10 @@
 --     view of ps_contacts whose DELETE applies the rule. W is the node the session belongs to,
 --     from its application_name (`appname = pbx-node:<systemname>` in res_pgsql.conf; systemname
 --     is what Asterisk writes as reg_server). A refused DELETE still reports its row as deleted:
---     Sorcery drops its cached copies (the stale astdb one) only when a backend deleted the
---     object, and a copy kept would be deleted again at every sweep, and hide the AOR's row from
---     every lookup on that node (astdb answers the AOR's contacts before Postgres);
+--     Sorcery drops its cached copies (the stale astdb one) only when a non-caching wizard deleted
+--     the object (main/sorcery.c ast_sorcery_delete), and after a restart the outage memory_cache
+--     holds nothing, so this row count alone decides. A copy kept would be deleted again at every
+--     sweep and hide the AOR's rows from every lookup on that node (astdb answers first);
 --   * the contacts sync (sorcery_backend/contacts_sync.py) writing a node's astdb copy back: W is
 --     the copy's reg_server. Its deletes of rows no node holds are not a node's and stay as they are.
 -- Kept as before: a node's own unregister and expiry (reg_server is W), a row whose expiry has
