@@ -20,7 +20,13 @@ itself holds.
 
 Rules (several nodes share the table):
 - a contact whose expiration has passed is never written (Asterisk's own sweep deletes it);
-- an existing row is overwritten only by a copy that expires later (a later refresh is newer);
+- an existing row is overwritten only by a copy that expires later (a later refresh is newer), and
+  never while another node holds it: its reg_server is another node's and its expiry is ahead, so
+  that node took the phone's latest REGISTER (the phone moved nodes) and this copy is stale even
+  when it was registered for longer. The rule is sql/024's ``pbx.contact_held_elsewhere``, the
+  one the nodes' own deletes follow;
+- of two nodes' copies of one contact (a phone that moved nodes keeps its contact id), only the one
+  that expires later is written: the other node's is stale until its own expiry;
 - a missing row is not re-created when Postgres holds another contact of the same AOR, not held by
   this node, that expires later: another node superseded it (``remove_existing``) and this node's
   astdb copy is stale until its own expiry;
@@ -101,7 +107,8 @@ _UPSERT = f"""
 INSERT INTO public.ps_contacts AS p ({", ".join(COLUMNS)})
 SELECT {", ".join(COLUMNS)} FROM jsonb_populate_recordset(NULL::public.ps_contacts, $1::jsonb)
 ON CONFLICT (id) DO UPDATE SET {", ".join(f"{c} = excluded.{c}" for c in COLUMNS[1:])}
-WHERE p.expiration_time IS NULL OR p.expiration_time < excluded.expiration_time
+WHERE (p.expiration_time IS NULL OR p.expiration_time < excluded.expiration_time)
+  AND NOT pbx.contact_held_elsewhere(p.id, p.reg_server, p.expiration_time, coalesce(excluded.reg_server, ''))
 RETURNING p.id
 """
 # Only the version seen: a row refreshed (or re-created) since then has another expiry and stays.
@@ -177,8 +184,11 @@ def parse_tree(messages: Iterable[Mapping[str, Any]]) -> list[Contact]:
     return out
 
 
-def plan_writes(held: Sequence[Contact], stored: Mapping[str, StoredContact], now: int) -> list[Contact]:
-    """The contacts of one node to write: missing from Postgres, or held there with an older expiry."""
+def plan_writes(
+    held: Sequence[Contact], stored: Mapping[str, StoredContact], now: int, freshest: Mapping[str, int] | None = None
+) -> list[Contact]:
+    """The contacts of one node to write: missing from Postgres, or held there with an older expiry.
+    ``freshest``: the latest expiry of each contact among every node's copies looked at."""
     held_ids = {c.id for c in held}
     # Per AOR, the latest expiry among rows this node does not hold: another node's (newer) binding.
     others: dict[str, int] = {}
@@ -188,7 +198,7 @@ def plan_writes(held: Sequence[Contact], stored: Mapping[str, StoredContact], no
             others[aor] = max(others.get(aor, 0), s.expiration_time)
     out = []
     for c in held:
-        if c.expiration_time <= now:
+        if c.expiration_time <= now or (freshest or {}).get(c.id, 0) > c.expiration_time:
             continue
         have = stored.get(c.id)
         if have is None:
@@ -306,12 +316,15 @@ class ContactSync:
         held = await asyncio.gather(*(self._held(n) for n in chosen))
         stored = await stored_contacts(conn)
         now = int(self.clock())
+        freshest: dict[str, int] = {}
+        for c in (c for contacts in held if contacts is not None for c in contacts):
+            freshest[c.id] = max(freshest.get(c.id, 0), c.expiration_time)
         total = 0
         suspects: list[StoredContact] = []  # rows to delete unless a node holds them at the second look
         for node, contacts in zip(chosen, held, strict=True):
             if contacts is None:
                 continue
-            todo = plan_writes(contacts, stored, now)
+            todo = plan_writes(contacts, stored, now, freshest)
             if not todo:
                 continue
             written = await self._guarded(conn, write_contacts, todo, "write")

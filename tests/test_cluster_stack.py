@@ -12,7 +12,9 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -20,6 +22,8 @@ import yaml
 from stack import apply_yaml, check_live, pbxctl
 
 from devstack import sipp
+from devstack.asterisk import AsteriskNode
+from devstack.settings import StackSettings
 from devstack.stack import Stack, allow_lab_contexts, run_sql
 
 pytestmark = pytest.mark.stack
@@ -204,6 +208,129 @@ def test_nodes_remove_and_add_reload_the_edges_node_list(cluster: Stack) -> None
     assert p.returncode == 0 and "SIP edge reloaded its node list" in p.stderr, p.stderr
     assert sorted(edge.destinations()) == sorted(f"sip:{n.node_sip_addr}" for n in cluster.settings.nodes())
     assert set(homes(cluster).values()) == {n.name for n in cluster.settings.nodes()}
+
+
+# --- A phone that moves between nodes (issue #18: a node never deletes a contact another node now
+# refreshes; sql/024). Own tenant: its AORs accept a few seconds' expiry, so node A's copy expires
+# within the test. Each test takes node A off the edge's list and puts it back as it was.
+
+MOVING = "mov.example"
+MOVERS = [str(n) for n in range(3001, 3009)]
+MOVING_PHONES = f"""
+tenants:
+  mov:
+    domain: {MOVING}
+    templates:
+      base:
+        transport: transport-udp
+        endpoint: {{allow: "!all,ulaw", direct_media: "no", context: pbx-dial-test}}
+        aor: {{max_contacts: 1, remove_existing: "yes", minimum_expiration: 1}}
+    endpoints:
+{"".join(_endpoint(u, "base") for u in MOVERS)}
+"""
+
+
+@pytest.fixture(scope="module")
+def moving(cluster: Stack, tmp_path_factory: pytest.TempPathFactory) -> Stack:
+    apply_yaml(cluster, MOVING_PHONES, tmp_path_factory.mktemp("mov"))
+    return cluster
+
+
+def mover_rows(st: Stack, user: str) -> list[tuple[str, str]]:
+    """(contact id, reg_server) of the user's rows."""
+    rows = run_sql(st, "SELECT id, reg_server FROM ps_contacts WHERE endpoint = $1 ORDER BY id", f"{user}@{MOVING}")
+    return [(r["id"], r["reg_server"]) for r in rows]
+
+
+def register_mover(st: Stack, user: str, port: int, expires: int) -> None:
+    r = sipp.register(st.settings.sip_addr, user, MOVING, f"pw-{user}", expires=expires, local_port=port)
+    assert r.final == 200, (user, r.responses, r.stderr)
+
+
+def on_second_node(st: Stack, expires: int) -> tuple[str, int, float]:
+    """A user registered (with ``expires``) through the edge that landed on node 2, its port, and
+    when it registered."""
+    second = st.settings.nodes()[1].name
+    for user in MOVERS:
+        port = sipp.free_udp_port()
+        sent = time.time()
+        register_mover(st, user, port, expires)
+        if [reg for _id, reg in mover_rows(st, user)] == [second]:
+            return user, port, sent
+        assert sipp.unregister_all(st.settings.sip_addr, user, MOVING, f"pw-{user}").final == 200
+    pytest.fail(f"the edge hashed none of {MOVERS} onto {second}")
+
+
+@contextmanager
+def off_the_edge(st: Stack, node: StackSettings) -> Iterator[None]:
+    p = pbxctl(st, "nodes", "remove", node.name)
+    assert p.returncode == 0 and "SIP edge reloaded its node list" in p.stderr, p.stderr
+    try:
+        yield
+    finally:
+        p = pbxctl(
+            st, "nodes", "add", node.name, "--ami", node.ami_addr, "--user", node.ami_user, "--sip", node.node_sip_addr
+        )
+        assert p.returncode == 0, p.stderr
+
+
+def astdb_holds(node: AsteriskNode, contact_id: str) -> bool:
+    """Whether the node's astdb contact cache holds the contact (keys are not realtime-encoded)."""
+    return contact_id.replace("^3B", ";") in node.rx("database show registrar/contact")
+
+
+def wait_until(check: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, f"timed out after {timeout} s waiting for {what}"
+        time.sleep(0.2)
+
+
+def test_a_phone_that_moved_nodes_stays_registered_when_the_old_node_restarts_and_its_copy_expires(
+    moving: Stack,
+) -> None:
+    a, b = moving.asterisks[1], moving.asterisks[0]
+    expires = 12
+    user, port, t0 = on_second_node(moving, expires)
+    [(cid, _a)] = mover_rows(moving, user)
+    try:
+        with off_the_edge(moving, a.settings):
+            # The same device (same contact URI, so the same contact id) refreshes through node B.
+            register_mover(moving, user, port, 3600)
+            assert time.time() < t0 + expires, "the move took longer than node A's copy lives"
+            assert mover_rows(moving, user) == [(cid, b.settings.name)]
+            # Node A restarts: its astdb copy (A's expiry) survives, its outage memory cache does
+            # not, so only ps_contacts' answer to the delete decides whether the copy goes.
+            a.stop()
+            a.start()
+            assert astdb_holds(a, cid)
+            time.sleep(max(0.0, t0 + expires + 1 - time.time()))  # A's copy has expired: wait for it
+            # A read of the AOR's contacts on A deletes what its copy says expired (the sweep would,
+            # within contact_expiration_check_interval).
+            a.rx(f"pjsip show aor {user}@{MOVING}")
+            wait_until(lambda: not astdb_holds(a, cid), 40, "node A to drop its expired copy")
+            # Node A's delete did not take B's row with it, and the phone is B's to the end.
+            assert mover_rows(moving, user) == [(cid, b.settings.name)]
+            assert sipp.unregister_all(moving.settings.sip_addr, user, MOVING, f"pw-{user}").final == 200
+            assert mover_rows(moving, user) == []  # the owner's unregister deletes
+    finally:
+        sipp.unregister_all(moving.settings.sip_addr, user, MOVING, f"pw-{user}")
+
+
+def test_a_phone_that_moved_nodes_from_another_port_replaces_its_old_contact(moving: Stack) -> None:
+    """remove_existing across nodes: node B adds the new contact, then deletes node A's live one."""
+    a, b = moving.asterisks[1], moving.asterisks[0]
+    user, _port, _t0 = on_second_node(moving, 3600)
+    try:
+        with off_the_edge(moving, a.settings):
+            register_mover(moving, user, sipp.free_udp_port(), 3600)
+            [(_cid, reg)] = mover_rows(moving, user)
+            assert reg == b.settings.name
+    finally:
+        sipp.unregister_all(moving.settings.sip_addr, user, MOVING, f"pw-{user}")
+
+
+# --- end of the moving-phone block
 
 
 def test_down_leaves_no_process_and_destroy_no_dir(cluster: Stack) -> None:

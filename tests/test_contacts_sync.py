@@ -145,6 +145,13 @@ def test_a_contact_another_node_superseded_is_not_brought_back() -> None:
     assert plan_writes(both, {"a^3B@two": StoredContact("a^3B@two", 2600)}, 1000) == both[:1]
 
 
+def test_of_two_nodes_copies_of_one_contact_only_the_later_one_is_written() -> None:
+    # The phone moved from node M to node N: both hold a^3B@1, N's copy expires later.
+    mine = [contact("a^3B@1", 2000)]
+    assert plan_writes(mine, {}, 1000, {"a^3B@1": 2600}) == []
+    assert plan_writes(mine, {}, 1000, {"a^3B@1": 2000}) == mine
+
+
 def test_rows_no_node_holds_are_to_delete_unless_expired_or_made_by_hand() -> None:
     seen = {
         "a^3B@1": StoredContact("a^3B@1", 2000),  # held: stays
@@ -226,6 +233,27 @@ async def test_a_delete_spares_a_row_refreshed_since_it_was_seen(db: str) -> Non
         )
         assert await delete_contacts(conn, [StoredContact("a^3B@1", 2000)]) == 0
         assert await delete_contacts(conn, [StoredContact("a^3B@1", 2600)]) == 1
+    finally:
+        await conn.close()
+
+
+async def test_a_copy_never_overwrites_a_contact_another_node_now_holds(db: str) -> None:
+    """Node a's astdb copy of a phone that moved to node b, registered for longer there than b
+    allows (sql/024's rule): written only once b's row has expired."""
+    now = int(time.time())
+    conn = await asyncpg.connect(db)
+    try:
+        await conn.execute(
+            "INSERT INTO ps_contacts (id, uri, expiration_time, endpoint, reg_server) "
+            "VALUES ('a^3B@1', 'sip:b', $1, 'x', 'b')",
+            now + 60,
+        )
+        row = {"id": "a^3B@1", "uri": "sip:a", "expiration_time": str(now + 3600), "endpoint": "x", "reg_server": "a"}
+        stale = Contact(row)
+        assert await write_contacts(conn, [stale]) == 0
+        await conn.execute("UPDATE ps_contacts SET expiration_time = $1", now - 1)
+        assert await write_contacts(conn, [stale]) == 1
+        assert await conn.fetchval("SELECT reg_server FROM ps_contacts") == "a"
     finally:
         await conn.close()
 
