@@ -121,14 +121,19 @@ def setup_comparison(
             raise SystemExit(f"node {node}: no caller, local or cross phone among the hashed AORs: {home}")
         pairs.append((caller, local, cross))
     samples: dict[str, list[float]] = {"local": [], "cross": []}
+    per_pair: dict[tuple[str, str, str], list[float]] = {}
     for i in range(rounds):
-        for caller, local, cross in pairs:
+        for node, (caller, local, cross) in zip(nodes, pairs, strict=True):
             order = (("local", local), ("cross", cross)) if i % 2 == 0 else (("cross", cross), ("local", local))
             for mode, callee in order:
                 rc, d = caller_run(stack, tmp, caller, callee, per_round)
                 if rc != 0:
                     raise SystemExit(f"setup round {i} ({mode}, {caller} -> {callee}): sipp exit {rc}; see {d}")
-                samples[mode].extend(setup_times(d))
+                took = setup_times(d)
+                samples[mode].extend(took)
+                per_pair.setdefault((node, mode, f"{caller} -> {callee} ({home[callee]})"), []).extend(took)
+    for (node, mode, pair), took in sorted(per_pair.items()):
+        log(f"  entering {node}, {mode}: {pair}: p50 {percentile(took, 50) * 1e3:.1f} ms")
     return samples
 
 
