@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import os
 import shutil
+import signal
 import subprocess
 import time
 import urllib.error
@@ -145,6 +147,19 @@ class AsteriskNode:
             self.rx("core stop now", timeout=10)
         except (AsteriskError, subprocess.TimeoutExpired):
             pass
+        wait_gone(pid, self.running, timeout)
+        self.pidfile.unlink(missing_ok=True)
+
+    def kill(self, timeout: float = 10.0) -> None:
+        """SIGKILL, as a crash would end it (no BYE, no unregister, nothing flushed); ``start``
+        brings it back."""
+        pid = self.pid()
+        if pid is None:
+            return
+        os.kill(pid, signal.SIGKILL)
+        # Started by this process, it stays a zombie (and pid() alive) until reaped.
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(pid, 0)
         wait_gone(pid, self.running, timeout)
         self.pidfile.unlink(missing_ok=True)
 

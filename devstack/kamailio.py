@@ -45,6 +45,7 @@ def render_edge_defines(settings: StackSettings, db_port: int, rpc_socket: Path,
         "# Rendered by devstack/kamailio.py for this stack: the values kamailio.cfg uses.\n"
         f"#!define EDGE_LISTEN udp:{addr}\n"
         f'#!define EDGE_ALIAS "{addr}"\n'
+        f'#!define PING_FROM "sip:pbx-edge@{addr}"\n'
         f'#!define RPC_SOCKET "{rpc_socket}"\n'
         f'#!define CTL_SOCKET "unix:{ctl_socket}"\n'
         f'#!define DB_URL "{db_url}"\n'

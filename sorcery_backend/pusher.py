@@ -6,8 +6,9 @@ so a node that is down never holds the others back. A worker:
 
 1. holds a per-node advisory lock, so two `pbxctl serve` processes never push the same node twice;
 2. connects and logs in to AMI (reconnecting with capped exponential backoff); on the first
-   contact with a node it has never reached, it expires every cache whole (it cannot know what the
-   node holds), and on every connection it (re)creates the dialplan contexts the endpoints use;
+   contact with a node it has never reached, or one restarted since it last reached it (a new
+   CoreStartup time), it expires every cache whole (it cannot know what the node holds), and on
+   every connection it (re)creates the dialplan contexts the endpoints use;
 3. waits for a NOTIFY, lets a burst settle (``quiet_s`` after the last NOTIFY, at most ``max_hold_s``
    after the first), then reads the node's pending rows, coalesces them per object
    (:mod:`sorcery_backend.push_plan`) and sends the actions pipelined, ``chunk`` at a time;
@@ -259,7 +260,12 @@ class NodeWorker:
         boot_id = f"{status.get('CoreStartupDate', '')} {status.get('CoreStartupTime', '')}".strip()
         known = await conn.fetchrow("SELECT boot_id FROM pbx.node_state WHERE node_id = $1", self.node.id)
         if known is None or known["boot_id"] is None:
-            await self._expire_everything(conn, session)
+            await self._expire_everything(conn, session, "first contact")
+        elif known["boot_id"] != boot_id:
+            # Restarted (a crash, a failover) since we last reached it: its caches are new and hold
+            # only what it read since, and everything queued while it was away is covered by one
+            # whole expiry per cache instead of one action per change.
+            await self._expire_everything(conn, session, f"restarted since {known['boot_id']}")
         await conn.execute(
             "INSERT INTO pbx.node_state (node_id, boot_id, connected) VALUES ($1, $2, true) "
             "ON CONFLICT (node_id) DO UPDATE SET boot_id = $2, connected = true",
@@ -280,8 +286,9 @@ class NodeWorker:
         if put or deleted:
             log.info("node %s: boot set: %d objects written, %d removed", self.node.name, put, deleted)
 
-    async def _expire_everything(self, conn: asyncpg.Connection, session: AmiSession) -> None:
-        """First contact: the node's caches may hold anything. Every change pending now is covered."""
+    async def _expire_everything(self, conn: asyncpg.Connection, session: AmiSession, why: str) -> None:
+        """First contact, or a new boot: the node's caches may hold anything. Every change pending
+        now is covered."""
         seqs = [r["seq"] for r in await conn.fetch("SELECT seq FROM pbx.push_pending WHERE node_id = $1", self.node.id)]
         actions = [
             CacheAction((("Action", "SorceryMemoryCacheExpire"), ("Cache", c)), (), 0)
@@ -295,7 +302,7 @@ class NodeWorker:
         if refused:  # a node whose caches could not be emptied may serve anything: try again
             raise refused[0][1]
         await self._acknowledge(conn, seqs, len(done))
-        log.info("node %s: first contact, every cache expired (%d pending changes covered)", self.node.name, len(seqs))
+        log.info("node %s: %s, every cache expired (%d pending changes covered)", self.node.name, why, len(seqs))
 
     async def _deliver_forever(self, conn: asyncpg.Connection, session: AmiSession, stop: asyncio.Event) -> None:
         closed = asyncio.create_task(session.wait_closed())

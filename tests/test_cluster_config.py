@@ -99,6 +99,7 @@ def test_edge_defines_carry_the_stacks_values(tmp_path: Path) -> None:
     assert f"#!define EDGE_LISTEN udp:{EDGE_HOST}:15060\n" in text
     assert f'#!define DB_URL "postgres://kamailio:{s.cluster.edge_db_password}@127.0.0.1:15432/pbx"' in text
     assert f'#!define RPC_SOCKET "{tmp_path}/rpc.sock"' in text
+    assert f'#!define PING_FROM "sip:pbx-edge@{EDGE_HOST}:15060"' in text  # the probes' From: no endpoint
 
 
 @pytest.mark.skipif(shutil.which("kamailio") is None, reason="kamailio is not installed")
