@@ -32,6 +32,7 @@ __all__ = [
     "compose_command",
     "containers_env",
     "ensure_base_images",
+    "main",
     "podman",
 ]
 
@@ -154,3 +155,31 @@ def build_compose_images(chroot: Path, log: Path) -> dict[str, str]:
         tail = " | ".join(log.read_text(errors="replace").strip().splitlines()[-3:])
         raise ImageError(f"building the compose images failed (exit {done.returncode}): {tail} (log: {log})")
     return images
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m devstack.images [--build]``: the base images made if missing, and their names as
+    ``export`` lines for a shell (``eval "$(python -m devstack.images)"``); with ``--build``, every
+    compose image built too, the edge's after the controller's."""
+    import argparse
+    import tempfile
+
+    parser = argparse.ArgumentParser(prog="python -m devstack.images", description=main.__doc__)
+    parser.add_argument("--build", action="store_true", help="build every image of compose/docker-compose.yml")
+    args = parser.parse_args(argv)
+    chroot = cache_dir() / "chroot-sid"
+    try:
+        if args.build:
+            log = Path(tempfile.mkdtemp(prefix="pbx-compose-build-")) / "build.log"
+            print(f"building the compose images (log: {log})", file=sys.stderr)
+            images = build_compose_images(chroot, log)
+        else:
+            images = ensure_base_images(chroot)
+    except StackError as exc:
+        sys.exit(f"devstack.images: {exc}")
+    for name, value in images.items():
+        print(f"export {name}={value}")
+
+
+if __name__ == "__main__":
+    main()

@@ -218,6 +218,13 @@ def test_a_call_through_the_edge_crosses_nodes_and_is_bridged(running: Compose) 
     assert f"Via: SIP/2.0/UDP {entry};" in invite, invite
 
 
+def test_the_base_image_names_print_as_exports_for_a_shell(compose: Compose) -> None:
+    p = subprocess.run([sys.executable, "-m", "devstack.images"], capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr
+    names = ("PBX_BOOKWORM_IMAGE", "PBX_ASTERISK_IMAGE")
+    assert p.stdout.splitlines() == [f"export {n}={compose.env[n]}" for n in names]
+
+
 def test_down_leaves_no_container_and_no_volume(compose: Compose) -> None:
     assert compose.containers(), "the stack runs before it is brought down"
     down = compose.run("down", "-v", timeout=300)
