@@ -48,9 +48,9 @@ _BUILD_PLACEHOLDERS = (
     "PBX_ARI_PASSWORD",
     "PBX_AMI_PASSWORD",
 )
-# The edge's image is a stage on top of the controller's (compose/controller.Dockerfile): built
-# after the others, it takes the shared layers from the cache instead of building them a second
-# time beside the controller (podman-compose builds every service at once).
+# The edge's image copies the controller's venv (a stage of compose/controller.Dockerfile): built
+# after the others, it takes that stage from the cache instead of building it a second time beside
+# the controller (podman-compose builds every service at once).
 EDGE_SERVICE = "kamailio"
 # The chroot's mount points and per-stack state are the host's business, not the image's.
 _NOT_IN_IMAGE = ("./proc/*", "./sys/*", "./dev/*", "./run/*", "./tmp/*", "./stacks", "./var/cache/apt/archives/*.deb")
