@@ -1,6 +1,8 @@
-# The control plane (pbxctl: migrate, serve) on Debian 12's Python, in a venv of its own.
+# Two images (build targets): the control plane (pbxctl: migrate, serve) on Debian 12's Python, in a
+# venv of its own; and the cluster's SIP edge, Debian 12's Kamailio 5.6 with that venv beside it,
+# because the control plane's code renders the edge's configuration (python -m devstack.edge_container).
 ARG PBX_BOOKWORM_IMAGE=localhost/pbx-bookworm:12
-FROM ${PBX_BOOKWORM_IMAGE}
+FROM ${PBX_BOOKWORM_IMAGE} AS controller
 RUN apt-get update -qq \
  && apt-get install -y -qq --no-install-recommends python3 python3-venv ca-certificates >/dev/null \
  && rm -rf /var/lib/apt/lists/* \
@@ -25,3 +27,12 @@ COPY kamailio_conf/ kamailio_conf/
 COPY examples/ examples/
 RUN pip install --no-cache-dir -q . && rm -rf /opt/pbx
 WORKDIR /
+
+# Kamailio installed before the control plane's venv is copied in: a change to the project's code
+# rebuilds the copy (seconds), not the packages.
+FROM ${PBX_BOOKWORM_IMAGE} AS edge
+RUN apt-get update -qq \
+ && apt-get install -y -qq --no-install-recommends python3 kamailio kamailio-postgres-modules >/dev/null \
+ && rm -rf /var/lib/apt/lists/*
+COPY --from=controller /opt/venv /opt/venv
+ENV PATH=/opt/venv/bin:$PATH

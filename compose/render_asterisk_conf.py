@@ -18,8 +18,8 @@ def values() -> dict[str, object]:
         raise SettingsError(f"the Asterisk container needs {', '.join(missing)}")
     return {
         "stack_dir": "/var",
-        "host": "127.0.0.1",  # as before nodes got addresses of their own (devstack clusters)
-        "systemname": "",
+        "host": s.node_host,
+        "systemname": s.systemname,
         "db_host": s.db_host,
         "db_port": s.db_port,
         "db_name": s.db_name,

@@ -17,6 +17,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import yaml
+
 from devstack.chroot import MIRROR, asterisk_version, ensure_chroot
 from devstack.settings import cache_dir
 from pbx_base.errors import StackError
@@ -30,6 +32,7 @@ __all__ = [
     "compose_command",
     "containers_env",
     "ensure_base_images",
+    "main",
     "podman",
 ]
 
@@ -38,7 +41,17 @@ COMPOSE_DIR = Path(__file__).resolve().parent.parent / "compose"
 CONTAINERS_CONF = COMPOSE_DIR / "containers.conf"
 COMPOSE_FILE = COMPOSE_DIR / "docker-compose.yml"
 # The secrets the compose file requires; a build reads none of them.
-_BUILD_PLACEHOLDERS = ("PBX_DB_ADMIN_PASSWORD", "PBX_ASTERISK_DB_PASSWORD", "PBX_ARI_PASSWORD", "PBX_AMI_PASSWORD")
+_BUILD_PLACEHOLDERS = (
+    "PBX_DB_ADMIN_PASSWORD",
+    "PBX_ASTERISK_DB_PASSWORD",
+    "PBX_KAMAILIO_DB_PASSWORD",
+    "PBX_ARI_PASSWORD",
+    "PBX_AMI_PASSWORD",
+)
+# The edge's image copies the controller's venv (a stage of compose/controller.Dockerfile): built
+# after the others, it takes that stage from the cache instead of building it a second time beside
+# the controller (podman-compose builds every service at once).
+EDGE_SERVICE = "kamailio"
 # The chroot's mount points and per-stack state are the host's business, not the image's.
 _NOT_IN_IMAGE = ("./proc/*", "./sys/*", "./dev/*", "./run/*", "./tmp/*", "./stacks", "./var/cache/apt/archives/*.deb")
 
@@ -131,11 +144,42 @@ def build_compose_images(chroot: Path, log: Path) -> dict[str, str]:
     cache); returns the environment naming the base images, which `up` needs too."""
     images = ensure_base_images(chroot)
     env = dict(containers_env(), **images, **dict.fromkeys(_BUILD_PLACEHOLDERS, "unused-at-build"))
+    services = yaml.safe_load(COMPOSE_FILE.read_text())["services"]
     with open(log, "w") as out:
-        done = subprocess.run(
-            [*compose_command("pbx-build"), "build"], env=env, stdout=out, stderr=subprocess.STDOUT, check=False
-        )
+        for batch in ([s for s in services if s != EDGE_SERVICE], [EDGE_SERVICE]):
+            argv = [*compose_command("pbx-build"), "build", *batch]
+            done = subprocess.run(argv, env=env, stdout=out, stderr=subprocess.STDOUT, check=False)
+            if done.returncode != 0:
+                break
     if done.returncode != 0:
         tail = " | ".join(log.read_text(errors="replace").strip().splitlines()[-3:])
         raise ImageError(f"building the compose images failed (exit {done.returncode}): {tail} (log: {log})")
     return images
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m devstack.images [--build]``: the base images made if missing, and their names as
+    ``export`` lines for a shell (``eval "$(python -m devstack.images)"``); with ``--build``, every
+    compose image built too, the edge's after the controller's."""
+    import argparse
+    import tempfile
+
+    parser = argparse.ArgumentParser(prog="python -m devstack.images", description=main.__doc__)
+    parser.add_argument("--build", action="store_true", help="build every image of compose/docker-compose.yml")
+    args = parser.parse_args(argv)
+    chroot = cache_dir() / "chroot-sid"
+    try:
+        if args.build:
+            log = Path(tempfile.mkdtemp(prefix="pbx-compose-build-")) / "build.log"
+            print(f"building the compose images (log: {log})", file=sys.stderr)
+            images = build_compose_images(chroot, log)
+        else:
+            images = ensure_base_images(chroot)
+    except StackError as exc:
+        sys.exit(f"devstack.images: {exc}")
+    for name, value in images.items():
+        print(f"export {name}={value}")
+
+
+if __name__ == "__main__":
+    main()

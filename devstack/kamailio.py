@@ -22,7 +22,7 @@ from pbx_base import resources
 from pbx_base.errors import StackError
 from sorcery_backend.kamailio_rpc import EdgeRefused, EdgeUnreachable, dispatcher_destinations
 
-__all__ = ["KamailioEdge", "KamailioError", "render_edge_defines"]
+__all__ = ["KamailioEdge", "KamailioError", "edge_defines", "kamailio_argv", "render_edge_defines", "write_edge_config"]
 
 CONFIG = "kamailio.cfg"
 
@@ -31,18 +31,15 @@ class KamailioError(StackError, RuntimeError):
     """Kamailio is missing, did not start or did not answer; the message carries the log tail."""
 
 
-def render_edge_defines(settings: StackSettings, db_port: int, rpc_socket: Path, ctl_socket: Path) -> str:
-    """edge.cfg: the stack's values as the #!define lines kamailio.cfg uses."""
-    cluster = settings.cluster
-    if cluster is None:
-        raise KamailioError(f"stack {settings.name} has no cluster: nothing to render for an edge")
-    addr = f"{cluster.edge_host}:{settings.sip_port}"
-    db_url = f"postgres://{cluster.edge_db_user}:{cluster.edge_db_password}@127.0.0.1:{db_port}/{settings.db_name}"
-    for value in (addr, db_url, str(rpc_socket), str(ctl_socket)):
-        if '"' in value or "\n" in value:
-            raise KamailioError(f"stack {settings.name}: edge value {value!r} cannot be quoted in kamailio.cfg")
+def edge_defines(owner: str, addr: str, db_url: str, rpc_socket: Path, ctl_socket: Path) -> str:
+    """edge.cfg: an edge's values (``addr``: HOST:PORT it listens on) as the #!define lines
+    kamailio.cfg uses; ``owner`` names the edge in an error."""
+    values = {"EDGE_LISTEN": addr, "DB_URL": db_url, "RPC_SOCKET": str(rpc_socket), "CTL_SOCKET": str(ctl_socket)}
+    for name, value in values.items():
+        if '"' in value or "\n" in value:  # the value is not echoed: DB_URL holds a password
+            raise KamailioError(f"{owner}: the edge's {name} cannot be quoted in kamailio.cfg")
     return (
-        "# Rendered by devstack/kamailio.py for this stack: the values kamailio.cfg uses.\n"
+        "# Rendered by devstack/kamailio.py for this edge: the values kamailio.cfg uses.\n"
         f"#!define EDGE_LISTEN udp:{addr}\n"
         f'#!define EDGE_ALIAS "{addr}"\n'
         f'#!define PING_FROM "sip:pbx-edge@{addr}"\n'
@@ -50,6 +47,40 @@ def render_edge_defines(settings: StackSettings, db_port: int, rpc_socket: Path,
         f'#!define CTL_SOCKET "unix:{ctl_socket}"\n'
         f'#!define DB_URL "{db_url}"\n'
     )
+
+
+def render_edge_defines(settings: StackSettings, db_port: int, rpc_socket: Path, ctl_socket: Path) -> str:
+    """edge.cfg of a dev stack's edge."""
+    cluster = settings.cluster
+    if cluster is None:
+        raise KamailioError(f"stack {settings.name} has no cluster: nothing to render for an edge")
+    db_url = f"postgres://{cluster.edge_db_user}:{cluster.edge_db_password}@127.0.0.1:{db_port}/{settings.db_name}"
+    addr = f"{cluster.edge_host}:{settings.sip_port}"
+    return edge_defines(f"stack {settings.name}", addr, db_url, rpc_socket, ctl_socket)
+
+
+def write_edge_config(directory: Path, defines: str) -> Path:
+    """The project's kamailio.cfg and its edge.cfg into ``directory``; returns the config to run."""
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / CONFIG).write_text((resources.kamailio_conf_dir() / CONFIG).read_text())
+    path = directory / "edge.cfg"
+    # It holds the edge's database password.
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        os.fchmod(fd, 0o600)
+        fh.write(defines)
+    return directory / CONFIG
+
+
+def kamailio_argv(config: Path) -> list[str]:
+    """How an edge runs: in the foreground (``-DD``: its pid is the one started), logging to
+    stderr, its runtime files beside its config, small shared and private memory pools."""
+    binary = shutil.which("kamailio") or "/usr/sbin/kamailio"
+    if not Path(binary).exists():
+        raise KamailioError("kamailio is not installed: run devstack/install_host_deps.sh")
+    run = config.parent / "run"
+    run.mkdir(exist_ok=True)
+    return [binary, "-f", str(config), "-DD", "-E", "-Y", str(run), "-m", "32", "-M", "8"]
 
 
 class KamailioEdge:
@@ -74,16 +105,9 @@ class KamailioEdge:
     def pidfile(self) -> Path:
         return self.dir / "kamailio.pid"
 
-    def render(self) -> None:
-        self.dir.mkdir(parents=True, exist_ok=True)
-        (self.dir / CONFIG).write_text((resources.kamailio_conf_dir() / CONFIG).read_text())
+    def render(self) -> Path:
         defines = render_edge_defines(self.settings, self.settings.pg_port, self.rpc_socket, self.ctl_socket)
-        path = self.dir / "edge.cfg"
-        # It holds the edge's database password.
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as fh:
-            os.fchmod(fd, 0o600)
-            fh.write(defines)
+        return write_edge_config(self.dir, defines)
 
     def pid(self) -> int | None:
         try:
@@ -100,23 +124,18 @@ class KamailioEdge:
     def start(self, timeout: float = 30.0) -> None:
         if self.running():
             return
-        binary = shutil.which("kamailio") or "/usr/sbin/kamailio"
-        if not Path(binary).exists():
-            raise KamailioError("kamailio is not installed: run devstack/install_host_deps.sh")
         cluster = self.settings.cluster
         assert cluster is not None
         if not port_free(self.settings.sip_port, "udp", cluster.edge_host):
             raise KamailioError(
                 f"port {self.settings.sip_port} (SIP edge) on {cluster.edge_host} is taken: cannot start Kamailio"
             )
-        self.render()
+        argv = kamailio_argv(self.render())
         for sock in (self.rpc_socket, self.ctl_socket):
             sock.unlink(missing_ok=True)
-        run = self.dir / "run"
-        run.mkdir(exist_ok=True)
         with open(self.logfile, "ab") as log:
             proc = subprocess.Popen(
-                [binary, "-f", str(self.dir / CONFIG), "-DD", "-E", "-Y", str(run), "-m", "32", "-M", "8"],
+                argv,
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,

@@ -185,6 +185,28 @@ class Settings(BaseSettings):
     sip_port: Port = Field(default=5060, description="Asterisk container: UDP port of the SIP transport")
     ari_port: Port = Field(default=8088, description="Asterisk container: HTTP port (ARI)")
     ami_port: Port = Field(default=5038, description="Asterisk container: AMI port")
+    node_host: str = Field(
+        default="127.0.0.1",
+        description="Asterisk container: the address its SIP transport, ARI and AMI listen on (a cluster node's own)",
+    )
+    systemname: str = Field(
+        default="",
+        description="Asterisk container: its systemname, the node's name in a cluster (Asterisk writes it in "
+        "`ps_contacts.reg_server`); empty on a single node",
+    )
+
+    # --- the SIP edge's container (python -m devstack.edge_container) -----------------------------
+    edge_host: str = Field(
+        default="127.0.0.1", description="SIP edge container: the address Kamailio listens on (port `PBX_SIP_PORT`)"
+    )
+    kamailio_db_user: str = Field(
+        default="kamailio", description="the SIP edge's login role (granted `pbx_kamailio`: its dispatcher view only)"
+    )
+    kamailio_db_password: SecretStr = Field(
+        default=SecretStr(""),
+        description="that role's password: with it set, `pbxctl db migrate` also creates or updates the role; "
+        "the edge's container logs in with it",
+    )
 
     @field_validator("cache_dir", "stacks_dir")
     @classmethod

@@ -141,6 +141,9 @@ async def ensure_login(conn: asyncpg.Connection, user: str, password: str, group
     (``pbx_asterisk``: read the realtime views, write ps_contacts) or the SIP edge's
     (``pbx_kamailio``: read its dispatcher view)."""
     async with conn.transaction():
+        # Several controllers start at once (compose): the migrations' lock makes one create the
+        # role and the others see it, instead of a duplicate-key error from the second CREATE.
+        await conn.execute("SELECT pg_advisory_xact_lock($1)", _LOCK_KEY)
         exists = await conn.fetchval("SELECT 1 FROM pg_roles WHERE rolname = $1", user)
         verb = "ALTER" if exists else "CREATE"
         # format() quotes the name and the password on the server: neither is pasted into SQL here.

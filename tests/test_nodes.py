@@ -16,6 +16,7 @@ from typing import Any
 import asyncpg
 
 from devstack.ports import free_port
+from sorcery_backend.schema import ensure_login
 
 PBXCTL = [sys.executable, "-m", "pbxctl"]
 
@@ -91,14 +92,23 @@ def test_replace_gives_an_existing_node_the_new_address_and_secret(db: str) -> N
     assert len(fetch(db, "SELECT 1 FROM pbx.nodes")) == 2
 
 
-def test_migrate_provisions_the_asterisk_login_and_waits_for_the_database(db: str) -> None:
-    env = dict(os.environ, PBX_DATABASE_URL=db, PBX_ASTERISK_DB_USER="ast node", PBX_ASTERISK_DB_PASSWORD="p'w")
+def test_migrate_provisions_the_asterisk_and_edge_logins_and_waits_for_the_database(db: str) -> None:
+    env = dict(
+        os.environ,
+        PBX_DATABASE_URL=db,
+        PBX_ASTERISK_DB_USER="ast node",
+        PBX_ASTERISK_DB_PASSWORD="p'w",
+        PBX_KAMAILIO_DB_USER="edge node",
+        PBX_KAMAILIO_DB_PASSWORD="e'pw",
+    )
     p = subprocess.run([*PBXCTL, "db", "migrate"], capture_output=True, text=True, env=env, timeout=120)
     assert p.returncode == 0, p.stderr
-    assert "p'w" not in p.stdout + p.stderr
-    query = "SELECT rolcanlogin, pg_has_role(rolname, 'pbx_asterisk', 'MEMBER') FROM pg_roles WHERE rolname = $1"
-    (role,) = fetch(db, query, "ast node")
-    assert tuple(role) == (True, True)
+    assert "p'w" not in p.stdout + p.stderr and "e'pw" not in p.stdout + p.stderr
+    assert "login role edge node is ready for the SIP edge" in p.stderr
+    query = "SELECT rolcanlogin, pg_has_role(rolname, $2, 'MEMBER') FROM pg_roles WHERE rolname = $1"
+    for user, group in (("ast node", "pbx_asterisk"), ("edge node", "pbx_kamailio")):
+        (role,) = fetch(db, query, user, group)
+        assert tuple(role) == (True, True), user
     gone = dict(env, PBX_DATABASE_URL=f"postgresql://nobody@127.0.0.1:{free_port()}/pbx")
     started = time.monotonic()
     p = subprocess.run(
@@ -106,6 +116,23 @@ def test_migrate_provisions_the_asterisk_login_and_waits_for_the_database(db: st
     )
     assert p.returncode == 3, p.stderr  # unreachable, after waiting
     assert time.monotonic() - started >= 1.5
+
+
+def test_controllers_starting_together_provision_one_login_without_error(db: str) -> None:
+    """Two `pbxctl db migrate` at once (a compose cluster's controllers): one creates the role."""
+    user = f"login_{os.getpid()}_{time.monotonic_ns()}"
+
+    async def both() -> None:
+        conns = [await asyncpg.connect(db) for _ in range(2)]
+        try:
+            await asyncio.gather(*(ensure_login(c, user, "pw", "pbx_asterisk") for c in conns))
+            await conns[0].execute(f'DROP ROLE "{user}"')
+        finally:
+            for c in conns:
+                await c.close()
+
+    for _ in range(3):
+        asyncio.run(both())
 
 
 def test_refusals_are_one_line_exit_1_and_change_nothing(db: str) -> None:

@@ -37,9 +37,11 @@ _TEST_CONTEXTS = ("[pbx-dial-test]", "[pbx-hold]")
 
 
 def _sources(tmp: Path) -> Path:
-    """What compose/controller.Dockerfile copies before its `pip install .`, copied the same way."""
+    """What compose/controller.Dockerfile copies before its `pip install .`, copied the same way
+    (its first stage: the edge's stage copies the built venv, no sources)."""
     src = tmp / "src"
-    for line in DOCKERFILE.read_text().splitlines():
+    stages = DOCKERFILE.read_text().split("\nFROM ")
+    for line in stages[1].splitlines():
         if not line.startswith("COPY "):
             continue
         *paths, dest = line.split()[1:]

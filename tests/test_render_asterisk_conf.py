@@ -42,3 +42,19 @@ def test_missing_secrets_are_one_line_and_nothing_is_written(tmp_path: Path) -> 
     assert r.stderr.strip().count("\n") == 0
     assert "PBX_ASTERISK_DB_PASSWORD" in r.stderr and "PBX_AMI_PASSWORD" in r.stderr
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_cluster_node_listens_on_its_own_address_under_its_name(tmp_path: Path) -> None:
+    r = _render(
+        tmp_path,
+        PBX_ASTERISK_DB_PASSWORD="dbpw",
+        PBX_ARI_PASSWORD="aripw",
+        PBX_AMI_PASSWORD="amipw",
+        PBX_NODE_HOST="127.0.0.22",
+        PBX_SYSTEMNAME="node2",
+    )
+    assert r.returncode == 0, r.stderr
+    assert "bind = 127.0.0.22:5060" in (tmp_path / "pjsip.conf").read_text()
+    assert "bindaddr = 127.0.0.22" in (tmp_path / "http.conf").read_text()
+    assert "bindaddr = 127.0.0.22" in (tmp_path / "manager.conf").read_text()
+    assert "systemname = node2\n" in (tmp_path / "asterisk.conf").read_text()

@@ -24,7 +24,8 @@ def register(subparsers: Any) -> None:
     p = sub.add_parser(
         "migrate",
         help="create or upgrade the schema (idempotent); with PBX_ASTERISK_DB_PASSWORD set, also the login "
-        "role Asterisk reads with (PBX_ASTERISK_DB_USER)",
+        "role Asterisk reads with (PBX_ASTERISK_DB_USER), and with PBX_KAMAILIO_DB_PASSWORD the SIP edge's "
+        "(PBX_KAMAILIO_DB_USER)",
     )
     p.add_argument(
         "--wait",
@@ -42,14 +43,23 @@ def register(subparsers: Any) -> None:
     p.set_defaults(func=_reset)
 
 
+def _logins() -> list[tuple[str, str, str, str]]:
+    """The login roles to provision: (user, password, group, who reads with it), those with a password set."""
+    s = get_settings()
+    wanted = [
+        (s.asterisk_db_user, s.asterisk_db_password.get_secret_value(), "pbx_asterisk", "Asterisk"),
+        (s.kamailio_db_user, s.kamailio_db_password.get_secret_value(), "pbx_kamailio", "the SIP edge"),
+    ]
+    return [login for login in wanted if login[1]]
+
+
 def _migrate(args: argparse.Namespace) -> int:
-    settings = get_settings()
-    password = settings.asterisk_db_password.get_secret_value()
+    logins = _logins()
 
     async def body(conn: asyncpg.Connection) -> list[str]:
         applied = await migrate(conn)
-        if password:
-            await ensure_login(conn, settings.asterisk_db_user, password, "pbx_asterisk")
+        for user, password, group, _ in logins:
+            await ensure_login(conn, user, password, group)
         return applied
 
     deadline = time.monotonic() + args.wait
@@ -64,8 +74,8 @@ def _migrate(args: argparse.Namespace) -> int:
                 raise
             time.sleep(0.5)
     print(f"applied {', '.join(applied)}" if applied else "schema is up to date", file=sys.stderr)
-    if password:
-        print(f"login role {settings.asterisk_db_user} is ready for Asterisk", file=sys.stderr)
+    for user, _, _, reader in logins:
+        print(f"login role {user} is ready for {reader}", file=sys.stderr)
     return 0
 
 
