@@ -55,7 +55,7 @@ async def follow_peers(
         began = time.monotonic()
         try:
             await _follow_once(dsn, own_addr, update, recheck_s)
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
+        except Exception as exc:  # the follower outlives any failure; cancellation still ends it
             logger.warning("peer list: database away (%s); retrying", exc)
         if time.monotonic() - began >= backoff.reset_after:
             attempt = 0
