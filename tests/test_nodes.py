@@ -273,3 +273,25 @@ def test_a_nodes_ari_address_is_what_the_other_controllers_watch(db: str) -> Non
     # Re-added without --ari (--replace: the new addresses), it is no longer watched.
     assert pbxctl(db, *add, "--replace").returncode == 0
     assert asyncio.run(peers("127.0.0.13:8088")) == {}
+
+
+async def test_the_peer_list_follows_node_changes_as_they_are_notified(db: str) -> None:
+    from ari_app.controller.peer_nodes import follow_peers
+    from sorcery_backend.nodes import add_node, remove_node
+
+    seen: asyncio.Queue[dict[str, str]] = asyncio.Queue()
+
+    async def update(peers: Any) -> None:
+        seen.put_nowait(dict(peers))
+
+    task = asyncio.create_task(follow_peers(db, "127.0.0.11:8088", update))
+    conn = await asyncpg.connect(db)
+    try:
+        assert await asyncio.wait_for(seen.get(), 10) == {}
+        await add_node(conn, "ast-2", "127.0.0.12:5038", "pbx", "s", ari="127.0.0.12:8088")
+        assert await asyncio.wait_for(seen.get(), 10) == {"ast-2": "127.0.0.12:8088"}
+        await remove_node(conn, "ast-2")
+        assert await asyncio.wait_for(seen.get(), 10) == {}
+    finally:
+        task.cancel()
+        await conn.close()
