@@ -127,7 +127,10 @@ class _Feed:
 
 
 class PeerFeeds:
-    """The feeds of the peers named in the last :meth:`update` (node name -> ``host:port``)."""
+    """The feeds of the peers named in the last :meth:`update` (node name -> ``host:port``). A feed
+    refused for good (bad credentials, its app name taken by another connection) stays stopped, its
+    node's devices free, until the node's address changes or this controller restarts: retrying
+    would only repeat the refusal, or steal the app back and forth."""
 
     def __init__(
         self,
