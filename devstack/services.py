@@ -36,8 +36,9 @@ class ServicesError(StackError, RuntimeError):
 
 
 def register_node(settings: StackSettings) -> None:
-    """Make a stack's Asterisk a node (named like it), with its current AMI credentials and, in a
-    cluster, the SIP address the edge dispatches to."""
+    """Make a stack's Asterisk a node (named like it), with its current AMI credentials, its ARI
+    address (the other nodes' controllers watch its calls there) and, in a cluster, the SIP address
+    the edge dispatches to."""
     asyncio.run(_register_node(settings))
 
 
@@ -45,26 +46,35 @@ async def _register_node(s: StackSettings) -> None:
     from sorcery_backend.nodes import add_node
 
     sip = (s.host, s.sip_port) if s.cluster is not None else (None, None)
+    ari = (s.host, s.http_port)
     conn = await asyncpg.connect(s.database_url())
     try:
         row = await conn.fetchrow(
-            "SELECT ami_host, ami_port, ami_user, ami_secret, sip_host, sip_port FROM pbx.nodes WHERE name = $1",
+            "SELECT ami_host, ami_port, ami_user, ami_secret, sip_host, sip_port, ari_host, ari_port "
+            "FROM pbx.nodes WHERE name = $1",
             s.name,
         )
         if row is None:
             await add_node(
-                conn, s.name, s.ami_addr, s.ami_user, s.ami_password, sip=s.node_sip_addr if sip[0] else None
+                conn,
+                s.name,
+                s.ami_addr,
+                s.ami_user,
+                s.ami_password,
+                sip=s.node_sip_addr if sip[0] else None,
+                ari=f"{s.host}:{s.http_port}",
             )
-        elif tuple(row) != (s.host, s.ami_port, s.ami_user, s.ami_password, *sip):
+        elif tuple(row) != (s.host, s.ami_port, s.ami_user, s.ami_password, *sip, *ari):
             await conn.execute(
                 "UPDATE pbx.nodes SET ami_host = $2, ami_port = $3, ami_user = $4, ami_secret = $5, sip_host = $6, "
-                "sip_port = $7 WHERE name = $1",
+                "sip_port = $7, ari_host = $8, ari_port = $9 WHERE name = $1",
                 s.name,
                 s.host,
                 s.ami_port,
                 s.ami_user,
                 s.ami_password,
                 *sip,
+                *ari,
             )
             await conn.execute("SELECT pg_notify('pbx_nodes', $1)", s.name)
     finally:

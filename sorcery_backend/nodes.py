@@ -19,6 +19,7 @@ __all__ = [
     "add_node",
     "list_nodes",
     "parse_ami_addr",
+    "parse_ari_addr",
     "parse_sip_addr",
     "push_status",
     "remove_node",
@@ -26,6 +27,7 @@ __all__ = [
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 _SIP_HOST_BAD = re.compile(r"[\s;<>@]")  # as sql/021's node_sip_host_nonempty: it goes into a SIP URI
+_ARI_HOST_BAD = re.compile(r"[\s/?#@]")  # as sql/025's node_ari_host_nonempty: it goes into an http:// URL
 
 
 class NodeRefused(InvalidInput, ValueError):
@@ -42,6 +44,8 @@ class Node:
     ami_secret: str
     # Where the cluster's SIP edge sends requests for this node; None: the edge does not use it.
     sip_addr: str | None = None
+    # Where the other nodes' controllers read this node's ARI events (in-use state); None: not watched.
+    ari_addr: str | None = None
 
     @property
     def ami_addr(self) -> str:
@@ -53,6 +57,8 @@ class Node:
         out: dict[str, Any] = {"name": self.name, "ami_addr": self.ami_addr, "ami_user": self.ami_user}
         if self.sip_addr is not None:
             out["sip_addr"] = self.sip_addr
+        if self.ari_addr is not None:
+            out["ari_addr"] = self.ari_addr
         return out
 
 
@@ -105,6 +111,13 @@ def parse_sip_addr(name: str, addr: str) -> tuple[str, int]:
     return host, port
 
 
+def parse_ari_addr(name: str, addr: str) -> tuple[str, int]:
+    host, port = _parse_addr(name, "ARI", addr)
+    if _ARI_HOST_BAD.search(host):
+        raise NodeRefused(f"node {name}: ARI address {addr!r}: the host must not contain spaces, '/', '?', '#' or '@'")
+    return host, port
+
+
 async def add_node(
     conn: asyncpg.Connection,
     name: str,
@@ -113,15 +126,18 @@ async def add_node(
     secret: str,
     *,
     sip: str | None = None,
+    ari: str | None = None,
     replace: bool = False,
 ) -> Node:
     """``sip``: HOST:PORT the cluster's SIP edge dispatches to (sql/021's kamailio.dispatcher).
+    ``ari``: HOST:PORT of the node's ARI, which the other nodes' controllers watch (sql/025).
     ``replace``: an existing node of that name takes the new addresses and credentials instead of
     being refused (what a deployment that re-runs its setup wants)."""
     if not _NAME.match(name):
         raise NodeRefused(f"node {name}: names are [A-Za-z0-9][A-Za-z0-9_.-]*, at most 63 characters")
     host, port = parse_ami_addr(name, addr)
     sip_host, sip_port = parse_sip_addr(name, sip) if sip is not None else (None, None)
+    ari_host, ari_port = parse_ari_addr(name, ari) if ari is not None else (None, None)
     if not user:
         raise NodeRefused(f"node {name}: an AMI user is required")
     async with conn.transaction():
@@ -133,7 +149,7 @@ async def add_node(
                 raise NodeRefused(f"node {name}: already exists (rule: node names are unique)")
             row = await conn.fetchrow(
                 "UPDATE pbx.nodes SET ami_host = $2, ami_port = $3, ami_user = $4, ami_secret = $5, "
-                "sip_host = $6, sip_port = $7 WHERE name = $1 RETURNING *",
+                "sip_host = $6, sip_port = $7, ari_host = $8, ari_port = $9 WHERE name = $1 RETURNING *",
                 name,
                 host,
                 port,
@@ -141,12 +157,14 @@ async def add_node(
                 secret,
                 sip_host,
                 sip_port,
+                ari_host,
+                ari_port,
             )
             await conn.execute("SELECT pg_notify('pbx_nodes', $1)", name)
             return _node(row)
         row = await conn.fetchrow(
-            "INSERT INTO pbx.nodes (name, ami_host, ami_port, ami_user, ami_secret, sip_host, sip_port) "
-            "VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING *",
+            "INSERT INTO pbx.nodes (name, ami_host, ami_port, ami_user, ami_secret, sip_host, sip_port, ari_host, "
+            "ari_port) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING *",
             name,
             host,
             port,
@@ -154,6 +172,8 @@ async def add_node(
             secret,
             sip_host,
             sip_port,
+            ari_host,
+            ari_port,
         )
         await conn.execute("INSERT INTO pbx.node_state (node_id) VALUES ($1)", row["id"])
     await conn.execute("SELECT pg_notify('pbx_nodes', $1)", name)
@@ -209,4 +229,5 @@ async def push_status(conn: asyncpg.Connection) -> list[NodeStatus]:
 
 def _node(r: asyncpg.Record) -> Node:
     sip = f"{r['sip_host']}:{r['sip_port']}" if r["sip_host"] is not None else None
-    return Node(r["id"], r["name"], r["ami_host"], r["ami_port"], r["ami_user"], r["ami_secret"], sip)
+    ari = f"{r['ari_host']}:{r['ari_port']}" if r["ari_host"] is not None else None
+    return Node(r["id"], r["name"], r["ami_host"], r["ami_port"], r["ami_user"], r["ami_secret"], sip, ari)

@@ -13,6 +13,7 @@ import os
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -23,8 +24,10 @@ import yaml
 from stack import apply_yaml, check_live, pbxctl
 from test_pusher_stack import set_option, wait_for
 
+from ari_app.ari import AriClient, HttpAriTransport
 from devstack import sipp
 from devstack.asterisk import AsteriskNode
+from devstack.services import ServeProcess
 from devstack.settings import StackSettings
 from devstack.stack import Stack, allow_lab_contexts, run_sql
 from pbx_base import resources
@@ -191,6 +194,80 @@ def test_public_scenarios_played_through_the_edge_give_the_simulated_timeline(
 # --- end of `call play` on the cluster ------------------------------------------------------------
 
 
+# --- cluster-wide in-use state (issue 18 item 3: ari_app/controller/peers.py) -----------------------
+
+
+def _serve_of(st: Stack, node: str) -> ServeProcess:
+    return next(s for s in [st.serve, *st.node_serves] if s.settings.name == node)
+
+
+def _metric(serve: ServeProcess, line: str) -> bool:
+    url = f"http://127.0.0.1:{serve.http_port}/metrics"
+    with urllib.request.urlopen(url, timeout=5) as resp:
+        return line in resp.read().decode().splitlines()
+
+
+def _channels_on(node: StackSettings, endpoint: str) -> tuple[str, ...]:
+    async def get() -> tuple[str, ...]:
+        async with HttpAriTransport(node.ari_url, node.ari_user, node.ari_password) as t:
+            return (await AriClient(t, "pbx-test").endpoints.get("PJSIP", endpoint)).channel_ids
+
+    return asyncio.run(get())
+
+
+def test_a_phone_on_a_call_on_another_node_is_busy_without_call_waiting(
+    cluster: Stack, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """A phone homed on node B talks (bridged on B); a caller entering node A calls it through an
+    extension without call waiting: busy (486), and through one with a busy forward: the target
+    rings instead. Node A's controller knows only through its feed of B's ARI."""
+    callers = homes(cluster, ROUTED)
+    home = homes(cluster)
+    nodes = {n.name: n for n in cluster.settings.nodes()}
+    caller = ROUTED[0]
+    a = callers[caller]
+    b = next(n for n in nodes if n != a)
+    busy = next(u for u in USERS if home[u] == b)
+    talks_to, forward_to = [u for u in USERS if u != busy][:2]
+    extra = (
+        f'      "2150": {{type: simple, name: NoWait, endpoints: ["{busy}"], call_waiting: false}}\n'
+        f'      "2151": {{type: simple, name: NoWaitFwd, endpoints: ["{busy}"], call_waiting: false, '
+        f'forward: {{mode: busy, to: "{forward_to}"}}}}\n'
+    )
+    apply_yaml(cluster, PHONES + extra, tmp_path_factory.mktemp("clu-busy"))
+    serve_a = _serve_of(cluster, a)
+    wait_for("node A's feed of node B", lambda: _metric(serve_a, f'pbx_ari_peer_connected{{node="{b}"}} 1.0'), 30)
+    addr = cluster.settings.sip_addr
+    talk_port, fwd_port = sipp.free_udp_port(), sipp.free_udp_port()
+    register(cluster, talks_to, talk_port)
+    register(cluster, forward_to, fwd_port)
+
+    async def scenario() -> tuple[sipp.SippResult, sipp.SippResult, sipp.SippResult, sipp.SippResult]:
+        answering = asyncio.create_task(asyncio.to_thread(sipp.answer, addr, talk_port))
+        # A plain Dial() on the busy phone's own node (context pbx-dial-test): its channel is on B.
+        talking = asyncio.create_task(
+            asyncio.to_thread(sipp.call, addr, busy, DOMAIN, f"pw-{busy}", talks_to, hold_s=12)
+        )
+        await asyncio.to_thread(
+            wait_for, "the call bridged on B", lambda: len(_channels_on(nodes[b], f"{busy}@{DOMAIN}")) == 1
+        )
+        refused = await asyncio.to_thread(sipp.call, addr, caller, DOMAIN, f"pw-{caller}", "2150", hold_s=0.3)
+        forwarded = asyncio.create_task(asyncio.to_thread(sipp.answer, addr, fwd_port))
+        taken = await asyncio.to_thread(sipp.call, addr, caller, DOMAIN, f"pw-{caller}", "2151", hold_s=0.3)
+        await asyncio.wait_for(forwarded, 30)
+        return refused, taken, await asyncio.wait_for(talking, 30), await asyncio.wait_for(answering, 30)
+
+    refused, taken, talked, answered = asyncio.run(scenario())
+    assert refused.final == 486, (refused.responses, refused.stderr)
+    assert taken.final == 200, (taken.responses, taken.stderr)
+    # The busy phone's call was up on B the whole time: answered, then ended by its BYE.
+    assert talked.final == 200, (talked.responses, talked.stderr)
+    assert [line.split()[0] for line in answered.received] == ["INVITE", "ACK", "BYE"], answered.received
+
+
+# --- end of cluster-wide in-use state ---------------------------------------------------------------
+
+
 def test_nodes_remove_and_add_reload_the_edges_node_list(cluster: Stack) -> None:
     second = cluster.settings.nodes()[1]
     edge = cluster.edge
@@ -206,7 +283,7 @@ def test_nodes_remove_and_add_reload_the_edges_node_list(cluster: Stack) -> None
         assert sipp.unregister_all(cluster.settings.sip_addr, user, DOMAIN, f"pw-{user}").final == 200
     p = pbxctl(
         cluster, "nodes", "add", second.name, "--ami", second.ami_addr, "--user", second.ami_user, "--sip",
-        second.node_sip_addr,
+        second.node_sip_addr, "--ari", f"{second.host}:{second.http_port}",
     )  # fmt: skip
     assert p.returncode == 0 and "SIP edge reloaded its node list" in p.stderr, p.stderr
     assert sorted(edge.destinations()) == sorted(f"sip:{n.node_sip_addr}" for n in cluster.settings.nodes())

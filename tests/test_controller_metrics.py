@@ -30,6 +30,7 @@ def test_every_metric_is_declared_before_it_is_used() -> None:
         "pbx_transfers": "counter",
         "pbx_calls_active": "gauge",
         "pbx_ari_connected": "gauge",
+        "pbx_ari_peer_connected": "gauge",
         "pbx_routing_seconds": "summary",
         "pbx_call_records_written": "counter",
         "pbx_call_records_dropped": "counter",

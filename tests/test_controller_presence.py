@@ -22,3 +22,17 @@ def test_reset_replaces_everything_reported() -> None:
     p.report("1002@t", ["X"])
     p.reset([("1003@t", ["Y"]), ("1004@t", [])])
     assert not p.in_use("1002@t") and p.in_use("1003@t") and not p.in_use("1004@t")
+
+
+def test_each_node_reports_apart_and_a_lost_node_is_forgotten_whole() -> None:
+    p = Presence()
+    p.report("1002@t", ["X"])
+    p.reset([("1002@t", ["n2-Y"]), ("1003@t", ["n2-Z"])], node="n2")
+    p.report("1004@t", ["n3-W"], node="n3")
+    assert p.channels("1002@t") == {"X", "n2-Y"}
+    p.reset([("1002@t", ["X2"])])  # this node's reconnect leaves the peers' state alone
+    assert p.channels("1002@t") == {"X2", "n2-Y"} and p.in_use("1003@t")
+    p.report("1003@t", [], node="n2")
+    assert not p.in_use("1003@t")
+    p.forget("n2")
+    assert p.channels("1002@t") == {"X2"} and p.in_use("1004@t")

@@ -269,3 +269,56 @@ def test_a_pusher_that_may_not_trim_the_outbox_keeps_running(db: str, caplog: An
     messages = [r.getMessage() for r in caplog.records]
     assert any("permission denied for function trim_outbox" in m for m in messages), messages
     assert not any("retrying" in m for m in messages), messages  # the listener never started over
+
+
+def test_a_nodes_ari_address_is_what_the_other_controllers_watch(db: str) -> None:
+    from ari_app.controller.peer_nodes import read_peers
+
+    add = ["nodes", "add", "ast-1", "--ami", "127.0.0.11:5038", "--user", "pbx"]
+    p = pbxctl(db, *add, "--ari", "127.0.0.11:8088", "--json")
+    assert p.returncode == 0, p.stderr
+    assert json.loads(p.stdout)["ari_addr"] == "127.0.0.11:8088"
+    for bad, rule in (("8088", "must be HOST:PORT"), ("a/b:8088", "must not contain")):
+        refused = pbxctl(db, "nodes", "add", "ast-2", "--ami", "127.0.0.12:5038", "--user", "pbx", "--ari", bad)
+        assert refused.returncode == 1 and refused.stderr.count("\n") == 1, refused.stderr
+        assert f"node ast-2: ARI address {bad!r}" in refused.stderr and rule in refused.stderr
+    assert pbxctl(db, "nodes", "add", "ast-2", "--ami", "127.0.0.12:5038", "--user", "pbx").returncode == 0
+    third = pbxctl(db, "nodes", "add", "ast-3", "--ami", "127.0.0.13:5038", "--user", "pbx", "--ari", "127.0.0.13:8088")
+    assert third.returncode == 0, third.stderr
+    listed = pbxctl(db, "nodes", "list").stdout.splitlines()
+    assert [line.split("\t")[-1] for line in listed] == ["127.0.0.11:8088", "-", "127.0.0.13:8088"]
+
+    async def peers(own: str) -> dict[str, str]:
+        conn = await asyncpg.connect(db)
+        try:
+            return await read_peers(conn, own)
+        finally:
+            await conn.close()
+
+    # A node without an ARI address is not watched, and a controller does not watch its own node.
+    assert asyncio.run(peers("127.0.0.11:8088")) == {"ast-3": "127.0.0.13:8088"}
+    # Re-added without --ari (--replace: the new addresses), it is no longer watched.
+    assert pbxctl(db, *add, "--replace").returncode == 0
+    assert asyncio.run(peers("127.0.0.13:8088")) == {}
+
+
+async def test_the_peer_list_follows_node_changes_as_they_are_notified(db: str) -> None:
+    from ari_app.controller.peer_nodes import follow_peers
+    from sorcery_backend.nodes import add_node, remove_node
+
+    seen: asyncio.Queue[dict[str, str]] = asyncio.Queue()
+
+    async def update(peers: Any) -> None:
+        seen.put_nowait(dict(peers))
+
+    task = asyncio.create_task(follow_peers(db, "127.0.0.11:8088", update))
+    conn = await asyncpg.connect(db)
+    try:
+        assert await asyncio.wait_for(seen.get(), 10) == {}
+        await add_node(conn, "ast-2", "127.0.0.12:5038", "pbx", "s", ari="127.0.0.12:8088")
+        assert await asyncio.wait_for(seen.get(), 10) == {"ast-2": "127.0.0.12:8088"}
+        await remove_node(conn, "ast-2")
+        assert await asyncio.wait_for(seen.get(), 10) == {}
+    finally:
+        task.cancel()
+        await conn.close()

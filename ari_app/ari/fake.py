@@ -55,6 +55,10 @@ class FakeAriTransport:
         self._script: asyncio.Queue[dict[str, Any] | _Drop | BaseException] = asyncio.Queue()
         self._refusals: collections.deque[BaseException] = collections.deque()
         self._open = 0
+        self.closed = False
+
+    async def close(self) -> None:
+        self.closed = True
 
     # REST
 

@@ -43,6 +43,12 @@ class Metrics:
         self._gauges = {
             "pbx_calls_active": Gauge("pbx_calls_active", "Calls ringing or bridged now", registry=r),
             "pbx_ari_connected": Gauge("pbx_ari_connected", "1 while the ARI events WebSocket is up", registry=r),
+            "pbx_ari_peer_connected": Gauge(
+                "pbx_ari_peer_connected",
+                "1 while the read-only events feed of a peer node is up and seeded (cluster-wide in-use state)",
+                ["node"],
+                registry=r,
+            ),
             "pbx_call_records_buffered": Gauge(
                 "pbx_call_records_buffered", "Call records waiting in memory for the database", registry=r
             ),

@@ -36,6 +36,13 @@ def register(subparsers: Any) -> None:
         "edge does not use the node",
     )
     p.add_argument(
+        "--ari",
+        metavar="HOST:PORT",
+        help="the node's ARI address, where the other nodes' controllers read which devices are on a call there "
+        "(the cluster's one ARI user, PBX_ARI_USER/PBX_ARI_PASSWORD); without it the node's calls are not seen "
+        "by the others",
+    )
+    p.add_argument(
         "--secret-env",
         default="PBX_AMI_PASSWORD",
         metavar="VAR",
@@ -66,7 +73,9 @@ def _add(args: argparse.Namespace) -> int:
 
     async def body(conn: asyncpg.Connection) -> Any:
         try:
-            return await add_node(conn, args.name, args.ami, args.user, secret, sip=args.sip, replace=args.replace)
+            return await add_node(
+                conn, args.name, args.ami, args.user, secret, sip=args.sip, ari=args.ari, replace=args.replace
+            )
         except NodeRefused as exc:
             raise Invalid(str(exc)) from None
 
@@ -84,7 +93,7 @@ def _list(args: argparse.Namespace) -> int:
         print(json.dumps({"nodes": [n.to_json() for n in nodes]}, indent=1))
     else:
         for n in nodes:
-            print(f"{n.name}\t{n.ami_addr}\t{n.ami_user}\t{n.sip_addr or '-'}")
+            print(f"{n.name}\t{n.ami_addr}\t{n.ami_user}\t{n.sip_addr or '-'}\t{n.ari_addr or '-'}")
     return 0
 
 

@@ -88,7 +88,9 @@ async def _run(dsn: str, listen: Listen, settings: Settings, push: bool = True, 
     if ari is not None:
         services.append(
             asyncio.create_task(
-                run_controller(ari, DbLookup(pool, routing), stop, ref, dsn if settings.call_records else None),
+                run_controller(
+                    ari, DbLookup(pool, routing), stop, ref, dsn if settings.call_records else None, nodes_dsn=dsn
+                ),
                 name="controller",
             )
         )
