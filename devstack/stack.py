@@ -25,15 +25,23 @@ from pbx_base.errors import StackError
 from sorcery_backend.nodes import remove_node
 from sorcery_backend.schema import ensure_login, migrate
 
-__all__ = ["CLUSTER_POLICY", "Stack", "StackResized", "allow_lab_contexts", "chroot_path", "run_sql", "sql"]
+__all__ = ["Stack", "StackResized", "allow_lab_contexts", "chroot_path", "cluster_policy", "run_sql", "sql"]
 
-# Behind the edge every REGISTER carries a Path to it, which Asterisk keeps only on an AOR with
-# support_path (and refuses with 420 otherwise): the cluster's operator forces it on every AOR.
-CLUSTER_POLICY = (
-    "INSERT INTO pbx.option_policy (plan, section, option, forced, why) "
-    "VALUES ('default', 'aor', 'support_path', '{yes}', 'the cluster''s SIP edge adds a Path to every REGISTER') "
-    "ON CONFLICT (plan, section, option) DO UPDATE SET forced = excluded.forced, allowed = true"
-)
+
+def cluster_policy(edge: str) -> str:
+    """The operator policy of a cluster behind the SIP edge at ``edge`` (host:port), as one
+    statement. Behind the edge every REGISTER carries a Path to it, which Asterisk keeps only on
+    an AOR with support_path (and refuses with 420 otherwise); and every request a node sends to
+    a device goes through the edge: the controller dials one contact by its URI
+    (`PJSIP/endpoint/URI`), for which Asterisk finds no contact record and so applies no Path, so
+    the endpoint's outbound proxy is the edge."""
+    return (
+        "INSERT INTO pbx.option_policy (plan, section, option, forced, why) VALUES "
+        "('default', 'aor', 'support_path', '{yes}', 'the cluster''s SIP edge adds a Path to every REGISTER'), "
+        f"('default', 'endpoint', 'outbound_proxy', '{{\"sip:{edge};lr\"}}', "
+        "'a node reaches every device through the cluster''s SIP edge') "
+        "ON CONFLICT (plan, section, option) DO UPDATE SET forced = excluded.forced, allowed = true"
+    )
 
 
 class StackResized(StackError, RuntimeError):
@@ -129,7 +137,7 @@ class Stack:
             await ensure_login(conn, s.db_user, s.db_password, "pbx_asterisk")
             if s.cluster is not None:
                 await ensure_login(conn, s.cluster.edge_db_user, s.cluster.edge_db_password, "pbx_kamailio")
-                await conn.execute(CLUSTER_POLICY)
+                await conn.execute(cluster_policy(s.sip_addr))
         finally:
             await conn.close()
 

@@ -110,7 +110,17 @@ def call_across(st: Stack, caller: str, callee: str) -> tuple[sipp.SippResult, s
     assert answered.returncode == 0, answered.stderr
     # The caller's hang-up reached the callee: the two legs were bridged on the entry node.
     assert [line.split()[0] for line in answered.received] == ["INVITE", "ACK", "BYE"], answered.received
+    # ... and the INVITE reached the phone through the edge (its Via on top), never from a node.
+    assert first_via(answered.trace, "INVITE") == f"SIP/2.0/UDP {st.settings.sip_addr}", answered.trace[-3000:]
     return placed, answered
+
+
+def first_via(trace: str, method: str) -> str:
+    """The sent-by of the top Via of the first ``method`` request received in a sipp trace."""
+    for m in sipp.read_trace(trace):
+        if m.direction == "received" and m.first_line.startswith(f"{method} "):
+            return (m.headers.get("via") or m.headers.get("v") or "").split(";")[0]
+    raise AssertionError(f"no {method} received")
 
 
 def test_register_through_the_edge_lands_with_path_and_reg_server(cluster: Stack) -> None:

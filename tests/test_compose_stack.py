@@ -27,7 +27,7 @@ from compose_build import built_images
 from devstack import sipp
 from devstack.images import compose_command, containers_env, podman
 from devstack.ports import free_port
-from devstack.stack import CLUSTER_POLICY
+from devstack.stack import cluster_policy
 
 pytestmark = pytest.mark.stack
 
@@ -172,7 +172,7 @@ def running(compose: Compose, tmp_path_factory: pytest.TempPathFactory) -> Compo
         _wait(f"{node}'s pbxctl serve answering", functools.partial(_serving, host, compose.http_port), 180, compose)
     _wait("the pushers connected to both nodes' AMI", nodes_connected, 120, compose)
     _wait("the edge dispatching to both nodes", lambda: set(compose.edge_destinations() or {}) == want, 60, compose)
-    compose.sql(CLUSTER_POLICY)
+    compose.sql(cluster_policy(compose.edge))
     config = tmp_path_factory.mktemp("compose") / "box.yaml"
     config.write_text(TENANT)
     applied = compose.pbxctl("apply", str(config))
