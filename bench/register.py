@@ -51,7 +51,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench._pjsip import StaticNode, apply_config, config_yaml, endpoint_ids, sipp_register_load
+from bench._pjsip import SippRun, StaticNode, apply_config, config_yaml, endpoint_ids, sipp_register_load
 from devstack.asterisk import AsteriskNode
 from devstack.odbc import REALTIME_FAMILIES, render_odbc
 from devstack.sipp import free_udp_port
@@ -93,6 +93,35 @@ def pin_node_layout(stack: Stack, static: StaticNode) -> None:
     os.sched_setaffinity(0, {REST_CPU})
 
 
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_s(pids: list[int]) -> dict[int, float]:
+    """User + system CPU seconds of each process (every thread), as far as it is still there."""
+    out = {}
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        out[pid] = (int(fields[11]) + int(fields[12])) / _TICK
+    return out
+
+
+def timed_storm(stack: Stack, node: AsteriskNode, n: int, port: int, key: str) -> tuple[SippRun, dict[str, float]]:
+    """All n phones once against ``node``, with the CPU that Asterisk and Postgres (every backend)
+    spent on it per REGISTER: the load on the machine moves the wall clock, much less these."""
+    pid = node.pid()
+    assert pid is not None, "Asterisk is not running"
+    postmaster = int((stack.postgres.datadir / "postmaster.pid").read_text().split()[0])
+    before_ast, before_pg = cpu_s([pid]), cpu_s(children(postmaster))
+    r = sipp_register_load(node.settings.sip_addr, "breg", n, local_port=port)
+    after_ast, after_pg = cpu_s([pid]), cpu_s(children(postmaster))
+    ast_ms = (after_ast[pid] - before_ast[pid]) * 1000 / n
+    pg_ms = sum(t - before_pg.get(p, 0.0) for p, t in after_pg.items()) * 1000 / n
+    return r, {f"{key}_asterisk_cpu_ms": round(ast_ms, 3), f"{key}_pg_cpu_ms": round(pg_ms, 3)}
+
+
 def restart(node: AsteriskNode) -> None:
     node.stop()
     node.start(timeout=300)
@@ -124,11 +153,11 @@ def odbc_storms(stack: Stack, n: int, port: int, variants: list[str], pools: lis
                     r = sipp_register_load(node.settings.sip_addr, "breg", n, local_port=port)
                     print(f"{key} contacts through ODBC: {r.rate:7.0f} REGISTER/s, {r.failed} failed", file=sys.stderr)
                 restart(node)
-                storm = sipp_register_load(node.settings.sip_addr, "breg", n, local_port=port)
+                storm, cpu = timed_storm(stack, node, n, port, key)
                 warm = sipp_register_load(node.settings.sip_addr, "breg", n, local_port=port)
                 line = f"storm after restart {key}: {storm.seconds:6.2f} s, {storm.ok} ok, {storm.failed} failed"
                 print(line + f"; warm pass {warm.rate:7.0f} REGISTER/s, {warm.failed} failed", file=sys.stderr)
-                out |= {
+                out |= cpu | {
                     f"{key}_storm_s": round(storm.seconds, 2),
                     f"{key}_warm_register_per_s": round(warm.rate, 1),
                     f"{key}_failures": storm.failed + warm.failed,
@@ -165,17 +194,25 @@ async def _prime(node: AsteriskNode, ids: list[str], sessions: int) -> int:
 def warm_storm(stack: Stack, n: int, port: int, sessions: int) -> dict[str, object]:
     node = stack.asterisk
     restart(node)
+    pid = node.pid()
+    assert pid is not None, "Asterisk is not running"
+    before = cpu_s([pid])[pid]
     t0 = time.perf_counter()
     refused = asyncio.run(_prime(node, endpoint_ids("breg", n), sessions))
     warming = time.perf_counter() - t0
-    r = sipp_register_load(node.settings.sip_addr, "breg", n, local_port=port)
+    out: dict[str, object] = {"warming_asterisk_cpu_ms": round((cpu_s([pid])[pid] - before) * 1000 / n, 3)}
+    r, cpu = timed_storm(stack, node, n, port, "warmed")
     line = f"warming {warming:6.2f} s ({refused} refused), then storm {r.seconds:6.2f} s, {r.ok} ok, {r.failed} failed"
     print(line, file=sys.stderr)
-    return {
-        "warming_s": round(warming, 2),
-        "warmed_storm_s": round(r.seconds, 2),
-        "warmed_failures": r.failed + refused,
-    }
+    return (
+        out
+        | cpu
+        | {
+            "warming_s": round(warming, 2),
+            "warmed_storm_s": round(r.seconds, 2),
+            "warmed_failures": r.failed + refused,
+        }
+    )
 
 
 def main() -> None:
@@ -236,7 +273,8 @@ def main() -> None:
                     full = _PER_OBJECT_CACHE.sub(r"\1,full_backend_cache=yes,", _BOOT_SET.sub("", shipped))
                     sorcery.write_text(full)
                 restart(node)
-                r = sipp_register_load(node.settings.sip_addr, "breg", n, local_port=port)
+                r, cpu = timed_storm(stack, node, n, port, kind)
+                out |= cpu
                 storm[kind] = r.seconds
                 if kind == "full_cache":  # an experiment: its failures are its own figure
                     out["full_cache_failures"] = r.failed
