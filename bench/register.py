@@ -134,7 +134,9 @@ ODBC_VARIANTS: dict[str, tuple[str, ...]] = {
 }
 
 
-def odbc_storms(stack: Stack, n: int, port: int, variants: list[str], pools: list[int]) -> dict[str, object]:
+def odbc_storms(
+    stack: Stack, n: int, port: int, variants: list[str], pools: list[int], server_prepare: bool
+) -> dict[str, object]:
     """Storm, then one warm pass, per ODBC variant and pool size; the shipped files restored after."""
     node = stack.asterisk
     etc = node.dir / "etc"
@@ -146,7 +148,7 @@ def odbc_storms(stack: Stack, n: int, port: int, variants: list[str], pools: lis
             for pool in pools:
                 for name, text in shipped.items():
                     (etc / name).write_text(text)
-                render_odbc(etc, stack.settings, db_host, ODBC_VARIANTS[variant], pool)
+                render_odbc(etc, stack.settings, db_host, ODBC_VARIANTS[variant], pool, server_prepare)
                 key = f"odbc_{variant}_{pool}"
                 if "ps_contacts" in ODBC_VARIANTS[variant]:
                     restart(node)
@@ -222,6 +224,7 @@ def main() -> None:
     ap.add_argument("--node", action="store_true", help="Asterisk on one core, Postgres and sipp on the other")
     ap.add_argument("--odbc", default="", help="ODBC storm variants, comma separated: contacts,reads,all")
     ap.add_argument("--odbc-pool", default="8", help="res_odbc max_connections, comma separated")
+    ap.add_argument("--odbc-simple-query", action="store_true", help="psqlODBC UseServerSidePrepare = 0")
     ap.add_argument("--warm", action="store_true", help="also a storm after priming the caches over AMI")
     ap.add_argument("--warm-sessions", type=int, default=4)
     ap.add_argument("--endpoints", type=int, default=10_000)
@@ -287,7 +290,7 @@ def main() -> None:
             extra: dict[str, object] = {}
             if args.odbc:
                 pools = [int(x) for x in args.odbc_pool.split(",")]
-                extra |= odbc_storms(stack, n, port, args.odbc.split(","), pools)
+                extra |= odbc_storms(stack, n, port, args.odbc.split(","), pools, not args.odbc_simple_query)
             if args.warm:
                 extra |= warm_storm(stack, n, port, args.warm_sessions)
             if args.odbc or args.warm:

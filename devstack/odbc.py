@@ -30,16 +30,17 @@ REALTIME_FAMILIES = (
 _MODULES = ("res_odbc_transaction.so", "res_odbc.so", "res_config_odbc.so")
 
 
-def odbc_files(s: StackSettings, db_host: str, max_connections: int) -> dict[str, str]:
+def odbc_files(s: StackSettings, db_host: str, max_connections: int, server_prepare: bool = True) -> dict[str, str]:
     """odbcinst.ini, odbc.ini and res_odbc.conf for a node of ``s`` reaching Postgres at ``db_host``
     (an address, or the abstract socket ``@name`` that libpq under psqlODBC understands too)."""
     if max_connections < 1:
         raise ValueError(f"res_odbc max_connections {max_connections}: must be at least 1")
     odbcinst = f"[psqlodbc]\nDriver = {PSQLODBC}\n"
-    # UseServerSidePrepare: res_config_odbc binds every value as a parameter; one round trip each.
+    # UseServerSidePrepare = 1: res_config_odbc's bound values go as protocol parameters (Parse, Bind,
+    # Describe, Execute per statement); 0: psqlODBC substitutes them and sends one simple query.
     odbc_ini = (
         f"[{CLASS}]\nDriver = psqlodbc\nServername = {db_host}\nPort = {s.pg_port}\nDatabase = {s.db_name}\n"
-        "UseServerSidePrepare = 1\n"
+        f"UseServerSidePrepare = {int(server_prepare)}\n"
     )
     # pre-connect opens the first connection at load (a wrong DSN fails at boot, not at the first
     # REGISTER); the pool grows to max_connections on demand and keeps what it opened.
@@ -74,9 +75,16 @@ def with_odbc_modules(modules: str) -> str:
     return modules.replace(anchor, anchor + "".join(f"load => {m}\n" for m in _MODULES), 1)
 
 
-def render_odbc(etc: Path, s: StackSettings, db_host: str, families: tuple[str, ...], max_connections: int) -> None:
+def render_odbc(
+    etc: Path,
+    s: StackSettings,
+    db_host: str,
+    families: tuple[str, ...],
+    max_connections: int,
+    server_prepare: bool = True,
+) -> None:
     """Rewrite a rendered node's etc dir so ``families`` go through ODBC (takes effect at restart)."""
-    for name, text in odbc_files(s, db_host, max_connections).items():
+    for name, text in odbc_files(s, db_host, max_connections, server_prepare).items():
         (etc / name).write_text(text)
     (etc / "extconfig.conf").write_text(route_families((etc / "extconfig.conf").read_text(), families))
     (etc / "modules.conf").write_text(with_odbc_modules((etc / "modules.conf").read_text()))

@@ -33,6 +33,11 @@ def test_files_name_the_pool_size_the_dsn_and_the_database() -> None:
     assert files["odbcinst.ini"].startswith("[psqlodbc]\nDriver = /usr/lib/")
 
 
+def test_simple_queries_turn_server_side_prepare_off() -> None:
+    assert "UseServerSidePrepare = 0\n" in odbc_files(_settings(), "127.0.0.1", 4, server_prepare=False)["odbc.ini"]
+    assert "UseServerSidePrepare = 1\n" in odbc_files(_settings(), "127.0.0.1", 4)["odbc.ini"]
+
+
 def test_a_pool_of_zero_is_refused() -> None:
     with pytest.raises(ValueError, match="max_connections 0: must be at least 1"):
         odbc_files(_settings(), "127.0.0.1", 0)
