@@ -89,6 +89,8 @@ def ensure_chroot(root: Path) -> Path:
     if _complete(root):
         return root
     if os.geteuid() != 0:
+        if (root / "usr" / "sbin" / "asterisk").exists():
+            raise ChrootError(f"adding {' '.join(EXTRA_PACKAGES)} to the Asterisk chroot needs root (chroot, apt-get)")
         raise ChrootError("building the Asterisk chroot needs root (debootstrap, chroot, mount)")
     with _lock(root.parent / f".{root.name}.lock"):
         if _complete(root):

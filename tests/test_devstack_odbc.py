@@ -110,3 +110,12 @@ def test_a_chroot_built_before_the_extras_gains_them_in_place(tmp_path: Path, mo
     assert added == [root]
     assert (root / "usr" / "sbin" / "asterisk").exists()  # the same tree, not a new one
     assert chroot.ensure_chroot(root) == root and added == [root]  # stamped: once
+
+
+def test_without_root_a_chroot_lacking_the_extras_is_a_one_line_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root = _built(tmp_path / "sid", "odbc-postgresql\n")  # an older list of extras
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    with pytest.raises(chroot.ChrootError, match=r"^adding odbc-postgresql unixodbc to the Asterisk chroot needs root"):
+        chroot.ensure_chroot(root)
