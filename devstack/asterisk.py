@@ -103,6 +103,8 @@ class AsteriskNode:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
+                # unixODBC's driver and DSN files, per node (devstack/odbc.py; unused unless loaded).
+                env=os.environ | {"ODBCSYSINI": f"{self.inner_dir}/etc"},
             )
         self.pidfile.parent.mkdir(parents=True, exist_ok=True)
         self.pidfile.write_text(str(proc.pid))

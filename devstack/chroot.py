@@ -21,6 +21,12 @@ __all__ = ["ChrootError", "asterisk_version", "ensure_chroot", "mount", "mounted
 
 MIRROR = "http://deb.debian.org/debian"
 PACKAGES = ["asterisk", "asterisk-modules", "asterisk-config"]
+# Added after the first release of the chroot: a cached chroot gains them in place (recorded by
+# EXTRAS_STAMP) instead of a rebuild. psqlODBC and the unixODBC tools: res_odbc's connection pool
+# as an alternative to res_config_pgsql's one serialized connection (bench/register.py --odbc).
+EXTRA_PACKAGES = ["odbc-postgresql", "unixodbc"]
+EXTRAS_STAMP = Path("var/lib/pbx-chroot/extra-packages")
+_APT_ENV = ["env", "DEBIAN_FRONTEND=noninteractive"]
 
 
 class ChrootError(StackError, RuntimeError):
@@ -46,19 +52,58 @@ def _run(argv: list[str], what: str, log: Path) -> None:
         raise ChrootError(f"{what} failed (exit {r.returncode}): {tail} (full log: {log})")
 
 
+def _extras_line() -> str:
+    return " ".join(EXTRA_PACKAGES) + "\n"
+
+
+def _complete(root: Path) -> bool:
+    stamp = root / EXTRAS_STAMP
+    return (root / "usr" / "sbin" / "asterisk").exists() and stamp.exists() and stamp.read_text() == _extras_line()
+
+
+def _apt_install(root: Path, packages: list[str], what: str, log: Path) -> None:
+    _run(
+        ["chroot", str(root), *_APT_ENV, "apt-get", "-o", "Acquire::Check-Valid-Until=false", "update"],
+        "apt-get update in the chroot",
+        log,
+    )
+    _run(["chroot", str(root), *_APT_ENV, "apt-get", "install", "-y", "--no-install-recommends", *packages], what, log)
+    (root / EXTRAS_STAMP).parent.mkdir(parents=True, exist_ok=True)
+    (root / EXTRAS_STAMP).write_text(_extras_line())
+
+
+def _add_extras(root: Path, log: Path) -> None:
+    """Install EXTRA_PACKAGES into a built chroot that predates them; running stacks keep theirs."""
+    was_mounted = mounted(root)
+    mount(root)
+    try:
+        _apt_install(root, EXTRA_PACKAGES, "installing " + " ".join(EXTRA_PACKAGES) + " into the chroot", log)
+    finally:
+        if not was_mounted:
+            umount(root)
+
+
 def ensure_chroot(root: Path) -> Path:
-    """Return the ready chroot at ``root``, building it first when missing."""
-    if (root / "usr" / "sbin" / "asterisk").exists():
+    """Return the ready chroot at ``root``, building it first when missing, or adding the
+    packages it lacks when it was built before they were added."""
+    if _complete(root):
         return root
     if os.geteuid() != 0:
-        raise ChrootError("building the Asterisk chroot needs root (debootstrap, chroot, mount)")
-    if shutil.which("debootstrap") is None:
-        raise ChrootError("debootstrap is not installed: apt-get install debootstrap")
-    with _lock(root.parent / f".{root.name}.lock"):
         if (root / "usr" / "sbin" / "asterisk").exists():
+            raise ChrootError(f"adding {' '.join(EXTRA_PACKAGES)} to the Asterisk chroot needs root (chroot, apt-get)")
+        raise ChrootError("building the Asterisk chroot needs root (debootstrap, chroot, mount)")
+    with _lock(root.parent / f".{root.name}.lock"):
+        if _complete(root):
             return root  # another process built it while we waited
-        tmp = root.parent / f"{root.name}.building"
         log = root.parent / f"{root.name}.build.log"
+        if (root / "usr" / "sbin" / "asterisk").exists():
+            with open(log, "a") as fh:
+                fh.write(f"--- adding {' '.join(EXTRA_PACKAGES)}\n")
+            _add_extras(root, log)
+            return root
+        if shutil.which("debootstrap") is None:
+            raise ChrootError("debootstrap is not installed: apt-get install debootstrap")
+        tmp = root.parent / f"{root.name}.building"
         if tmp.exists():
             umount(tmp)
             shutil.rmtree(tmp)
@@ -67,17 +112,8 @@ def ensure_chroot(root: Path) -> Path:
         shutil.copy("/etc/resolv.conf", tmp / "etc" / "resolv.conf")
         mount(tmp)
         try:
-            env = ["env", "DEBIAN_FRONTEND=noninteractive"]
-            _run(
-                ["chroot", str(tmp), *env, "apt-get", "-o", "Acquire::Check-Valid-Until=false", "update"],
-                "apt-get update in the chroot",
-                log,
-            )
-            _run(
-                ["chroot", str(tmp), *env, "apt-get", "install", "-y", "--no-install-recommends", *PACKAGES],
-                "installing Asterisk from Debian sid (the archive may not serve it now)",
-                log,
-            )
+            what = "installing Asterisk from Debian sid (the archive may not serve it now)"
+            _apt_install(tmp, [*PACKAGES, *EXTRA_PACKAGES], what, log)
         finally:
             umount(tmp)
         if not (tmp / "usr" / "sbin" / "asterisk").exists():
