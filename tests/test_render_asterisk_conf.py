@@ -22,14 +22,11 @@ def _render(out: Path, **env: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+SECRETS = {"PBX_ASTERISK_DB_PASSWORD": "dbpw", "PBX_ARI_PASSWORD": "aripw", "PBX_AMI_PASSWORD": "amipw"}
+
+
 def test_renders_settings_and_defaults(tmp_path: Path) -> None:
-    r = _render(
-        tmp_path,
-        PBX_ASTERISK_DB_PASSWORD="dbpw",
-        PBX_ARI_PASSWORD="aripw",
-        PBX_AMI_PASSWORD="amipw",
-        PBX_AMI_PORT="6038",
-    )
+    r = _render(tmp_path, **SECRETS, PBX_AMI_PORT="6038")
     assert r.returncode == 0, r.stderr
     assert "secret = amipw" in (tmp_path / "manager.conf").read_text()
     assert "port = 6038" in (tmp_path / "manager.conf").read_text()
@@ -45,14 +42,7 @@ def test_missing_secrets_are_one_line_and_nothing_is_written(tmp_path: Path) -> 
 
 
 def test_a_cluster_node_listens_on_its_own_address_under_its_name(tmp_path: Path) -> None:
-    r = _render(
-        tmp_path,
-        PBX_ASTERISK_DB_PASSWORD="dbpw",
-        PBX_ARI_PASSWORD="aripw",
-        PBX_AMI_PASSWORD="amipw",
-        PBX_NODE_HOST="127.0.0.22",
-        PBX_SYSTEMNAME="node2",
-    )
+    r = _render(tmp_path, **SECRETS, PBX_NODE_HOST="127.0.0.22", PBX_SYSTEMNAME="node2")
     assert r.returncode == 0, r.stderr
     assert "bind = 127.0.0.22:5060" in (tmp_path / "pjsip.conf").read_text()
     assert "bindaddr = 127.0.0.22" in (tmp_path / "http.conf").read_text()
