@@ -58,7 +58,8 @@ def route_families(extconfig: str, families: tuple[str, ...]) -> str:
         raise ValueError(f"realtime family {unknown[0]}: not one of {', '.join(REALTIME_FAMILIES)}")
     out = extconfig
     for family in families:
-        out, n = re.subn(rf"^{family} => pgsql,\w+$", f"{family} => odbc,{CLASS}", out, flags=re.MULTILINE)
+        # The table, when the mapping names one (ps_contacts: the view ps_node_contacts), stays.
+        out, n = re.subn(rf"^{family} => pgsql,\w+(,\w+)?$", rf"{family} => odbc,{CLASS}\1", out, flags=re.MULTILINE)
         if n != 1:
             raise ValueError(f"extconfig.conf: no pgsql mapping of {family} to replace")
     return out

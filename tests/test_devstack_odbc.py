@@ -47,7 +47,8 @@ def test_only_the_named_families_leave_pgsql() -> None:
     shipped = (SHIPPED / "extconfig.conf").read_text()
     out = route_families(shipped, ("ps_endpoints", "ps_auths"))
     assert f"ps_endpoints => odbc,{CLASS}\n" in out and f"ps_auths => odbc,{CLASS}\n" in out
-    assert "ps_contacts => pgsql,general\n" in out
+    assert "ps_contacts => pgsql,general,ps_node_contacts\n" in out
+    assert f"ps_contacts => odbc,{CLASS},ps_node_contacts\n" in route_families(shipped, ("ps_contacts",))
     every = route_families(shipped, REALTIME_FAMILIES)
     assert "pgsql" not in every
 
