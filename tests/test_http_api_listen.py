@@ -99,15 +99,19 @@ async def test_with_tls_the_api_is_https_and_the_cli_context_trusts_its_certific
         await runner.cleanup()
 
 
-def test_compose_keeps_the_controller_on_loopback() -> None:
+def test_compose_keeps_the_controllers_on_loopback() -> None:
     compose = yaml.safe_load((REPO / "compose" / "docker-compose.yml").read_text())
-    ctl = compose["services"]["controller"]
-    env = ctl.get("environment", {})
-    command = ctl.get("command", [])
-    addr = command[command.index("--http") + 1] if "--http" in command else env.get("PBX_HTTP_ADDR", "127.0.0.1:8090")
-    addr = re.sub(r"\$\{\w+:-([^}]*)\}", r"\1", addr)  # a compose variable: its default
-    tls = "PBX_HTTP_TLS_CERT" in env and "PBX_HTTP_TLS_KEY" in env
-    assert tls or is_loopback(addr.rpartition(":")[0]), addr
+    controllers = {name: svc for name, svc in compose["services"].items() if name.startswith("controller")}
+    assert len(controllers) == 2, sorted(compose["services"])  # one per node
+    for ctl in controllers.values():
+        env = ctl.get("environment", {})
+        command = ctl.get("command", [])
+        addr = (
+            command[command.index("--http") + 1] if "--http" in command else env.get("PBX_HTTP_ADDR", "127.0.0.1:8090")
+        )
+        addr = re.sub(r"\$\{\w+:-([^}]*)\}", r"\1", addr)  # a compose variable: its default
+        tls = "PBX_HTTP_TLS_CERT" in env and "PBX_HTTP_TLS_KEY" in env
+        assert tls or is_loopback(addr.rpartition(":")[0]), addr
     for service in compose["services"].values():
         for port in service.get("ports", []):
             assert str(port).startswith("127.0.0.1:"), port
