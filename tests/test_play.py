@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 import xml.etree.ElementTree as ET
 from datetime import datetime
 from pathlib import Path
@@ -229,3 +231,22 @@ def test_play_target_from_the_environment_of_a_cluster_stack(tmp_path: Path, mon
         assert PlayTarget.from_env().ari_urls == ("http://127.0.0.11:3",)
     finally:
         get_settings.cache_clear()
+
+
+def test_a_play_without_in_use_calls_loads_no_ari_client(tmp_path: Path) -> None:
+    """The checker starts `call play` once per scenario: aiohttp (the ARI client that holds
+    ``in_use`` calls) was a third of that start-up, and most scenarios hold no call."""
+    probe = (
+        "import asyncio, pathlib, sys\n"
+        "import pbxctl.commands.call\n"
+        "from devstack.play import PlayTarget\n"
+        "from devstack.play_nodes import calls_held\n"
+        "async def none_held():\n"
+        "    target = PlayTarget('postgresql://-', '127.0.0.1:1', ('http://127.0.0.1:1',), 'u', 'p')\n"
+        f"    async with calls_held(target, 'a.example', {{'1001': 0}}, pathlib.Path({str(tmp_path)!r})):\n"
+        "        pass\n"
+        "asyncio.run(none_held())\n"
+        "print(sorted(m for m in ('aiohttp', 'ari_app.ari', 'devstack.play_hold') if m in sys.modules))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]"
