@@ -342,7 +342,10 @@ def _timeline(
     if not invites:
         raise PlayError("the caller sent no INVITE (is sipp able to reach the stack?)")
     t0 = invites[0].at
-    hangup_at = next((m.at for m in caller if m.direction == "sent" and m.first_line.startswith("CANCEL ")), None)
+    cancel_at = next((m.at for m in caller if m.direction == "sent" and m.first_line.startswith("CANCEL ")), None)
+    # The caller cancels by its own timer, at the horizon or later: on a loaded machine its trace
+    # can log that CANCEL after a device logged the CANCEL it caused.
+    hangup_at = None if cancel_at is None else min(cancel_at, t0 + horizon)
     status, result = "ok", "noanswer"
     challenged = any(m.direction == "sent" and "authorization" in m.headers for m in caller)
     cancelled = any(

@@ -250,3 +250,23 @@ def test_a_play_without_in_use_calls_loads_no_ari_client(tmp_path: Path) -> None
     )
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "[]"
+
+
+def test_a_device_cancelled_at_the_horizon_stops_for_the_caller_hangup_whenever_the_caller_logged_it() -> None:
+    t0 = ts("2026-11-30 04:47:50.000000")
+    caller = [
+        Message(t0, "sent", "INVITE sip:2000@t SIP/2.0", {"cseq": "2 INVITE"}),
+        Message(t0 + 20.06, "sent", "CANCEL sip:2000@t SIP/2.0", {"cseq": "2 CANCEL"}),
+        Message(t0 + 20.07, "received", "SIP/2.0 487 Request Terminated", {"cseq": "2 INVITE"}),
+    ]
+    ringing = [
+        Message(t0 + 15, "received", "INVITE sip:1004@x SIP/2.0", {"from": "<sip:1001@t>", "to": "<sip:x>"}),
+        Message(t0 + 20.04, "received", "CANCEL sip:1004@x SIP/2.0", {}),
+    ]
+    dropped = [
+        Message(t0 + 1, "received", "INVITE sip:1002@x SIP/2.0", {"from": "<sip:1001@t>", "to": "<sip:x>"}),
+        Message(t0 + 19.9, "received", "CANCEL sip:1002@x SIP/2.0", {}),
+    ]
+    out = _timeline(caller, {"dev-1004": ringing, "dev-1002": dropped}, 20)
+    stops = {e["stop"]: e["why"] for e in out["timeline"] if "stop" in e}
+    assert stops == {"dev-1004": "caller_hangup", "dev-1002": "drop"}
