@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 import xml.etree.ElementTree as ET
 from datetime import datetime
 from pathlib import Path
@@ -229,3 +231,42 @@ def test_play_target_from_the_environment_of_a_cluster_stack(tmp_path: Path, mon
         assert PlayTarget.from_env().ari_urls == ("http://127.0.0.11:3",)
     finally:
         get_settings.cache_clear()
+
+
+def test_a_play_without_in_use_calls_loads_no_ari_client(tmp_path: Path) -> None:
+    """The checker starts `call play` once per scenario: aiohttp (the ARI client that holds
+    ``in_use`` calls) was a third of that start-up, and most scenarios hold no call."""
+    probe = (
+        "import asyncio, pathlib, sys\n"
+        "import pbxctl.commands.call\n"
+        "from devstack.play import PlayTarget\n"
+        "from devstack.play_nodes import calls_held\n"
+        "async def none_held():\n"
+        "    target = PlayTarget('postgresql://-', '127.0.0.1:1', ('http://127.0.0.1:1',), 'u', 'p')\n"
+        f"    async with calls_held(target, 'a.example', {{'1001': 0}}, pathlib.Path({str(tmp_path)!r})):\n"
+        "        pass\n"
+        "asyncio.run(none_held())\n"
+        "print(sorted(m for m in ('aiohttp', 'ari_app.ari', 'devstack.play_hold') if m in sys.modules))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]"
+
+
+def test_a_device_cancelled_at_the_horizon_stops_for_the_caller_hangup_whenever_the_caller_logged_it() -> None:
+    t0 = ts("2026-11-30 04:47:50.000000")
+    caller = [
+        Message(t0, "sent", "INVITE sip:2000@t SIP/2.0", {"cseq": "2 INVITE"}),
+        Message(t0 + 20.06, "sent", "CANCEL sip:2000@t SIP/2.0", {"cseq": "2 CANCEL"}),
+        Message(t0 + 20.07, "received", "SIP/2.0 487 Request Terminated", {"cseq": "2 INVITE"}),
+    ]
+    ringing = [
+        Message(t0 + 15, "received", "INVITE sip:1004@x SIP/2.0", {"from": "<sip:1001@t>", "to": "<sip:x>"}),
+        Message(t0 + 20.04, "received", "CANCEL sip:1004@x SIP/2.0", {}),
+    ]
+    dropped = [
+        Message(t0 + 1, "received", "INVITE sip:1002@x SIP/2.0", {"from": "<sip:1001@t>", "to": "<sip:x>"}),
+        Message(t0 + 19.9, "received", "CANCEL sip:1002@x SIP/2.0", {}),
+    ]
+    out = _timeline(caller, {"dev-1004": ringing, "dev-1002": dropped}, 20)
+    stops = {e["stop"]: e["why"] for e in out["timeline"] if "stop" in e}
+    assert stops == {"dev-1004": "caller_hangup", "dev-1002": "drop"}

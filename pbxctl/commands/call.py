@@ -9,9 +9,6 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-import aiohttp
-
-from http_api.listen import client_context
 from pbx_base.settings import get_settings
 from pbxctl.errors import CliError, Invalid, Unreachable
 
@@ -64,6 +61,12 @@ def _base(args: argparse.Namespace) -> str:
 
 
 async def _request(method: str, url: str, body: Any = None) -> tuple[int, Any]:
+    # Imported here: aiohttp costs `call play`, which the scenario checker starts once per
+    # scenario, a good part of its start-up, and play talks no HTTP to pbxctl serve.
+    import aiohttp
+
+    from http_api.listen import client_context
+
     settings = get_settings()
     token = settings.http_token.get_secret_value()
     headers = {"Authorization": f"Bearer {token}"} if token else {}
