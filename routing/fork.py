@@ -122,7 +122,7 @@ Command = RingDevice | StopLeg | StartTimer | CancelTimer | Refused | Bridge | E
 
 
 # --- internal state ----------------------------------------------------------------------------
-@dataclass(eq=False, slots=True)
+@dataclass(eq=False)
 class _Leg:
     id: int
     owner: _Run
@@ -132,7 +132,7 @@ class _Leg:
     failure: Literal["busy", "offline"] | None = None
 
 
-@dataclass(eq=False, slots=True)
+@dataclass(eq=False)
 class _Run:
     """One started extension node."""
 

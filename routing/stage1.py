@@ -45,13 +45,13 @@ class Caller:
     trunk: str | None = None  # the trunk extension the call came in through, from outside
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class Pruned:
     number: str
     reason: str  # loop | depth | paused | empty | noroute | forbidden
 
 
-@dataclass(slots=True)
+@dataclass
 class RankNode:
     mode: RankMode
     delay_ms: int  # including the delays of left-out ranks before it
@@ -59,7 +59,7 @@ class RankNode:
     pruned: list[Pruned] = field(default_factory=list)
 
 
-@dataclass(slots=True)
+@dataclass
 class Node:
     number: str
     ext: Extension

@@ -58,19 +58,19 @@ def static_device_name(endpoint: str, position: int) -> str:
     return f"{endpoint}/{position}"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class Device:
     endpoint: str
     name: str  # a registered contact's id, or <endpoint>/<position> for a static contact
     uri: str | None = None  # a static contact's configured URI (registered ones: the controller's contact_uris)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class Ring:
     devices: tuple[Device, ...]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class Unreachable:
     error: Literal["busy", "offline"]
 
