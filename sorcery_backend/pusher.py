@@ -61,6 +61,10 @@ _BENIGN = (
     "The provided cache does not exist",
     "Unable to retrieve registration entry",
 )
+# The node is stopping: it did nothing, like a lost session (retried after the reconnect), not a
+# refusal of the object (recorded, and cleared only by a later per-object action, which a restarted
+# node's whole-cache expiry never sends).
+_GOING_AWAY = "Asterisk is shutting down"
 _CACHE_COUNT = re.compile(r"Number of objects within cache:\s*(\d+)")
 
 
@@ -427,6 +431,9 @@ class NodeWorker:
                 try:
                     await session.send(action.as_dict)
                 except AmiError as exc:
+                    if _GOING_AWAY in exc.message:
+                        lost.append(AmiDisconnected(str(exc)))
+                        return False
                     if not any(b in exc.message for b in _BENIGN):
                         self.refused.append((action, exc))
                 except AmiDisconnected as exc:
