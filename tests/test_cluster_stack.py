@@ -487,8 +487,9 @@ def test_a_killed_node_fails_over_to_the_other_and_rejoins_when_restarted(cluste
     for user, port in ports.items():
         register(cluster, user, port)
     on_live = start_call(cluster, live_users[0], live_users[1], ports[live_users[1]], 4.0, 20, tmp_path)
-    # Its caller hangs up 1 s after the answer, after the kill.
-    on_dead = start_call(cluster, dead_users[0], dead_users[1], ports[dead_users[1]], 1.0, 20, tmp_path)
+    # Its caller hangs up 3 s after the answer, after the kill (with 1 s, a loaded machine once
+    # killed the node after the BYE had reached it: 200, no 408).
+    on_dead = start_call(cluster, dead_users[0], dead_users[1], ports[dead_users[1]], 3.0, 20, tmp_path)
     try:
         killed_at = time.monotonic()
         dead.kill()
@@ -509,7 +510,7 @@ def test_a_killed_node_fails_over_to_the_other_and_rejoins_when_restarted(cluste
         # The call bridged on the dead node: nobody sends a BYE; the caller's own BYE gets the
         # edge's 408 (NODE_FR_MS after it relayed it to the dead node). Before the node is back:
         # a restarted node would answer that BYE 481 instead.
-        wait_for("the 408 to the BYE toward the dead node", lambda: on_dead.placer.got("SIP/2.0 408"), 10)
+        wait_for("the 408 to the BYE toward the dead node", lambda: on_dead.placer.got("SIP/2.0 408"), 20)
         # The dead node's phones keep their rows and Paths (the contacts sync removes a row only
         # when every node answered).
         rows = contacts(cluster)
