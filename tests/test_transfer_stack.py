@@ -36,15 +36,20 @@ pytestmark = pytest.mark.stack
 __all__ = ["phones"]  # the fixture of test_controller_stack, used by name
 
 
+def conf_caller(phones: Phones, name: str, user: str, number: str, xml: str) -> sipp.SippProcess:
+    """``user`` of conf.example calls ``number``, doing what the caller scenario ``xml`` says."""
+    proc = phones._proc(name)
+    auth = f"[authentication username={user} password=pw-{user}]"
+    proc.start(phones.stack.settings.sip_addr, xml, [user, "conf.example", auth, number, user], 90)
+    return proc
+
+
 def transferring_caller(
     phones: Phones, user: str, number: str, target: str, *, after_ms: int = 1000
 ) -> sipp.SippProcess:
     """``user`` calls ``number``, talks 1 s, REFERs the call to ``target``."""
-    proc = phones._proc(f"transferer-{user}")
-    auth = f"[authentication username={user} password=pw-{user}]"
     xml = caller_xml(60_000, 1000, transfer_to=target, after_ms=after_ms)
-    proc.start(phones.stack.settings.sip_addr, xml, [user, "conf.example", auth, number, user], 90)
-    return proc
+    return conf_caller(phones, f"transferer-{user}", user, number, xml)
 
 
 def sipfrags(proc: sipp.SippProcess) -> list[str]:
@@ -115,14 +120,7 @@ def playback_state(stack: Stack, playback_id: str) -> str | None:
 
 def test_hold_gives_the_other_party_the_hold_tone_and_resume_ends_it(stack: Stack, phones: Phones) -> None:
     phones.device("1002", {"answer_at": 0})
-    proc = phones._proc("holder-1001")
-    auth = "[authentication username=1001 password=pw-1001]"
-    proc.start(
-        stack.settings.sip_addr,
-        caller_xml(60_000, 1000, hold_ms=4000),
-        ["1001", "conf.example", auth, "1002", "1001"],
-        90,
-    )
+    proc = conf_caller(phones, "holder-1001", "1001", "1002", caller_xml(60_000, 1000, hold_ms=4000))
     bridge = wait_for("the conference", lambda: conference(stack, 2))
     bob = next(c for c in bridge.channels if "-l" in c)
     wait_for("the hold tone playing to Bob", lambda: playback_state(stack, f"{bob}-hold") == "playing")
@@ -138,15 +136,8 @@ def test_hold_gives_the_other_party_the_hold_tone_and_resume_ends_it(stack: Stac
 def test_in_a_conference_of_three_hold_affects_only_the_holder(stack: Stack, phones: Phones) -> None:
     phones.device("1002", {"answer_at": 0})
     phones.device("1003", {"answer_at": 0})
-    alice = phones._proc("holder-1001")
-    auth = "[authentication username=1001 password=pw-1001]"
     # 8 s of talk (Carol is added meanwhile), 8 s on hold, resumed, 8 s of talk.
-    alice.start(
-        stack.settings.sip_addr,
-        caller_xml(60_000, 8000, hold_ms=8000),
-        ["1001", "conf.example", auth, "1002", "1001"],
-        90,
-    )
+    alice = conf_caller(phones, "holder-1001", "1001", "1002", caller_xml(60_000, 8000, hold_ms=8000))
     call_id = wait_for("the conference", lambda: conference(stack, 2)).id.removeprefix("conf-")
     p = pbxctl(stack, "call", "add-party", call_id, "1003", "--http", serve_url(stack).removeprefix("http://"))
     assert p.returncode == 0, p.stderr
@@ -171,15 +162,8 @@ def _tag(header: str) -> str:
 def test_attended_transfer_joins_the_two_remote_parties_and_the_transferer_leaves(stack: Stack, phones: Phones) -> None:
     phones.device("1002", {"answer_at": 0})
     carol = phones.device("1003", {"answer_at": 0})
-    auth = "[authentication username=1001 password=pw-1001]"
     # Alice's second call (to Carol) first: the REFER of her first call names it by its dialog.
-    second = phones._proc("alice-second")
-    second.start(
-        stack.settings.sip_addr,
-        caller_xml(60_000, until_bye=True),
-        ["1001", "conf.example", auth, "1003", "1001"],
-        90,
-    )
+    second = conf_caller(phones, "alice-second", "1001", "1003", caller_xml(60_000, until_bye=True))
     ok = wait_for(
         "Carol answering Alice",
         lambda: next(
