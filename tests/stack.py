@@ -14,6 +14,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+import yaml
 
 from devstack.chroot import asterisk_version
 from devstack.stack import Stack, allow_lab_contexts
@@ -69,28 +70,57 @@ def without_controller(stack: Stack) -> Iterator[Stack]:
         yield stack
 
 
-def _live_wrapper(tmp_path: Path) -> Path:
-    """The checker runs `pbxctl route simulate FILE --json --horizon H`: play it live instead."""
-    w = tmp_path / "live-pbxctl"
+def _live_wrapper(tmp_path: Path, lane: int) -> Path:
+    """The checker runs `pbxctl route simulate FILE --json --horizon H`: play it live in ``lane``."""
+    w = tmp_path / f"live-pbxctl-{lane}"
     w.write_text(
         "#!/bin/sh\n"
-        'if [ "$1" = route ] && [ "$2" = simulate ]; then shift 2; set -- call play "$@"; fi\n'
+        f'if [ "$1" = route ] && [ "$2" = simulate ]; then shift 2; set -- call play --lane {lane} "$@"; fi\n'
         f'exec {sys.executable} -m pbxctl "$@"\n'
     )
     w.chmod(0o755)
     return w
 
 
-def check_live(st: Stack, shared_dir: Path, files: list[Path], tmp_path: Path) -> None:
-    """The shared checker's `--live` run of ``files``, played on ``st`` (a cluster: through its edge)."""
+def check_live(st: Stack, shared_dir: Path, files: list[Path], tmp_path: Path, lanes: int = 3) -> None:
+    """The shared checker's `--live` run of ``files``, played on ``st`` (a cluster: through its edge).
+
+    The plays mostly wait out their horizons, so they run in ``lanes`` checkers at once, each
+    passing `call play --lane N` (its own tenant, domain and loopback addresses), balanced by the
+    horizon each scenario will be played to."""
     env = dict(os.environ, **st.settings.exports())
     checker = [sys.executable, str(shared_dir / "tools" / "check-scenarios"), "--live"]
-    p = subprocess.run(
-        [*checker, "--pbxctl", str(_live_wrapper(tmp_path)), *map(str, files)],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=900,
-    )
+    procs = []
+    for lane, group in enumerate(_balanced(files, lanes), start=1):
+        if group:
+            wrapper = _live_wrapper(tmp_path, lane)
+            procs.append(
+                subprocess.Popen(
+                    [*checker, "--pbxctl", str(wrapper), *map(str, group)],
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.PIPE,
+                    text=True,
+                    env=env,
+                )
+            )
+    outputs = [p.communicate(timeout=900) for p in procs]
     logs = "".join(s.log_tail(20) for s in [st.serve, *st.node_serves])
-    assert p.returncode == 0, p.stdout + p.stderr + logs
+    failed = [out + err for p, (out, err) in zip(procs, outputs, strict=True) if p.returncode != 0]
+    assert not failed, "".join(failed) + logs
+
+
+def _balanced(files: list[Path], lanes: int) -> list[list[Path]]:
+    """``files`` in ``lanes`` groups of about equal play time, longest first to the least loaded."""
+
+    def play_s(f: Path) -> float:
+        doc = yaml.safe_load(f.read_text())
+        times = [float(e.get("t", 0)) for e in (doc.get("expect") or {}).get("timeline") or []]
+        return min(float(doc.get("horizon_s") or 120), max(times, default=0.0) + 5)
+
+    groups: list[list[Path]] = [[] for _ in range(max(1, lanes))]
+    load = [0.0] * len(groups)
+    for f in sorted(files, key=play_s, reverse=True):
+        i = load.index(min(load))
+        groups[i].append(f)
+        load[i] += play_s(f)
+    return groups

@@ -23,6 +23,12 @@ def register(subparsers: Any) -> None:
     play.add_argument("scenario", type=Path)
     play.add_argument("--json", action="store_true")
     play.add_argument("--horizon", type=float, metavar="S", help="the caller hangs up after S seconds")
+    play.add_argument(
+        "--lane",
+        type=int,
+        metavar="N",
+        help="play beside other plays: tenants renamed NAME-lN, domains lN.DOMAIN, 127.0.x.y addresses 127.N.x.y",
+    )
     play.set_defaults(func=_play)
 
     add = sub.add_parser("add-party", help="dial an endpoint into an answered call's conference")
@@ -43,6 +49,12 @@ def _play(args: argparse.Namespace) -> int:
     from pbxctl.commands.route import load_scenario, print_outcome
 
     scenario = load_scenario(args.scenario)
+    if args.lane is not None:
+        from devstack.play_lane import MAX_LANE, in_lane
+
+        if not 1 <= args.lane <= MAX_LANE:
+            raise Invalid(f"--lane {args.lane}: not between 1 and {MAX_LANE}")
+        scenario = in_lane(scenario, args.lane)
     try:
         out = asyncio.run(play(scenario, PlayTarget.from_env(), args.horizon))
     except PlayError as exc:
