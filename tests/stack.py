@@ -70,12 +70,13 @@ def without_controller(stack: Stack) -> Iterator[Stack]:
         yield stack
 
 
-def _live_wrapper(tmp_path: Path, lane: int) -> Path:
-    """The checker runs `pbxctl route simulate FILE --json --horizon H`: play it live in ``lane``."""
-    w = tmp_path / f"live-pbxctl-{lane}"
+def _live_wrapper(tmp_path: Path, lane: int | None) -> Path:
+    """The checker runs `pbxctl route simulate FILE --json --horizon H`: play it live (in ``lane``)."""
+    w = tmp_path / f"live-pbxctl-{lane or 0}"
+    play = "call play" if lane is None else f"call play --lane {lane}"
     w.write_text(
         "#!/bin/sh\n"
-        f'if [ "$1" = route ] && [ "$2" = simulate ]; then shift 2; set -- call play --lane {lane} "$@"; fi\n'
+        f'if [ "$1" = route ] && [ "$2" = simulate ]; then shift 2; set -- {play} "$@"; fi\n'
         f'exec {sys.executable} -m pbxctl "$@"\n'
     )
     w.chmod(0o755)
@@ -87,13 +88,14 @@ def check_live(st: Stack, shared_dir: Path, files: list[Path], tmp_path: Path, l
 
     The plays mostly wait out their horizons, so they run in ``lanes`` checkers at once, each
     passing `call play --lane N` (its own tenant, domain and loopback addresses), balanced by the
-    horizon each scenario will be played to."""
+    horizon each scenario will be played to. With ``lanes=1`` the scenarios are played as they are
+    (their own tenant and domain: what a test reading them afterwards expects)."""
     env = dict(os.environ, **st.settings.exports())
     checker = [sys.executable, str(shared_dir / "tools" / "check-scenarios"), "--live"]
     procs = []
     for lane, group in enumerate(_balanced(files, lanes), start=1):
         if group:
-            wrapper = _live_wrapper(tmp_path, lane)
+            wrapper = _live_wrapper(tmp_path, lane if lanes > 1 else None)
             procs.append(
                 subprocess.Popen(
                     [*checker, "--pbxctl", str(wrapper), *map(str, group)],

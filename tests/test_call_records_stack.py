@@ -78,7 +78,12 @@ def test_played_calls_leave_records_with_their_route_result_and_legs(
     busy["horizon_s"] = 3
     t0 = _play(stack, tmp_path, busy, "busy")
     rec = _record(stack, "1002", t0)
-    assert (rec["route"], rec["result"], rec["hangup_cause"], rec["answered_at"]) == ("user 1002", "busy", 17, None)
+    # Once (in one full run of three) this record said route `noroute` with result busy, cause 17,
+    # which no single code path makes: the whole record and the controller's log, if it comes back.
+    assert (rec["route"], rec["result"], rec["hangup_cause"], rec["answered_at"]) == ("user 1002", "busy", 17, None), (
+        rec,
+        stack.serve.log_tail(60),
+    )
     assert rec["legs"]["1002@t.example"]["result"] == "rejected"
 
     # From a carrier: the number it sent is the DID, what the DID rule made of it is routed_to.
