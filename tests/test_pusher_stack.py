@@ -218,26 +218,34 @@ def test_template_edit_reaching_500_endpoints_names_exactly_them_and_all_take_ef
     assert actions_after - actions_before == 1, stack.serve.log_tail()
 
 
-def edit_many(stack: Stack, tenant_name: str, endpoints: int, edits: int, progress: list[int]) -> None:
-    """``edits`` separate transactions, each changing one endpoint's callerid to "E<i>" <i>."""
+def edit_many(
+    stack: Stack, tenant_name: str, endpoints: int, edits: int, progress: list[int], editors: int = 3
+) -> None:
+    """``edits`` separate transactions, the i-th changing endpoint 1000 + i % endpoints's callerid
+    to "E<i>" <i>; ``editors`` connections at once (several admins), each with its own endpoints,
+    so every endpoint's edits still commit in order."""
 
-    async def run() -> None:
+    async def editor(k: int) -> None:
         conn = await asyncpg.connect(stack.settings.database_url())
         try:
             for i in range(edits):
-                n = str(1000 + i % endpoints)
+                if i % endpoints % editors != k:
+                    continue
                 await conn.execute(
                     "INSERT INTO pbx.object_options (object_id, section, option, value) "
                     "SELECT e.id, 'endpoint', 'callerid', ARRAY[$3] FROM pbx.objects e JOIN pbx.tenants t "
                     "ON t.id = e.tenant_id WHERE t.name = $1 AND e.name = $2 "
                     "ON CONFLICT (object_id, section, option) DO UPDATE SET value = excluded.value",
                     tenant_name,
-                    n,
+                    str(1000 + i % endpoints),
                     f'"E{i}" <{i}>',
                 )
-                progress[0] = i + 1
+                progress[0] += 1
         finally:
             await conn.close()
+
+    async def run() -> None:
+        await asyncio.gather(*(editor(k) for k in range(editors)))
 
     asyncio.run(run())
 
