@@ -9,9 +9,11 @@ import os
 import subprocess
 import sys
 import textwrap
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -30,6 +32,19 @@ def stack() -> Iterator[Stack]:
         yield st
     finally:
         st.destroy()
+
+
+def wait_for(what: str, probe: Callable[[], Any], timeout: float = 60.0) -> Any:
+    """``probe()`` once it is truthy (returned), polled until ``timeout``; else an AssertionError
+    naming ``what``. The one way a real-stack test waits for a state."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = probe()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
+        time.sleep(0.05)
 
 
 def pbxctl(st: Stack, *args: str, input_text: str | None = None) -> subprocess.CompletedProcess[str]:

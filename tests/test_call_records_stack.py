@@ -14,8 +14,8 @@ import aiohttp
 import pytest
 import test_controller_stack as live
 import yaml
-from stack import pbxctl, serve_url
-from test_controller_stack import Phones, conference, wait_for
+from stack import pbxctl, serve_url, wait_for
+from test_controller_stack import Phones, conference
 
 from devstack.stack import Stack, run_sql
 

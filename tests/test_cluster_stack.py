@@ -21,8 +21,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-from stack import apply_yaml, check_live, pbxctl
-from test_pusher_stack import set_option, wait_for
+from stack import apply_yaml, check_live, pbxctl, wait_for
+from test_pusher_stack import set_option
 
 from ari_app.ari import AriClient, HttpAriTransport
 from devstack import sipp

@@ -13,14 +13,14 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
 import yaml
-from stack import apply_yaml, check_live, pbxctl, serve_url
+from stack import apply_yaml, check_live, pbxctl, serve_url, wait_for
 
 from ari_app.ari import AriClient, AriNotFound, Bridge, Channel, HttpAriTransport
 from devstack import sipp
@@ -229,17 +229,6 @@ async def _hang_up_everything(stack: Stack) -> None:
                 await client.channels.hangup(ch.id)
             except AriNotFound:
                 pass
-
-
-def wait_for(what: str, probe: Callable[[], Any], timeout: float = 15.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = probe()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
-        time.sleep(0.05)
 
 
 def channels(stack: Stack) -> list[Channel]:

@@ -9,7 +9,8 @@ import time
 
 import pytest
 import test_controller_stack as live
-from test_controller_stack import Phones, bridges, channels, conference, final_of, wait_for
+from stack import wait_for
+from test_controller_stack import Phones, bridges, channels, conference, final_of
 
 from devstack.stack import Stack
 

@@ -9,12 +9,11 @@ import json
 import re
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import asyncpg
 import pytest
-from stack import apply_yaml, pbxctl
+from stack import apply_yaml, pbxctl, wait_for
 
 from devstack import sipp
 from devstack.stack import Stack, run_sql
@@ -64,14 +63,6 @@ def node_counters(stack: Stack) -> tuple[int, int, int]:
         stack.settings.name,
     )[0]
     return int(r[0]), int(r[1]), int(r[2])
-
-
-def wait_for(what: str, check: Callable[[], bool], timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
-        time.sleep(0.02)
 
 
 def wait_delivered(stack: Stack, timeout: float = 60.0) -> None:

@@ -13,7 +13,7 @@ from pathlib import Path
 from urllib.parse import quote
 
 import pytest
-from stack import apply_yaml, pbxctl, serve_url
+from stack import apply_yaml, pbxctl, serve_url, wait_for
 from test_controller_stack import (
     Phones,
     _hangup,
@@ -23,7 +23,6 @@ from test_controller_stack import (
     conference,
     final_of,
     phones,
-    wait_for,
 )
 
 from ari_app.ari import AriClient, AriNotFound

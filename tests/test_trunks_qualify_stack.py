@@ -9,8 +9,8 @@ import json
 from pathlib import Path
 
 import pytest
-from stack import apply_yaml, pbxctl
-from test_trunks_register_stack import push_status, wait_for
+from stack import apply_yaml, pbxctl, wait_for
+from test_trunks_register_stack import push_status
 
 from devstack import sipp
 from devstack.stack import Stack

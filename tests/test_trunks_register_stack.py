@@ -8,13 +8,11 @@ import asyncio
 import hashlib
 import json
 import re
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
-from stack import apply_yaml, pbxctl
+from stack import apply_yaml, pbxctl, wait_for
 
 from devstack import sipp
 from devstack.stack import Stack
@@ -24,14 +22,6 @@ from sorcery_backend.ami import AmiSession
 
 REALM = "carrier.test"
 _PARAM = re.compile(r'(\w+)=(?:"([^"]*)"|([^,\s]+))')
-
-
-def wait_for(what: str, check: Callable[[], bool], timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
-        time.sleep(0.1)
 
 
 def config(registrar: sipp.SippProcess, password: str, static_port: int) -> str:
