@@ -46,6 +46,7 @@ def edge_defines(owner: str, addr: str, db_url: str, rpc_socket: Path, ctl_socke
         f'#!define RPC_SOCKET "{rpc_socket}"\n'
         f'#!define CTL_SOCKET "unix:{ctl_socket}"\n'
         f'#!define DB_URL "{db_url}"\n'
+        f'#!define SQL_CON "pbx=>{db_url}"\n'
     )
 
 

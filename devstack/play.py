@@ -13,9 +13,8 @@ own 486 = rejected) is the timeline, with times from the caller's first INVITE, 
 On a cluster stack every device registers and the caller dials through the edge (`PBX_SIP_ADDR`):
 each phone lands on the node the edge hashes its AOR to, the call enters the node of the caller's
 AOR (its From), and the calls of `in_use` are held on every node (devstack/play_nodes.py). A
-carrier's INVITE (a trunk caller, sent from its identify address) reaches the node from the edge's
-address, which no identify matches: such a scenario ends `error:noauth` on a cluster until the
-edge passes the source on.
+carrier's INVITE (a trunk caller, sent from its identify address) is named by the edge, which
+matches that address, and the node identifies the carrier by the edge's header (sql/027).
 
 Live, an INVITE without credentials that no identify matches is challenged (401) and never
 reaches the controller: there is no anonymous endpoint, so such a caller gets `error:noauth`

@@ -19,6 +19,8 @@ from devstack.asterisk import AsteriskNode
 from devstack.kamailio import CONFIG, render_edge_defines
 from devstack.settings import EDGE_HOST, StackSettings
 from pbx_base import resources
+from sorcery_backend.apply import apply_config
+from sorcery_backend.declarative import parse_config
 from sorcery_backend.kamailio_rpc import EdgeRefused, EdgeUnreachable, dispatcher_destinations, reload_dispatcher
 from sorcery_backend.nodes import NodeRefused, add_node
 
@@ -153,6 +155,7 @@ async def test_the_edge_role_reads_its_views_and_nothing_else(db: str) -> None:
     try:
         assert await edge.fetchval("SELECT destination FROM kamailio.dispatcher") == "sip:127.0.0.11:5060"
         assert await edge.fetchval("SELECT count(*) FROM kamailio.version") == 1
+        assert await edge.fetchval("SELECT count(*) FROM kamailio.carriers") == 0
         for sql in ("SELECT ami_secret FROM pbx.nodes", "SELECT * FROM ps_contacts", "DELETE FROM kamailio.dispatcher"):
             with pytest.raises(asyncpg.InsufficientPrivilegeError):
                 await edge.execute(sql)
@@ -234,3 +237,35 @@ def test_rpc_reads_the_dispatcher_list_and_reports_errors(tmp_path: Path) -> Non
     t.join(5)
     with pytest.raises(EdgeUnreachable):
         reload_dispatcher(tmp_path / "missing.sock")
+
+
+CARRIERS = {
+    "tenants": {
+        "t": {
+            "domain": "t.example",
+            "endpoints": {
+                "carrier": {"identify": {"match": ["127.0.0.3", "10.1.2.0/24"]}},
+            },
+        }
+    }
+}
+
+
+async def test_the_edge_names_a_carrier_by_its_networks_and_only_nodes_see_the_header(db: str) -> None:
+    conn = await asyncpg.connect(db)
+    try:
+        await apply_config(conn, parse_config(CARRIERS))
+        token = await conn.fetchval("SELECT token FROM pbx.edge_token")
+        assert len(token) == 64
+        carriers = await conn.fetch("SELECT host(net) AS net, masklen(net) AS bits, carrier FROM kamailio.carriers")
+        assert sorted((r["net"], r["bits"], r["carrier"]) for r in carriers) == [
+            ("10.1.2.0", 24, f"{token} carrier@t.example"),
+            ("127.0.0.3", 32, f"{token} carrier@t.example"),
+        ]
+        node = {r["id"]: r["match_header"] for r in await conn.fetch("SELECT * FROM ps_node_endpoint_id_ips")}
+        assert node["carrier@t.example"] == f"X-PBX-Carrier: {token} carrier@t.example"
+        # What everyone else reads (export, the flattened rows) is what the operator wrote.
+        plain = await conn.fetchval("SELECT match_header FROM ps_endpoint_id_ips WHERE id = 'carrier@t.example'")
+        assert plain is None
+    finally:
+        await conn.close()

@@ -208,6 +208,68 @@ def test_public_scenarios_played_through_the_edge_give_the_simulated_timeline(
 # --- cluster-wide in-use state (issue 18 item 3: ari_app/controller/peers.py) -----------------------
 
 
+# --- Carriers through the edge: identified by their source address at the edge (sql/027) ----------
+
+SPOOF_XML = """<?xml version="1.0" encoding="ISO-8859-1" ?>
+<scenario name="carrier header from elsewhere">
+  <send retrans="500"><![CDATA[
+INVITE sip:+4930123456100@[remote_ip]:[remote_port] SIP/2.0
+Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]
+From: <sip:+4917012345@[local_ip]:[local_port]>;tag=[call_number]
+To: <sip:+4930123456100@[remote_ip]:[remote_port]>
+Call-ID: [call_id]
+CSeq: 1 INVITE
+Contact: <sip:spoof@[local_ip]:[local_port]>
+Max-Forwards: 70
+X-PBX-Carrier: [field0]
+Content-Length: 0
+
+]]></send>
+  <recv response="100" optional="true"/>
+  <recv response="401"/>
+  <send><![CDATA[
+ACK sip:+4930123456100@[remote_ip]:[remote_port] SIP/2.0
+Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]
+From: <sip:+4917012345@[local_ip]:[local_port]>;tag=[call_number]
+To: <sip:+4930123456100@[remote_ip]:[remote_port]>[peer_tag_param]
+Call-ID: [call_id]
+CSeq: 1 ACK
+Max-Forwards: 70
+Content-Length: 0
+
+]]></send>
+</scenario>
+"""
+
+
+def spoofed_invite(st: Stack, to: str, header: str, tmp: Path) -> list[str]:
+    """The responses to an INVITE from 127.0.0.1 (no carrier's address) that names a carrier itself."""
+    proc = sipp.SippProcess("spoof", sipp.free_udp_port(), tmp, movable=True)
+    proc.start(to, SPOOF_XML, [header], 15, extra=["-timeout_error"])
+    proc.wait(25)
+    return [m.first_line for m in proc.messages() if m.direction == "received"]
+
+
+def test_a_carrier_calling_through_the_edge_is_identified_by_its_address(
+    cluster: Stack, shared_dir: Path, tmp_path: Path
+) -> None:
+    """S64 played through the edge: the carrier's INVITE comes from 127.0.0.3, its identify match,
+    and reaches a node from the edge's address; the edge names the carrier (X-PBX-Carrier), the node
+    identifies it by that header and its DID rule rings the Sales group."""
+    check_live(cluster, shared_dir, [shared_dir / "scenarios" / "trunks" / "S64.yaml"], tmp_path, lanes=1)
+    [[token]] = run_sql(cluster, "SELECT token FROM pbx.edge_token")
+    named = f"{token} carrier@t.example"
+    # Named by the caller itself: the edge drops the header, and nothing identifies the INVITE.
+    (tmp_path / "edge").mkdir()
+    got = spoofed_invite(cluster, cluster.settings.sip_addr, named, tmp_path / "edge")
+    assert got[-1].startswith("SIP/2.0 401"), got
+    # Straight to a node without the database's token: no identify matches either.
+    (tmp_path / "node").mkdir()
+    node = cluster.settings.nodes()[0].node_sip_addr
+    got = spoofed_invite(cluster, node, "0" * 64 + " carrier@t.example", tmp_path / "node")
+    assert got[-1].startswith("SIP/2.0 401"), got
+
+
 def _serve_of(st: Stack, node: str) -> ServeProcess:
     return next(s for s in [st.serve, *st.node_serves] if s.settings.name == node)
 
