@@ -207,6 +207,21 @@ async def test_caller_hangup_stops_every_leg(rig: Rig) -> None:
     assert not rig.hangups("A")
 
 
+async def test_a_caller_entering_stasis_from_its_h_extension_is_no_new_call(rig: Rig) -> None:
+    rig.fake.push(stasis_start("A", "2001"))
+    legs = await rig.until("two rings", lambda: len(rig.originates()) == 2 and rig.originates())
+    for leg in legs:
+        rig.fake.push(destroyed(leg.params["channelId"], 17))
+    await rig.until("the caller hung up", lambda: rig.hangups("A"))
+    h = stasis_start("A", "h")
+    h["channel"]["dialplan"]["exten"] = "h"
+    rig.fake.push(h)
+    rig.fake.push(stasis_start("B", "9999"))  # events are handled in order: once B is refused, A's h was seen
+    await rig.until("B refused", lambda: rig.hangups("B"))
+    assert len(rig.hangups("A")) == 1 and "A" not in rig.controller._arriving
+    assert len(rig.originates()) == 2
+
+
 async def test_unknown_number_is_refused_with_404_cause(rig: Rig) -> None:
     rig.fake.push(stasis_start("A", "9999"))
     hangup = await rig.until("refused", lambda: rig.hangups("A"))

@@ -215,6 +215,11 @@ class Controller:
         ch = event.channel
         self._orphan_candidates.discard(ch.id)
         ours = parse_channel_id(ch.id)
+        if ours is None and ch.dialplan is not None and ch.dialplan.exten == "h":
+            # A hangup handler that reached Stasis (a dialplan whose pattern also matches "h"): the
+            # caller is gone and its call, if any, was decided; a lookup for "h" would only rewrite it.
+            logger.warning("channel %s entered Stasis from its h extension: ignored", ch.id)
+            return
         if ours is None:
             if ch.id not in self._arriving and ch.id not in self.calls and self._conference(ch.id) is None:
                 called = event.args[0] if event.args else (ch.dialplan.exten if ch.dialplan else "")
