@@ -15,7 +15,6 @@ from pydantic import AfterValidator, Field, SecretStr, ValidationError, field_va
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from pbx_base.errors import InvalidInput
-from pbx_base.retry import Backoff
 
 __all__ = ["DEFAULTS", "ENV_PREFIX", "Settings", "SettingsError", "get_settings", "markdown_table"]
 
@@ -102,10 +101,14 @@ class Settings(BaseSettings):
     ari_user: str = Field(default="pbx", description="ARI user (ari.conf)")
     ari_password: SecretStr = Field(default=SecretStr(""), description="ARI password (ari.conf)")
     ari_app: str = Field(default="pbx", description="the Stasis application the controller registers")
+    # Short: a restarted node answers SIP (and the edge's probes) at once, and its calls wait in the
+    # dialplan only 8 s for the controller; a climbing backoff kept a node's calls failing for up to
+    # 16 s after a restart. An attempt costs a refused TCP connect.
     ari_retry_max_s: float = Field(
-        default=Backoff.maximum,
+        default=2.0,
         gt=0,
-        description="longest wait, in seconds, between reconnects of the ARI event stream",
+        description="longest wait, in seconds, between reconnects of the ARI event streams (the node's own, "
+        "and the feeds of the other nodes)",
     )
     party_ring_s: int = Field(
         default=60,

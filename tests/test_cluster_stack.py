@@ -515,7 +515,12 @@ def start_call(st: Stack, caller: str, callee: str, port: int, hold_s: float, ti
     row = [caller, DOMAIN, f"[authentication username={caller} password=pw-{caller}]", callee]
     hold = ["-d", str(int(hold_s * 1000))]
     call.placer.start(addr, resources.sipp_scenario("uac.xml").read_text(), row, timeout_s, extra=hold)
-    wait_for(f"{caller} -> {callee} bridged", lambda: call.callee.got("ACK"), 20)
+    try:
+        wait_for(f"{caller} -> {callee} bridged", lambda: call.callee.got("ACK"), 20)
+    except AssertionError as exc:
+        got = {p.name: [m.first_line for m in p.messages() if m.direction == "received"] for p in call}
+        logs = "".join(s.log_tail(15) for s in [st.serve, *st.node_serves])
+        raise AssertionError(f"{exc}; received: {got}; sipp: {call.placer.stderr()[-300:]}; {logs}") from None
     return call
 
 
@@ -523,6 +528,9 @@ def start_call(st: Stack, caller: str, callee: str, port: int, hold_s: float, ti
 class Call:
     placer: sipp.SippProcess
     callee: sipp.SippProcess
+
+    def __iter__(self) -> Iterator[sipp.SippProcess]:
+        return iter((self.placer, self.callee))
 
     def ended(self, timeout: float) -> tuple[list[str], list[str]]:
         """First lines the caller and the callee received, once both sipp ended (either still
@@ -541,6 +549,15 @@ def test_a_killed_node_fails_over_to_the_other_and_rejoins_when_restarted(cluste
     first, second = cluster.settings.nodes()
     dead = cluster.asterisks[1]
     wait_for("both nodes active on the edge", lambda: all(f.startswith("A") for f in node_flags(cluster).values()))
+    # A node restarted by the tests above answers the edge's probes at once, but its controller
+    # reconnects on its own backoff (up to 16 s after a long outage): a call entering it before
+    # waits in the dialplan and gets 503. Every node's app registered, then.
+    app = cluster.settings.ari_app
+    wait_for(
+        "every node's controller connected",
+        lambda: all(app in a.rx("ari show apps").split() for a in cluster.asterisks),
+        40,
+    )
     home = homes(cluster)
     live_users = [u for u in USERS if home[u] == first.name]
     dead_users = [u for u in USERS if home[u] == second.name]

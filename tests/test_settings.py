@@ -74,7 +74,7 @@ def test_defaults(env: pytest.MonkeyPatch) -> None:
     assert s.outbox_keep_s == 86400
     assert s.database_url is None and s.ari_url is None
     assert s.cache_dir == Path.home() / ".cache" / "pbx"
-    assert s.ari_retry_max_s == Backoff.maximum
+    assert s.ari_retry_max_s == 2.0 < Backoff.maximum
     assert DEFAULTS.pool_size == s.pool_size
 
 
