@@ -520,7 +520,17 @@ def start_call(st: Stack, caller: str, callee: str, port: int, hold_s: float, ti
     except AssertionError as exc:
         got = {p.name: [m.first_line for m in p.messages() if m.direction == "received"] for p in call}
         logs = "".join(s.log_tail(15) for s in [st.serve, *st.node_serves])
-        raise AssertionError(f"{exc}; received: {got}; sipp: {call.placer.stderr()[-300:]}; {logs}") from None
+        # Where the call sits (once: an INVITE a node took with 100 Trying and never brought to Stasis).
+        nodes = "; ".join(a.rx("core show channels concise").strip() or "(no channel)" for a in st.asterisks)
+        busy = run_sql(
+            st,
+            "SELECT application_name, wait_event_type, state, left(query, 100) AS q FROM pg_stat_activity"
+            " WHERE state <> 'idle' AND pid <> pg_backend_pid()",
+        )
+        raise AssertionError(
+            f"{exc}; received: {got}; sipp: {call.placer.stderr()[-300:]}; channels: {nodes}; "
+            f"postgres: {[dict(r) for r in busy]}; {logs}"
+        ) from None
     return call
 
 
