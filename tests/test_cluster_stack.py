@@ -14,7 +14,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -432,13 +432,6 @@ def astdb_holds(node: AsteriskNode, contact_id: str) -> bool:
     return contact_id.replace("^3B", ";") in node.rx("database show registrar/contact")
 
 
-def wait_until(check: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, f"timed out after {timeout} s waiting for {what}"
-        time.sleep(0.2)
-
-
 def test_a_phone_that_moved_nodes_stays_registered_when_the_old_node_restarts_and_its_copy_expires(
     moving: Stack,
 ) -> None:
@@ -461,7 +454,7 @@ def test_a_phone_that_moved_nodes_stays_registered_when_the_old_node_restarts_an
             # A read of the AOR's contacts on A deletes what its copy says expired (the sweep would,
             # within contact_expiration_check_interval).
             a.rx(f"pjsip show aor {user}@{MOVING}")
-            wait_until(lambda: not astdb_holds(a, cid), 40, "node A to drop its expired copy")
+            wait_for("node A to drop its expired copy", lambda: not astdb_holds(a, cid), 40)
             # Node A's delete did not take B's row with it, and the phone is B's to the end.
             assert mover_rows(moving, user) == [(cid, b.settings.name)]
             assert sipp.unregister_all(moving.settings.sip_addr, user, MOVING, f"pw-{user}").final == 200
