@@ -511,6 +511,8 @@ def start_call(st: Stack, caller: str, callee: str, port: int, hold_s: float, ti
     try:
         wait_for(f"{caller} -> {callee} bridged", lambda: call.callee.got("ACK"), 20)
     except AssertionError as exc:
+        for proc in call:  # not left running after the test (a stuck sipp outlives its -timeout)
+            proc.stop()
         got = {p.name: [m.first_line for m in p.messages() if m.direction == "received"] for p in call}
         logs = "".join(s.log_tail(15) for s in [st.serve, *st.node_serves])
         # Where the call sits (once: an INVITE a node took with 100 Trying and never brought to Stasis).
