@@ -50,11 +50,12 @@ def _play(args: argparse.Namespace) -> int:
 
     scenario = load_scenario(args.scenario)
     if args.lane is not None:
-        from devstack.play_lane import MAX_LANE, in_lane
+        from devstack.play_lane import in_lane
 
-        if not 1 <= args.lane <= MAX_LANE:
-            raise Invalid(f"--lane {args.lane}: not between 1 and {MAX_LANE}")
-        scenario = in_lane(scenario, args.lane)
+        try:
+            scenario = in_lane(scenario, args.lane)
+        except ValueError as exc:  # the lane's range, checked in one place
+            raise Invalid(f"--{exc}") from None
     try:
         out = asyncio.run(play(scenario, PlayTarget.from_env(), args.horizon))
     except PlayError as exc:
