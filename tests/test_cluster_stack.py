@@ -515,16 +515,29 @@ def start_call(st: Stack, caller: str, callee: str, port: int, hold_s: float, ti
             proc.stop()
         got = {p.name: [m.first_line for m in p.messages() if m.direction == "received"] for p in call}
         logs = "".join(s.log_tail(15) for s in [st.serve, *st.node_serves])
-        # Where the call sits (once: an INVITE a node took with 100 Trying and never brought to Stasis).
-        nodes = "; ".join(a.rx("core show channels concise").strip() or "(no channel)" for a in st.asterisks)
+
+        # Where the call sits: each node's channels, the SIP messages it sent and received (history
+        # is on for this test), what it holds for the callee, and what Postgres holds.
+        def node_report(a: AsteriskNode) -> str:
+            channels = a.rx("core show channels concise").splitlines()
+            # Without the edge's probes and the challenges they get.
+            history = [h for h in a.rx("pjsip show history").splitlines() if "OPTIONS" not in h and " 401 " not in h]
+            held = [line for line in a.rx("pjsip show contacts").splitlines() if callee in line]
+            return f"{a.settings.name}: " + " / ".join(channels + history[-12:] + held)
+
+        nodes = " | ".join(node_report(a) for a in st.asterisks)
+        rows = run_sql(
+            st, "SELECT id, path, reg_server, expiration_time FROM ps_contacts WHERE endpoint LIKE $1", f"{callee}@%"
+        )
         busy = run_sql(
             st,
             "SELECT application_name, wait_event_type, state, left(query, 100) AS q FROM pg_stat_activity"
             " WHERE state <> 'idle' AND pid <> pg_backend_pid()",
         )
         raise AssertionError(
-            f"{exc}; received: {got}; sipp: {call.placer.stderr()[-300:]}; channels: {nodes}; "
-            f"postgres: {[dict(r) for r in busy]}; {logs}"
+            f"{exc}; received: {got}; nodes: {nodes}; ps_contacts: {[dict(r) for r in rows]}; "
+            f"postgres: {[dict(r) for r in busy]}; edge: {st.edge.log_tail(20) if st.edge else ''}; "
+            f"sipp: {call.placer.stderr()[-300:]}; {logs}"
         ) from None
     return call
 
@@ -563,6 +576,9 @@ def test_a_killed_node_fails_over_to_the_other_and_rejoins_when_restarted(cluste
         lambda: all(app in a.rx("ari show apps").split() for a in cluster.asterisks),
         40,
     )
+    for node in cluster.asterisks:  # what start_call reports if a call never bridges
+        node.rx("pjsip set history clear")
+        node.rx("pjsip set history on")
     home = homes(cluster)
     live_users = [u for u in USERS if home[u] == first.name]
     dead_users = [u for u in USERS if home[u] == second.name]
