@@ -38,6 +38,11 @@ Rules (several nodes share the table):
 - a written row that its node no longer holds when looked at again is deleted the same way: the
   phone unregistered between the two reads, and the write must not bring it back.
 Rows without an expiry (made by hand) are never deleted.
+
+It also evicts a node's stale copies (sql/028 says why they hide the AOR's real rows from that node):
+the one sql/028 names in a notification, at once, and in each comparison the copies the rules above
+find superseded (``plan_evictions``: a notification missed while this service or the node was away).
+An eviction is an AMI ``DBDel`` of the copy: the node's lookups then read Postgres.
 """
 
 from __future__ import annotations
@@ -46,6 +51,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import re
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -67,7 +73,9 @@ __all__ = [
     "node_contacts",
     "parse_tree",
     "plan_deletes",
+    "plan_evictions",
     "plan_writes",
+    "realtime_decode",
     "realtime_encode",
     "run_contact_sync",
     "write_contacts",
@@ -101,6 +109,8 @@ _ID_DELIM = "^3B@"  # `<aor>;@<hash>` as realtime stores it
 
 RESTORED = Counter("pbx_contacts_restored", "ps_contacts rows written back from a node's astdb")
 REMOVED = Counter("pbx_contacts_removed", "ps_contacts rows deleted because no node holds them any more")
+EVICTED = Counter("pbx_contacts_evicted", "stale contact copies deleted from a node's astdb")
+STALE_CHANNEL = "pbx_contact_copies"  # sql/028
 
 # jsonb_populate_recordset casts Asterisk's strings ("3.000000", "45001") to the column types.
 _UPSERT = f"""
@@ -125,6 +135,14 @@ def realtime_encode(value: str) -> str:
     if ";" not in value and "^" not in value:
         return value
     return "".join(f"^{ord(ch):02X}" if ch in ";^" else ch for ch in value)
+
+
+_ENCODED = re.compile(r"\^([0-9A-Fa-f]{2})")
+
+
+def realtime_decode(value: str) -> str:
+    """As Asterisk's ast_realtime_decode_chunk: a ps_contacts id as the astdb key it has there."""
+    return _ENCODED.sub(lambda m: chr(int(m.group(1), 16)), value)
 
 
 @dataclass(frozen=True)
@@ -189,13 +207,7 @@ def plan_writes(
 ) -> list[Contact]:
     """The contacts of one node to write: missing from Postgres, or held there with an older expiry.
     ``freshest``: the latest expiry of each contact among every node's copies looked at."""
-    held_ids = {c.id for c in held}
-    # Per AOR, the latest expiry among rows this node does not hold: another node's (newer) binding.
-    others: dict[str, int] = {}
-    for s in stored.values():
-        if s.id not in held_ids:
-            aor = aor_of(s.id)
-            others[aor] = max(others.get(aor, 0), s.expiration_time)
+    others = _others(held, stored)
     out = []
     for c in held:
         if c.expiration_time <= now or (freshest or {}).get(c.id, 0) > c.expiration_time:
@@ -210,6 +222,27 @@ def plan_writes(
     return out
 
 
+def plan_evictions(held: Sequence[Contact], stored: Mapping[str, StoredContact], now: int) -> list[Contact]:
+    """The copies of one node that another node superseded: missing from Postgres, which holds a
+    binding of the same AOR that the node does not hold and that expires later (``plan_writes``
+    leaves them out for that reason). Expired copies are the node's own sweep's."""
+    others = _others(held, stored)
+    return [
+        c for c in held if c.expiration_time > now and c.id not in stored and others.get(c.aor, 0) > c.expiration_time
+    ]
+
+
+def _others(held: Sequence[Contact], stored: Mapping[str, StoredContact]) -> dict[str, int]:
+    """Per AOR, the latest expiry among rows the node does not hold: another node's (newer) binding."""
+    held_ids = {c.id for c in held}
+    others: dict[str, int] = {}
+    for s in stored.values():
+        if s.id not in held_ids:
+            aor = aor_of(s.id)
+            others[aor] = max(others.get(aor, 0), s.expiration_time)
+    return others
+
+
 def plan_deletes(seen: Mapping[str, StoredContact], held: Iterable[Iterable[Contact]], now: int) -> list[StoredContact]:
     """Rows of Postgres (as ``seen``) that no node holds: every look at every node is in ``held``."""
     held_ids = {c.id for contacts in held for c in contacts}
@@ -218,6 +251,19 @@ def plan_deletes(seen: Mapping[str, StoredContact], held: Iterable[Iterable[Cont
 
 async def node_contacts(session: AmiSession, timeout: float = 60.0) -> list[Contact]:
     return parse_tree(await session.send_list({"Action": "DBGetTree", "Family": _FAMILY}, timeout=timeout))
+
+
+async def evict(session: AmiSession, contact_ids: Iterable[str]) -> int:
+    """Delete these copies (ps_contacts ids) from the node's astdb; returns how many it held."""
+    evicted = 0
+    for cid in contact_ids:
+        try:
+            await session.send({"Action": "DBDel", "Family": _FAMILY, "Key": realtime_decode(cid)})
+        except AmiError:
+            continue  # not there (the node removed it itself meanwhile): nothing to evict
+        evicted += 1
+    EVICTED.inc(evicted)
+    return evicted
 
 
 async def stored_contacts(conn: asyncpg.Connection) -> dict[str, StoredContact]:
@@ -254,6 +300,9 @@ class ContactSync:
         self.retry_s = retry_s  # database and AMI reconnect period while either is away
         self.clock = clock  # wall clock: expiration_time is epoch seconds
         self._sessions: dict[int, tuple[Node, AmiSession]] = {}
+        self._nodes: dict[str, Node] = {}  # by name (a contact's reg_server), as of the last comparison
+        # Node name -> copies sql/028 named and not evicted yet (the node did not answer, or not yet).
+        self._stale: dict[str, set[str]] = {}
         self._retry: set[int] = set()  # nodes to read again soon: unreachable, or their session dropped
         self._kick = asyncio.Event()
         self._refused = False  # the role may not write ps_contacts: said once
@@ -291,6 +340,7 @@ class ContactSync:
     async def _serve(self, conn: asyncpg.Connection, stop: asyncio.Event) -> None:
         lost = asyncio.Event()
         conn.add_termination_listener(lambda _c: lost.set())
+        await conn.add_listener(STALE_CHANNEL, self._on_stale)
         # A fresh connection may follow an outage or a crash that emptied the table: compare at once.
         next_full = time.monotonic()
         while not stop.is_set() and not lost.is_set():
@@ -300,6 +350,8 @@ class ContactSync:
                 await self.sync_once(conn)
             elif self._retry:
                 await self.sync_once(conn, only=set(self._retry))
+            if self._stale:
+                await self._evict_named()
             wait = next_full - time.monotonic()
             if self._retry:
                 wait = min(wait, self.retry_s)
@@ -310,6 +362,7 @@ class ContactSync:
     async def sync_once(self, conn: asyncpg.Connection, only: set[int] | None = None) -> int:
         """Compare every node (or the nodes ``only`` names) with Postgres; returns the rows written."""
         nodes = {n.id: n for n in await list_nodes(conn)}
+        self._nodes = {n.name: n for n in nodes.values()}
         self._close_sessions([nid for nid, (n, _s) in self._sessions.items() if nodes.get(nid) != n])
         self._retry &= set(nodes)
         chosen = [n for n in nodes.values() if only is None or n.id in only]
@@ -324,6 +377,11 @@ class ContactSync:
         for node, contacts in zip(chosen, held, strict=True):
             if contacts is None:
                 continue
+            # Named ones first: a copy of a contact unregistered through another node is not restored.
+            named = self._stale.pop(node.name, set())
+            stale = {c.id for c in contacts if c.id in named} | {c.id for c in plan_evictions(contacts, stored, now)}
+            if stale and await self._evict(node, sorted(stale)):
+                contacts = [c for c in contacts if c.id not in stale]
             todo = plan_writes(contacts, stored, now, freshest)
             if not todo:
                 continue
@@ -337,6 +395,40 @@ class ContactSync:
         if suspects:
             await self._delete_unheld(conn, chosen, suspects)
         return total
+
+    def _on_stale(self, _conn: object, _pid: int, _channel: str, payload: str) -> None:
+        try:
+            note = json.loads(payload)
+            node, cid = str(note["node"]), str(note["id"])
+        except (ValueError, KeyError, TypeError):
+            log.warning("contacts: unreadable %s notification: %.200s", STALE_CHANNEL, payload)
+            return
+        self._stale.setdefault(node, set()).add(cid)
+        self._kick.set()
+
+    async def _evict_named(self) -> None:
+        for name in list(self._stale):
+            node = self._nodes.get(name)
+            if node is None:  # none of the cluster's (any more)
+                del self._stale[name]
+            elif node.id not in self._retry:  # else owed: the comparison when it answers evicts them
+                if await self._evict(node, sorted(self._stale[name])):
+                    del self._stale[name]
+
+    async def _evict(self, node: Node, contact_ids: Sequence[str]) -> bool:
+        """False when the node could not be reached: it is compared again as soon as it answers."""
+        try:
+            evicted = await evict(await self._session(node), contact_ids)
+        except (AmiUnreachable, AmiDisconnected, AmiError) as exc:
+            if node.id not in self._retry:
+                log.warning("contacts: node %s: %s", node.name, exc)
+            self._close_sessions([node.id])
+            self._retry.add(node.id)
+            self._stale.setdefault(node.name, set()).update(contact_ids)
+            return False
+        if evicted:
+            log.info("contacts: node %s: evicted %d stale copies (another node replaced them)", node.name, evicted)
+        return True
 
     async def _delete_unheld(
         self, conn: asyncpg.Connection, chosen: Sequence[Node], suspects: list[StoredContact]

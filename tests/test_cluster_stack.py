@@ -31,6 +31,7 @@ from devstack.services import ServeProcess
 from devstack.settings import StackSettings
 from devstack.stack import Stack, allow_lab_contexts, run_sql
 from pbx_base import resources
+from sorcery_backend.ami import AmiSession
 
 pytestmark = pytest.mark.stack
 
@@ -94,15 +95,19 @@ def homes(st: Stack, users: list[str] = USERS) -> dict[str, str]:
     return {user: c[2] for user, c in contacts(st).items() if user in users}
 
 
-def call_across(st: Stack, caller: str, callee: str) -> tuple[sipp.SippResult, sipp.SippResult]:
-    """``callee`` registers from a port where it answers the call ``caller`` places to it."""
-    port = sipp.free_udp_port()
-    register(st, callee, port)
+def call_across(
+    st: Stack, caller: str, callee: str, domain: str = DOMAIN, port: int | None = None
+) -> tuple[sipp.SippResult, sipp.SippResult]:
+    """``callee`` answers the call ``caller`` places to it at ``port``, where it registered (or, with
+    none, registers now from a new one)."""
+    if port is None:
+        port = sipp.free_udp_port()
+        register(st, callee, port, domain)
     addr = st.settings.sip_addr
 
     async def scenario() -> tuple[sipp.SippResult, sipp.SippResult]:
         answering = asyncio.create_task(asyncio.to_thread(sipp.answer, addr, port))
-        placed = await asyncio.to_thread(sipp.call, addr, caller, DOMAIN, f"pw-{caller}", callee, hold_s=0.3)
+        placed = await asyncio.to_thread(sipp.call, addr, caller, domain, f"pw-{caller}", callee, hold_s=0.3)
         return placed, await asyncio.wait_for(answering, 30)
 
     placed, answered = asyncio.run(scenario())
@@ -427,6 +432,30 @@ def off_the_edge(st: Stack, node: StackSettings) -> Iterator[None]:
         assert p.returncode == 0, p.stderr
 
 
+def astdb_copy(node: AsteriskNode, contact_id: str) -> str:
+    """The node's astdb copy of the contact, as Asterisk stored it (JSON)."""
+    out = node.rx(f'database get registrar/contact "{contact_id.replace("^3B", ";")}"')
+    assert "Value: " in out, out
+    return out.split("Value: ", 1)[1].strip()
+
+
+def plant_copy(node: AsteriskNode, contact_id: str, copy: str) -> None:
+    """Over AMI: the remote CLI cuts a command line at 512 bytes, shorter than a contact's JSON."""
+    s = node.settings
+
+    async def put() -> None:
+        ami = AmiSession(s.host, s.ami_port, s.ami_user, s.ami_password)
+        await ami.connect()
+        try:
+            key = contact_id.replace("^3B", ";")
+            await ami.send({"Action": "DBPut", "Family": "registrar/contact", "Key": key, "Val": copy})
+        finally:
+            ami.close()
+
+    asyncio.run(put())
+    assert astdb_copy(node, contact_id) == copy
+
+
 def astdb_holds(node: AsteriskNode, contact_id: str) -> bool:
     """Whether the node's astdb contact cache holds the contact (keys are not realtime-encoded)."""
     return contact_id.replace("^3B", ";") in node.rx("database show registrar/contact")
@@ -439,12 +468,18 @@ def test_a_phone_that_moved_nodes_stays_registered_when_the_old_node_restarts_an
     expires = 12
     user, port, t0 = on_second_node(moving, expires)
     [(cid, _a)] = mover_rows(moving, user)
+    copy = astdb_copy(a, cid)
     try:
         with off_the_edge(moving, a.settings):
             # The same device (same contact URI, so the same contact id) refreshes through node B.
             register_mover(moving, user, port, 3600)
-            assert time.time() < t0 + expires, "the move took longer than node A's copy lives"
             assert mover_rows(moving, user) == [(cid, b.settings.name)]
+            # B took it over: the contact sync evicts A's copy (sql/028) ...
+            wait_for("node A's copy evicted", lambda: not astdb_holds(a, cid), 10)
+            # ... and when that eviction is missed (the sync was away), A's delete of its copy must
+            # not take B's row with it (sql/024): A's copy, put back as it was.
+            plant_copy(a, cid, copy)
+            assert time.time() < t0 + expires, "the move took longer than node A's copy lives"
             # Node A restarts: its astdb copy (A's expiry) survives, its outage memory cache does
             # not, so only ps_contacts' answer to the delete decides whether the copy goes.
             a.stop()
@@ -461,6 +496,45 @@ def test_a_phone_that_moved_nodes_stays_registered_when_the_old_node_restarts_an
             assert mover_rows(moving, user) == []  # the owner's unregister deletes
     finally:
         sipp.unregister_all(moving.settings.sip_addr, user, MOVING, f"pw-{user}")
+
+
+def movers_on(st: Stack, node: str) -> list[str]:
+    """The MOVERS whose REGISTER the edge sends to ``node`` (each registered once to see, then not)."""
+    found = []
+    for user in MOVERS:
+        register_mover(st, user, sipp.free_udp_port(), 3600)
+        if [reg for _id, reg in mover_rows(st, user)] == [node]:
+            found.append(user)
+        assert sipp.unregister_all(st.settings.sip_addr, user, MOVING, f"pw-{user}").final == 200
+    return found
+
+
+def test_a_phone_that_moved_nodes_from_another_port_is_rung_there_by_the_node_it_left(moving: Stack) -> None:
+    """Node A's astdb copy of the phone's old contact would hide the new row from every lookup on A
+    (astdb answers first): A would send its calls to the old port. The contact sync evicts the copy
+    as soon as node B replaces the contact (sql/028)."""
+    a, b = moving.asterisks[1], moving.asterisks[0]
+    homed = movers_on(moving, a.settings.name)
+    assert len(homed) >= 2, f"the edge hashed fewer than two of {MOVERS} onto {a.settings.name}"
+    callee, caller = homed[:2]
+    register_mover(moving, callee, sipp.free_udp_port(), 3600)
+    [(old, _a)] = mover_rows(moving, callee)
+    assert astdb_holds(a, old)
+    port = sipp.free_udp_port()
+    try:
+        with off_the_edge(moving, a.settings):
+            register_mover(moving, callee, port, 3600)
+            [(_new, reg)] = mover_rows(moving, callee)
+            assert reg == b.settings.name
+            wait_for("node A's stale copy evicted", lambda: not astdb_holds(a, old), 10)
+        wait_for("node A active on the edge again", lambda: node_flags(moving)[a.settings.name].startswith("A"))
+        # The caller's calls enter node A (the edge hashes its AOR there), which rings the phone
+        # through the edge at the port it registered from last.
+        _placed, answered = call_across(moving, caller, callee, MOVING, port)
+        invite = answered.trace.split("INVITE sip:", 1)[1].split("\n\n", 1)[0]
+        assert f"Via: SIP/2.0/UDP {a.settings.node_sip_addr};" in invite, invite
+    finally:
+        sipp.unregister_all(moving.settings.sip_addr, callee, MOVING, f"pw-{callee}")
 
 
 def test_a_phone_that_moved_nodes_from_another_port_replaces_its_old_contact(moving: Stack) -> None:
@@ -491,6 +565,19 @@ def node_flags(st: Stack) -> dict[str, str]:
     assert st.edge is not None
     by_uri = st.edge.destinations()
     return {n.name: by_uri.get(f"sip:{n.node_sip_addr}", "") for n in st.settings.nodes()}
+
+
+def register_at(st: Stack, user: str, port: int, node: str) -> None:
+    """``user`` registered from ``port`` through ``node``, where the edge's hash puts it. The edge
+    sends a REGISTER on to the next node when its own gave no answer within NODE_FR_MS (a loaded
+    machine, a node just restarted): the phone then lives on the other node, which this test is not
+    about, so it registers again once both nodes are active."""
+    for _ in range(3):
+        wait_for("both nodes active on the edge", lambda: all(f.startswith("A") for f in node_flags(st).values()))
+        register(st, user, port)
+        if contacts(st)[user][2] == node:
+            return
+    raise AssertionError(f"{user} never registered through {node}: {st.edge.log_tail(20) if st.edge else ''}")
 
 
 def start_call(st: Stack, caller: str, callee: str, port: int, hold_s: float, timeout_s: float, tmp: Path) -> Call:
@@ -586,11 +673,14 @@ def test_a_killed_node_fails_over_to_the_other_and_rejoins_when_restarted(cluste
     # Phones that answer calls, registered from their own ports before the kill: one on each node.
     ports = {u: sipp.free_udp_port() for u in (live_users[1], dead_users[1], dead_users[2])}
     for user, port in ports.items():
-        register(cluster, user, port)
+        register_at(cluster, user, port, home[user])
     on_live = start_call(cluster, live_users[0], live_users[1], ports[live_users[1]], 4.0, 20, tmp_path)
     # Its caller hangs up 3 s after the answer, after the kill (with 1 s, a loaded machine once
     # killed the node after the BYE had reached it: 200, no 408).
     on_dead = start_call(cluster, dead_users[0], dead_users[1], ports[dead_users[1]], 3.0, 20, tmp_path)
+    [moved_from] = [
+        r["id"] for r in run_sql(cluster, "SELECT id FROM ps_contacts WHERE endpoint = $1", f"{dead_users[0]}@{DOMAIN}")
+    ]
     try:
         killed_at = time.monotonic()
         dead.kill()
@@ -627,6 +717,10 @@ def test_a_killed_node_fails_over_to_the_other_and_rejoins_when_restarted(cluste
 
         dead.start()
         wait_for("the restarted node active again", lambda: node_flags(cluster)[second.name].startswith("A"), 10)
+        # The copy it kept of the phone that moved away is evicted once it answers (named by sql/028
+        # while it was dead), not written back to ps_contacts: the phone unregistered meanwhile.
+        wait_for("the restarted node's stale copy evicted", lambda: not astdb_holds(dead, moved_from), 20)
+        assert dead_users[0] not in contacts(cluster)
         # Its phones' next REGISTER lands on it again, and a call enters it.
         register(cluster, dead_users[0])
         assert contacts(cluster)[dead_users[0]][2] == second.name

@@ -33,9 +33,12 @@ from sorcery_backend.contacts_sync import (
     ContactSync,
     StoredContact,
     delete_contacts,
+    evict,
     node_contacts,
     plan_deletes,
+    plan_evictions,
     plan_writes,
+    realtime_decode,
     realtime_encode,
     write_contacts,
 )
@@ -107,6 +110,12 @@ def test_realtime_encoding_is_asterisks() -> None:
     assert realtime_encode("plain") == "plain"
 
 
+async def test_realtime_decoding_gives_back_the_astdb_key() -> None:
+    for value in ("sip:a@b;transport=UDP", "x^y;z", "plain", "1000@ct.example;@ebc4", "^3B"):
+        assert realtime_decode(realtime_encode(value)) == value
+    assert realtime_decode(ID_1001) == "1001@ct.example;@f91569fdfa96a7bbf02cd141e6952110"
+
+
 async def test_a_node_s_astdb_contacts_read_as_the_rows_asterisk_writes(node_ami: FakeAmi) -> None:
     contacts = await held(node_ami)
     assert node_ami.received[-1]["Action"] == "DBGetTree"
@@ -119,6 +128,26 @@ async def test_a_node_s_astdb_contacts_read_as_the_rows_asterisk_writes(node_ami
     assert first.row["uri"] == ASTERISK_ROW["uri"]
     assert first.row["via_port"] == "45001" and first.row["qualify_timeout"] == "3.000000"
     assert set(first.row) == set(COLUMNS)
+
+
+async def test_an_eviction_counts_the_copies_the_node_held(node_ami: FakeAmi, monkeypatch: pytest.MonkeyPatch) -> None:
+    """DBDel as Asterisk 22 answers it (tests/fixtures/ami/dbdel_*.txt): deleted, or not there."""
+    s = AmiSession("127.0.0.1", node_ami.port, "pbx", "secret")
+    await s.connect(timeout=5)
+    try:
+        monkeypatch.setitem(test_pusher_ami.REPLIES, "dbdel", "dbdel_deleted")
+        assert await evict(s, [ID_1001]) == 1
+        assert node_ami.received[-1] == {
+            "Action": "DBDel",
+            "ActionID": node_ami.received[-1]["ActionID"],
+            "Family": "registrar/contact",
+            "Key": "1001@ct.example;@f91569fdfa96a7bbf02cd141e6952110",
+        }
+        monkeypatch.setitem(test_pusher_ami.REPLIES, "dbdel", "dbdel_missing")
+        assert await evict(s, [ID_1001]) == 0
+        assert s.connected
+    finally:
+        s.close()
 
 
 async def test_a_node_without_contacts_holds_none(node_ami: FakeAmi, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -143,6 +172,20 @@ def test_a_contact_another_node_superseded_is_not_brought_back() -> None:
     # ... nor does a later contact this node holds itself (max_contacts > 1).
     both = [contact("a^3B@old", 2000), contact("a^3B@two", 2600)]
     assert plan_writes(both, {"a^3B@two": StoredContact("a^3B@two", 2600)}, 1000) == both[:1]
+
+
+def test_a_copy_another_node_superseded_is_evicted_and_no_other() -> None:
+    # What plan_writes leaves out as superseded is what is evicted: the node's copy is stale.
+    mine = [contact("a^3B@old", 2000)]
+    assert plan_evictions(mine, {"a^3B@new": StoredContact("a^3B@new", 2600)}, 1000) == mine
+    # Kept: a copy Postgres has (a refresh through this node), one only an older row of its AOR
+    # contradicts (a crash or an outage: the sync restores it), an expired one (the node's sweep),
+    # and one whose AOR's later contact this node holds too (max_contacts > 1).
+    assert plan_evictions(mine, {"a^3B@old": StoredContact("a^3B@old", 2000)}, 1000) == []
+    assert plan_evictions(mine, {"a^3B@new": StoredContact("a^3B@new", 1500)}, 1000) == []
+    assert plan_evictions(mine, {"a^3B@new": StoredContact("a^3B@new", 2600)}, 2001) == []
+    both = [contact("a^3B@old", 2000), contact("a^3B@two", 2600)]
+    assert plan_evictions(both, {"a^3B@two": StoredContact("a^3B@two", 2600)}, 1000) == []
 
 
 def test_of_two_nodes_copies_of_one_contact_only_the_later_one_is_written() -> None:
@@ -254,6 +297,108 @@ async def test_a_copy_never_overwrites_a_contact_another_node_now_holds(db: str)
         await conn.execute("UPDATE ps_contacts SET expiration_time = $1", now - 1)
         assert await write_contacts(conn, [stale]) == 1
         assert await conn.fetchval("SELECT reg_server FROM ps_contacts") == "a"
+    finally:
+        await conn.close()
+
+
+async def node_session(db: str, node: str | None) -> asyncpg.Connection:
+    """A connection as node ``node``'s Asterisk opens it (res_pgsql.conf's appname), or an operator's."""
+    settings = {"application_name": f"pbx-node:{node}" if node else "psql"}
+    return await asyncpg.connect(db, server_settings=settings)
+
+
+async def test_a_copy_another_node_replaced_removed_or_took_over_is_named_to_evict(db: str) -> None:
+    """sql/028: the row's reg_server is told its copy is stale when another node deletes the row or
+    takes it over; nobody is told of a node's own delete, an operator's, or a refresh."""
+    now = int(time.time())
+    named: list[dict[str, str]] = []
+    listener = await asyncpg.connect(db)
+    n1, n2, operator = [await node_session(db, n) for n in ("n1", "n2", None)]
+    insert = (
+        "INSERT INTO ps_contacts (id, uri, expiration_time, endpoint, reg_server) VALUES ($1, 'sip:x', $2, 'x', $3)"
+    )
+    try:
+        await listener.add_listener("pbx_contact_copies", lambda *a: named.append(json.loads(a[3])))
+        await n2.execute(insert, "a^3B@old", now + 600, "n2")
+        # n1 takes a new REGISTER of the AOR and removes the excess contact (remove_existing).
+        await n1.execute(insert, "a^3B@new", now + 3600, "n1")
+        assert await n1.execute("DELETE FROM ps_node_contacts WHERE id = 'a^3B@old'") == "DELETE 1"
+        await n1.execute(insert, "b^3B@1", now + 600, "n1")
+        await n2.execute("UPDATE ps_node_contacts SET reg_server = 'n2', expiration_time = $1 WHERE id = 'b^3B@1'", now)
+        await n2.execute("UPDATE ps_node_contacts SET expiration_time = $1 WHERE id = 'b^3B@1'", now + 60)  # refresh
+        await n2.execute("DELETE FROM ps_node_contacts WHERE id = 'b^3B@1'")  # its own unregister
+        await n1.execute(insert, "c^3B@1", now + 600, "n1")
+        await operator.execute("DELETE FROM ps_contacts WHERE id = 'c^3B@1'")  # restored by the sync, if held
+        # Delivered in commit order: once this one is in, every earlier one is.
+        await operator.execute("""SELECT pg_notify('pbx_contact_copies', '{"node": "end", "id": "end"}')""")
+        deadline = time.monotonic() + 10
+        while not named or named[-1]["node"] != "end":
+            assert time.monotonic() < deadline, f"notifications within 10 s: {named}"
+            await asyncio.sleep(0.02)
+        assert named[:-1] == [{"node": "n2", "id": "a^3B@old"}, {"node": "n1", "id": "b^3B@1"}]
+    finally:
+        for conn in (listener, n1, n2, operator):
+            await conn.close()
+
+
+async def test_a_named_copy_is_evicted_from_its_node_at_once(
+    db: str, node_ami: FakeAmi, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(test_pusher_ami.REPLIES, "dbdel", "dbdel_deleted")
+    now = int(time.time())  # past the captured copies' expiry: the sync neither writes nor deletes
+    conn = await asyncpg.connect(db)
+    n1 = await node_session(db, "n1")
+    await add_node(conn, "n2", f"127.0.0.1:{node_ami.port}", "pbx", "secret")
+    stop = asyncio.Event()
+    task = asyncio.create_task(ContactSync(db, interval_s=3600).run(stop))
+    try:
+        await conn.execute(
+            "INSERT INTO ps_contacts (id, uri, expiration_time, endpoint, reg_server) "
+            "VALUES ($1, 'sip:x', $2, 'x', 'n2')",
+            ID_1001,
+            now + 600,
+        )
+        deadline = time.monotonic() + 10
+        while not any(m["Action"] == "DBGetTree" for m in node_ami.received):  # the sync is listening
+            assert time.monotonic() < deadline, "the sync never read the node"
+            await asyncio.sleep(0.02)
+        await n1.execute("UPDATE ps_node_contacts SET reg_server = 'n1' WHERE id = $1", ID_1001)  # took it over
+        while not any(m["Action"] == "DBDel" for m in node_ami.received):
+            assert time.monotonic() < deadline, f"no DBDel within 10 s: {node_ami.received}"
+            await asyncio.sleep(0.02)
+        [dbdel] = [m for m in node_ami.received if m["Action"] == "DBDel"]
+        assert (dbdel["Family"], dbdel["Key"]) == ("registrar/contact", realtime_decode(ID_1001))
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 10)
+        await n1.close()
+        await conn.close()
+
+
+async def test_a_copy_found_superseded_is_evicted_and_not_written(
+    db: str, node_ami: FakeAmi, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The comparison's own finding, for a copy whose notification was missed (sync or node away)."""
+    monkeypatch.setitem(test_pusher_ami.REPLIES, "dbdel", "dbdel_deleted")
+    conn = await asyncpg.connect(db)
+    try:
+        n2 = await add_node(conn, "n2", f"127.0.0.1:{node_ami.port}", "pbx", "secret")
+        # 1000's copy on n2 was replaced through n1 by a contact that expires later.
+        await conn.execute(
+            "INSERT INTO ps_contacts (id, uri, expiration_time, endpoint, reg_server) "
+            "VALUES ('1000@ct.example^3B@new', 'sip:new', $1, '1000@ct.example', 'n1')",
+            1796286995 + 600,
+        )
+        sync = ContactSync(db, clock=lambda: CAPTURED_AT)
+        try:
+            # n2 only (a comparison of every node would delete the row of n1, which is none of them).
+            assert await sync.sync_once(conn, only={n2.id}) == 1  # 1001's copy only
+            keys = [m["Key"] for m in node_ami.received if m["Action"] == "DBDel"]
+            assert keys == [realtime_decode(str(ASTERISK_ROW["id"]))]
+            ids = {r["id"] for r in await conn.fetch("SELECT id FROM ps_contacts")}
+            assert ids == {"1000@ct.example^3B@new", ID_1001}
+        finally:
+            sync._close_sessions(list(sync._sessions))
     finally:
         await conn.close()
 
