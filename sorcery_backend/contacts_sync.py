@@ -62,7 +62,7 @@ from prometheus_client import Counter
 
 from pbx_base.settings import DEFAULTS, get_settings
 from sorcery_backend.ami import AmiDisconnected, AmiError, AmiSession, AmiUnreachable
-from sorcery_backend.nodes import Node, list_nodes
+from sorcery_backend.nodes import NODES_CHANNEL, Node, list_nodes
 
 __all__ = [
     "COLUMNS",
@@ -301,8 +301,10 @@ class ContactSync:
         self.clock = clock  # wall clock: expiration_time is epoch seconds
         self._sessions: dict[int, tuple[Node, AmiSession]] = {}
         self._nodes: dict[str, Node] = {}  # by name (a contact's reg_server), as of the last comparison
-        # Node name -> copies sql/028 named and not evicted yet (the node did not answer, or not yet).
+        # Node name -> copies sql/028 named and not evicted yet: the node did not answer, or it is
+        # no node of the list now (`pbxctl nodes remove`), and its copies count again if it comes back.
         self._stale: dict[str, set[str]] = {}
+        self._nodes_changed = False
         self._retry: set[int] = set()  # nodes to read again soon: unreachable, or their session dropped
         self._kick = asyncio.Event()
         self._refused = False  # the role may not write ps_contacts: said once
@@ -341,15 +343,17 @@ class ContactSync:
         lost = asyncio.Event()
         conn.add_termination_listener(lambda _c: lost.set())
         await conn.add_listener(STALE_CHANNEL, self._on_stale)
+        await conn.add_listener(NODES_CHANNEL, self._on_nodes)
         # A fresh connection may follow an outage or a crash that emptied the table: compare at once.
         next_full = time.monotonic()
         while not stop.is_set() and not lost.is_set():
             self._kick.clear()
             if time.monotonic() >= next_full:
+                self._nodes_changed = False
                 next_full = time.monotonic() + self.interval_s
                 await self.sync_once(conn)
-            elif self._retry:
-                await self.sync_once(conn, only=set(self._retry))
+            elif self._retry or self._nodes_changed:
+                await self.sync_once(conn, only=set(self._retry) | await self._new_nodes(conn))
             if self._stale:
                 await self._evict_named()
             wait = next_full - time.monotonic()
@@ -406,12 +410,24 @@ class ContactSync:
         self._stale.setdefault(node, set()).add(cid)
         self._kick.set()
 
+    def _on_nodes(self, *_args: object) -> None:
+        self._nodes_changed = True
+        self._kick.set()
+
+    async def _new_nodes(self, conn: asyncpg.Connection) -> set[int]:
+        """The nodes added (or added back) since the last comparison: compared at once, which also
+        evicts what they owe."""
+        if not self._nodes_changed:
+            return set()
+        self._nodes_changed = False
+        known = {n.id for n in self._nodes.values()}
+        return {n.id for n in await list_nodes(conn) if n.id not in known}
+
     async def _evict_named(self) -> None:
         for name in list(self._stale):
             node = self._nodes.get(name)
-            if node is None:  # none of the cluster's (any more)
-                del self._stale[name]
-            elif node.id not in self._retry:  # else owed: the comparison when it answers evicts them
+            # Else owed: the comparison of the node when it answers (or is added back) evicts them.
+            if node is not None and node.id not in self._retry:
                 if await self._evict(node, sorted(self._stale[name])):
                     del self._stale[name]
 

@@ -13,6 +13,7 @@ import asyncpg
 from pbx_base.errors import InvalidInput
 
 __all__ = [
+    "NODES_CHANNEL",
     "Node",
     "NodeRefused",
     "NodeStatus",
@@ -25,6 +26,7 @@ __all__ = [
     "remove_node",
 ]
 
+NODES_CHANNEL = "pbx_nodes"  # notified with the node's name when it is added, changed or removed
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 _SIP_HOST_BAD = re.compile(r"[\s;<>@]")  # as sql/021's node_sip_host_nonempty: it goes into a SIP URI
 _ARI_HOST_BAD = re.compile(r"[\s/?#@]")  # as sql/025's node_ari_host_nonempty: it goes into an http:// URL
@@ -160,7 +162,7 @@ async def add_node(
                 ari_host,
                 ari_port,
             )
-            await conn.execute("SELECT pg_notify('pbx_nodes', $1)", name)
+            await conn.execute("SELECT pg_notify($1, $2)", NODES_CHANNEL, name)
             return _node(row)
         row = await conn.fetchrow(
             "INSERT INTO pbx.nodes (name, ami_host, ami_port, ami_user, ami_secret, sip_host, sip_port, ari_host, "
@@ -176,7 +178,7 @@ async def add_node(
             ari_port,
         )
         await conn.execute("INSERT INTO pbx.node_state (node_id) VALUES ($1)", row["id"])
-    await conn.execute("SELECT pg_notify('pbx_nodes', $1)", name)
+    await conn.execute("SELECT pg_notify($1, $2)", NODES_CHANNEL, name)
     return _node(row)
 
 
@@ -184,7 +186,7 @@ async def remove_node(conn: asyncpg.Connection, name: str) -> None:
     deleted = await conn.fetchval("DELETE FROM pbx.nodes WHERE name = $1 RETURNING id", name)
     if deleted is None:
         raise NodeRefused(f"node {name}: no such node")
-    await conn.execute("SELECT pg_notify('pbx_nodes', $1)", name)
+    await conn.execute("SELECT pg_notify($1, $2)", NODES_CHANNEL, name)
 
 
 async def list_nodes(conn: asyncpg.Connection) -> list[Node]:

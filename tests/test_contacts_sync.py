@@ -375,6 +375,46 @@ async def test_a_named_copy_is_evicted_from_its_node_at_once(
         await conn.close()
 
 
+async def test_a_copy_named_while_its_node_is_off_the_list_is_evicted_when_it_is_added_back(
+    db: str, node_ami: FakeAmi, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`pbxctl nodes remove` and `add` (the edge's list): the copies it holds count again once back."""
+    monkeypatch.setitem(test_pusher_ami.REPLIES, "dbdel", "dbdel_deleted")
+    now = int(time.time())
+    conn = await asyncpg.connect(db)
+    n1 = await node_session(db, "n1")
+    await conn.execute(
+        "INSERT INTO ps_contacts (id, uri, expiration_time, endpoint, reg_server) VALUES ($1, 'sip:x', $2, 'x', 'n2')",
+        ID_1001,
+        now + 600,
+    )
+    # Another node on the same fake: once it has been read, the sync is listening.
+    await add_node(conn, "n0", f"127.0.0.1:{node_ami.port}", "pbx", "secret")
+    stop = asyncio.Event()
+    sync = ContactSync(db, interval_s=3600)
+    task = asyncio.create_task(sync.run(stop))
+    try:
+        deadline = time.monotonic() + 10
+        while not any(m["Action"] == "DBGetTree" for m in node_ami.received):
+            assert time.monotonic() < deadline, "the sync never read the node"
+            await asyncio.sleep(0.02)
+        await n1.execute("UPDATE ps_node_contacts SET reg_server = 'n1' WHERE id = $1", ID_1001)
+        while "n2" not in sync._stale:  # named, and owed: n2 is on no list
+            assert time.monotonic() < deadline, "no named copy within 10 s"
+            await asyncio.sleep(0.02)
+        await add_node(conn, "n2", f"127.0.0.1:{node_ami.port}", "pbx", "secret")
+        while not any(m["Action"] == "DBDel" for m in node_ami.received):
+            assert time.monotonic() < deadline, f"no DBDel within 10 s: {node_ami.received}"
+            await asyncio.sleep(0.02)
+        assert [m["Key"] for m in node_ami.received if m["Action"] == "DBDel"] == [realtime_decode(ID_1001)]
+        assert sync._stale == {}
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 10)
+        await n1.close()
+        await conn.close()
+
+
 async def test_a_copy_found_superseded_is_evicted_and_not_written(
     db: str, node_ami: FakeAmi, monkeypatch: pytest.MonkeyPatch
 ) -> None:
