@@ -12,6 +12,7 @@ import asyncio
 import json
 import time
 from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import asyncpg
@@ -341,78 +342,65 @@ async def test_a_copy_another_node_replaced_removed_or_took_over_is_named_to_evi
             await conn.close()
 
 
-async def test_a_named_copy_is_evicted_from_its_node_at_once(
-    db: str, node_ami: FakeAmi, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setitem(test_pusher_ami.REPLIES, "dbdel", "dbdel_deleted")
-    now = int(time.time())  # past the captured copies' expiry: the sync neither writes nor deletes
+@asynccontextmanager
+async def held_by_n2(db: str) -> AsyncIterator[tuple[asyncpg.Connection, asyncpg.Connection]]:
+    """An operator's connection and node n1's, with ID_1001's row held by node n2 (for 10 min)."""
     conn = await asyncpg.connect(db)
     n1 = await node_session(db, "n1")
-    await add_node(conn, "n2", f"127.0.0.1:{node_ami.port}", "pbx", "secret")
-    stop = asyncio.Event()
-    task = asyncio.create_task(ContactSync(db, interval_s=3600).run(stop))
     try:
         await conn.execute(
             "INSERT INTO ps_contacts (id, uri, expiration_time, endpoint, reg_server) "
             "VALUES ($1, 'sip:x', $2, 'x', 'n2')",
             ID_1001,
-            now + 600,
+            int(time.time()) + 600,  # past the captured copies' expiry: the sync neither writes nor deletes
         )
-        deadline = time.monotonic() + 10
-        while not any(m["Action"] == "DBGetTree" for m in node_ami.received):  # the sync is listening
-            assert time.monotonic() < deadline, "the sync never read the node"
-            await asyncio.sleep(0.02)
-        await n1.execute("UPDATE ps_node_contacts SET reg_server = 'n1' WHERE id = $1", ID_1001)  # took it over
-        while not any(m["Action"] == "DBDel" for m in node_ami.received):
-            assert time.monotonic() < deadline, f"no DBDel within 10 s: {node_ami.received}"
-            await asyncio.sleep(0.02)
-        [dbdel] = [m for m in node_ami.received if m["Action"] == "DBDel"]
-        assert (dbdel["Family"], dbdel["Key"]) == ("registrar/contact", realtime_decode(ID_1001))
+        yield conn, n1
     finally:
-        stop.set()
-        await asyncio.wait_for(task, 10)
         await n1.close()
         await conn.close()
 
 
-async def test_a_copy_named_while_its_node_is_off_the_list_is_evicted_when_it_is_added_back(
-    db: str, node_ami: FakeAmi, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """`pbxctl nodes remove` and `add` (the edge's list): the copies it holds count again once back."""
-    monkeypatch.setitem(test_pusher_ami.REPLIES, "dbdel", "dbdel_deleted")
-    now = int(time.time())
-    conn = await asyncpg.connect(db)
-    n1 = await node_session(db, "n1")
-    await conn.execute(
-        "INSERT INTO ps_contacts (id, uri, expiration_time, endpoint, reg_server) VALUES ($1, 'sip:x', $2, 'x', 'n2')",
-        ID_1001,
-        now + 600,
-    )
-    # Another node on the same fake: once it has been read, the sync is listening.
-    await add_node(conn, "n0", f"127.0.0.1:{node_ami.port}", "pbx", "secret")
+@asynccontextmanager
+async def running_sync(db: str) -> AsyncIterator[ContactSync]:
     stop = asyncio.Event()
     sync = ContactSync(db, interval_s=3600)
     task = asyncio.create_task(sync.run(stop))
     try:
-        deadline = time.monotonic() + 10
-        while not any(m["Action"] == "DBGetTree" for m in node_ami.received):
-            assert time.monotonic() < deadline, "the sync never read the node"
-            await asyncio.sleep(0.02)
-        await n1.execute("UPDATE ps_node_contacts SET reg_server = 'n1' WHERE id = $1", ID_1001)
-        while "n2" not in sync._stale:  # named, and owed: n2 is on no list
-            assert time.monotonic() < deadline, "no named copy within 10 s"
-            await asyncio.sleep(0.02)
-        await add_node(conn, "n2", f"127.0.0.1:{node_ami.port}", "pbx", "secret")
-        while not any(m["Action"] == "DBDel" for m in node_ami.received):
-            assert time.monotonic() < deadline, f"no DBDel within 10 s: {node_ami.received}"
-            await asyncio.sleep(0.02)
-        assert [m["Key"] for m in node_ami.received if m["Action"] == "DBDel"] == [realtime_decode(ID_1001)]
-        assert sync._stale == {}
+        yield sync
     finally:
         stop.set()
         await asyncio.wait_for(task, 10)
-        await n1.close()
-        await conn.close()
+
+
+async def until_sent(fake: FakeAmi, action: str, deadline: float) -> list[dict[str, str]]:
+    """The ``action`` messages the fake got, once it got one (else an AssertionError at ``deadline``)."""
+    while not (got := [m for m in fake.received if m["Action"] == action]):
+        assert time.monotonic() < deadline, f"no {action} in time: {fake.received}"
+        await asyncio.sleep(0.02)
+    return got
+
+
+@pytest.mark.parametrize("listed", [True, False], ids=["on-the-list", "added-back"])
+async def test_a_named_copy_is_evicted_from_its_node(
+    db: str, node_ami: FakeAmi, monkeypatch: pytest.MonkeyPatch, listed: bool
+) -> None:
+    """At once when the node is on the list; else (`pbxctl nodes remove`) owed until it is added back."""
+    monkeypatch.setitem(test_pusher_ami.REPLIES, "dbdel", "dbdel_deleted")
+    async with held_by_n2(db) as (conn, n1):
+        # Off the list, another node on the same fake: once it has been read, the sync is listening.
+        await add_node(conn, "n2" if listed else "n0", f"127.0.0.1:{node_ami.port}", "pbx", "secret")
+        async with running_sync(db) as sync:
+            deadline = time.monotonic() + 10
+            await until_sent(node_ami, "DBGetTree", deadline)
+            await n1.execute("UPDATE ps_node_contacts SET reg_server = 'n1' WHERE id = $1", ID_1001)  # took it over
+            if not listed:
+                while "n2" not in sync._stale:  # named, and owed
+                    assert time.monotonic() < deadline, "no named copy within 10 s"
+                    await asyncio.sleep(0.02)
+                await add_node(conn, "n2", f"127.0.0.1:{node_ami.port}", "pbx", "secret")
+            [dbdel] = await until_sent(node_ami, "DBDel", deadline)
+            assert (dbdel["Family"], dbdel["Key"]) == ("registrar/contact", realtime_decode(ID_1001))
+            assert sync._stale == {}
 
 
 async def test_a_copy_found_superseded_is_evicted_and_not_written(
