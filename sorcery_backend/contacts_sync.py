@@ -353,7 +353,8 @@ class ContactSync:
                 next_full = time.monotonic() + self.interval_s
                 await self.sync_once(conn)
             elif self._retry or self._nodes_changed:
-                await self.sync_once(conn, only=set(self._retry) | await self._new_nodes(conn))
+                self._nodes_changed = False
+                await self.sync_once(conn, only=set(self._retry))
             if self._stale:
                 await self._evict_named()
             wait = next_full - time.monotonic()
@@ -364,12 +365,14 @@ class ContactSync:
             raise ConnectionResetError("connection lost")
 
     async def sync_once(self, conn: asyncpg.Connection, only: set[int] | None = None) -> int:
-        """Compare every node (or the nodes ``only`` names) with Postgres; returns the rows written."""
+        """Compare every node (or the nodes ``only`` names, and those added or added back since the
+        last comparison, which evicts what they owe) with Postgres; returns the rows written."""
         nodes = {n.id: n for n in await list_nodes(conn)}
+        known = {n.id for n in self._nodes.values()}
         self._nodes = {n.name: n for n in nodes.values()}
         self._close_sessions([nid for nid, (n, _s) in self._sessions.items() if nodes.get(nid) != n])
         self._retry &= set(nodes)
-        chosen = [n for n in nodes.values() if only is None or n.id in only]
+        chosen = [n for n in nodes.values() if only is None or n.id in only or n.id not in known]
         held = await asyncio.gather(*(self._held(n) for n in chosen))
         stored = await stored_contacts(conn)
         now = int(self.clock())
@@ -413,15 +416,6 @@ class ContactSync:
     def _on_nodes(self, *_args: object) -> None:
         self._nodes_changed = True
         self._kick.set()
-
-    async def _new_nodes(self, conn: asyncpg.Connection) -> set[int]:
-        """The nodes added (or added back) since the last comparison: compared at once, which also
-        evicts what they owe."""
-        if not self._nodes_changed:
-            return set()
-        self._nodes_changed = False
-        known = {n.id for n in self._nodes.values()}
-        return {n.id for n in await list_nodes(conn) if n.id not in known}
 
     async def _evict_named(self) -> None:
         for name in list(self._stale):

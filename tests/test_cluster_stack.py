@@ -32,6 +32,7 @@ from devstack.settings import StackSettings
 from devstack.stack import Stack, allow_lab_contexts, run_sql
 from pbx_base import resources
 from sorcery_backend.ami import AmiSession
+from sorcery_backend.contacts_sync import realtime_decode
 from sorcery_backend.kamailio_rpc import rpc
 
 pytestmark = pytest.mark.stack
@@ -451,7 +452,7 @@ def out_of_rotation(st: Stack, node: StackSettings) -> Iterator[None]:
 
 def astdb_copy(node: AsteriskNode, contact_id: str) -> str:
     """The node's astdb copy of the contact, as Asterisk stored it (JSON)."""
-    out = node.rx(f'database get registrar/contact "{contact_id.replace("^3B", ";")}"')
+    out = node.rx(f'database get registrar/contact "{realtime_decode(contact_id)}"')
     assert "Value: " in out, out
     return out.split("Value: ", 1)[1].strip()
 
@@ -464,7 +465,7 @@ def plant_copy(node: AsteriskNode, contact_id: str, copy: str) -> None:
         ami = AmiSession(s.host, s.ami_port, s.ami_user, s.ami_password)
         await ami.connect()
         try:
-            key = contact_id.replace("^3B", ";")
+            key = realtime_decode(contact_id)
             await ami.send({"Action": "DBPut", "Family": "registrar/contact", "Key": key, "Val": copy})
         finally:
             ami.close()
@@ -474,8 +475,8 @@ def plant_copy(node: AsteriskNode, contact_id: str, copy: str) -> None:
 
 
 def astdb_holds(node: AsteriskNode, contact_id: str) -> bool:
-    """Whether the node's astdb contact cache holds the contact (keys are not realtime-encoded)."""
-    return contact_id.replace("^3B", ";") in node.rx("database show registrar/contact")
+    """Whether the node's astdb contact cache holds the contact (its key is the decoded id)."""
+    return realtime_decode(contact_id) in node.rx("database show registrar/contact")
 
 
 def test_a_phone_that_moved_nodes_stays_registered_when_the_old_node_restarts_and_its_copy_expires(
@@ -583,13 +584,17 @@ def node_flags(st: Stack) -> dict[str, str]:
     return {n.name: by_uri.get(f"sip:{n.node_sip_addr}", "") for n in st.settings.nodes()}
 
 
+def all_active(st: Stack) -> bool:
+    return all(f.startswith("A") for f in node_flags(st).values())
+
+
 def register_at(st: Stack, user: str, port: int, node: str) -> None:
     """``user`` registered from ``port`` through ``node``, where the edge's hash puts it. The edge
     sends a REGISTER on to the next node when its own gave no answer within NODE_FR_MS (a loaded
     machine, a node just restarted): the phone then lives on the other node, which this test is not
     about, so it registers again once both nodes are active."""
     for _ in range(3):
-        wait_for("both nodes active on the edge", lambda: all(f.startswith("A") for f in node_flags(st).values()))
+        wait_for("both nodes active on the edge", lambda: all_active(st))
         register(st, user, port)
         if contacts(st)[user][2] == node:
             return
@@ -669,7 +674,7 @@ class Call:
 def test_a_killed_node_fails_over_to_the_other_and_rejoins_when_restarted(cluster: Stack, tmp_path: Path) -> None:
     first, second = cluster.settings.nodes()
     dead = cluster.asterisks[1]
-    wait_for("both nodes active on the edge", lambda: all(f.startswith("A") for f in node_flags(cluster).values()))
+    wait_for("both nodes active on the edge", lambda: all_active(cluster))
     # A node restarted by the tests above answers the edge's probes at once, but its controller
     # reconnects on its own backoff (up to 16 s after a long outage): a call entering it before
     # waits in the dialplan and gets 503. Every node's app registered, then.

@@ -533,7 +533,7 @@ class NotRestored(AssertionError):
 
 def uris(stack: Stack, endpoint: str) -> list[str]:
     rows = run_sql(stack, "SELECT uri FROM ps_contacts WHERE endpoint = $1 ORDER BY id", endpoint)
-    return [str(r["uri"]).replace("^3B", ";") for r in rows]
+    return [realtime_decode(str(r["uri"])) for r in rows]
 
 
 def wait_row(stack: Stack, endpoint: str, port: int, timeout: float) -> float:
