@@ -20,6 +20,7 @@ pays for it. A call that finds no usable snapshot is routed by the uncached load
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -325,9 +326,10 @@ class RoutingData:
         while True:
             try:
                 await self._listen_once()
-                attempt = 0
             except Exception as exc:  # the listener outlives any failure; cancellation still ends it
                 _log.warning("routing cache: LISTEN connection lost: %s", exc)
+                if self.listening.is_set():  # it was listening: a new loss, not a failed reconnect
+                    attempt = 0
             finally:
                 self.listening.clear()
                 self.listener_pid = None
@@ -360,8 +362,12 @@ class RoutingData:
                     except TimeoutError:
                         # A half-open TCP connection never reports its loss: ask.
                         await conn.fetchval("SELECT 1", timeout=self._keepalive_s)
+                raise ConnectionResetError("the server closed the connection")
             finally:
-                conn.remove_termination_listener(on_lost)
-                if not conn.is_closed():
-                    await conn.remove_listener(NOTIFY_CHANNEL, self._on_notification)
-                    await conn.remove_listener(CONTACTS_CHANNEL, self._on_contacts_notification)
+                # A lost connection may already be detached from its pool proxy, which then refuses
+                # every call: the cleanup must not hide why the listener stopped.
+                with contextlib.suppress(asyncpg.InterfaceError):
+                    conn.remove_termination_listener(on_lost)
+                    if not conn.is_closed():
+                        await conn.remove_listener(NOTIFY_CHANNEL, self._on_notification)
+                        await conn.remove_listener(CONTACTS_CHANNEL, self._on_contacts_notification)

@@ -19,7 +19,9 @@ import pytest
 import yaml
 
 from devstack.chroot import asterisk_version
+from devstack.services import wait_pushed
 from devstack.stack import Stack, allow_lab_contexts
+from sorcery_backend.pusher import DIALPLAN_TARGET
 
 
 @pytest.fixture(scope="session")
@@ -62,6 +64,21 @@ def apply_yaml(st: Stack, text: str, tmp_path: object) -> str:
     p = pbxctl(st, "apply", str(f), "--json")
     assert p.returncode == 0, p.stderr
     return p.stdout
+
+
+def wait_routable(st: Stack, context: str, timeout: float = 30.0) -> None:
+    """Until a call from ``context`` reaches the controller: every change delivered and the context
+    leading to Stasis. A re-apply that changes nothing pushes nothing, and a node restarted or
+    reconnected since has the context again only once the pusher has re-added it."""
+    wait_pushed(st.settings, timeout)
+    try:
+        wait_for(
+            f"dialplan context {context} leading to {DIALPLAN_TARGET}",
+            lambda: DIALPLAN_TARGET in st.asterisk.rx(f"dialplan show {context}"),
+            timeout,
+        )
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}; pusher log: {st.serve.log_tail(12)}") from None
 
 
 @contextmanager

@@ -20,7 +20,7 @@ from typing import Any
 import aiohttp
 import pytest
 import yaml
-from stack import apply_yaml, check_live, pbxctl, serve_url, wait_for
+from stack import apply_yaml, check_live, pbxctl, serve_url, wait_for, wait_routable
 
 from ari_app.ari import AriClient, AriNotFound, Bridge, Channel, HttpAriTransport
 from devstack import sipp
@@ -205,6 +205,7 @@ class Phones:
 @pytest.fixture
 def phones(stack: Stack, tmp_path: Path) -> Iterator[Phones]:
     apply_yaml(stack, TENANT, tmp_path)
+    wait_routable(stack, "conf-internal")
     p = Phones(stack, tmp_path)
     try:
         yield p

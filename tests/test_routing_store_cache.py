@@ -246,7 +246,9 @@ async def test_change_committed_while_a_snapshot_loads(db: str, listen: bool) ->
         await locker.close()
 
 
-async def test_lost_listen_connection_drops_the_cache_and_listens_again(db: str) -> None:
+async def test_lost_listen_connection_drops_the_cache_and_listens_again(
+    db: str, caplog: pytest.LogCaptureFixture
+) -> None:
     conn = await asyncpg.connect(db)
     try:
         await apply_config(conn, parse_config(CONFIG))
@@ -258,6 +260,9 @@ async def test_lost_listen_connection_drops_the_cache_and_listens_again(db: str)
             await routing.wait_for(
                 lambda: routing.stats.connects == 2 and routing.listener_pid not in (None, first_pid), WAIT_S
             )
+            # The log says why it reconnected, not what the cleanup of the dead connection tripped on.
+            lost = [r.getMessage() for r in caplog.records if "LISTEN connection lost" in r.getMessage()]
+            assert lost and not any("released back to the pool" in m for m in lost), lost
             # Whatever changed while nobody listened was not heard: nothing cached survives.
             assert routing.snapshot("t") is None
             data = await routing.for_call(conn, "t", "1001", "1002")

@@ -13,7 +13,7 @@ from pathlib import Path
 from urllib.parse import quote
 
 import pytest
-from stack import apply_yaml, pbxctl, serve_url, wait_for
+from stack import apply_yaml, pbxctl, serve_url, wait_for, wait_routable
 from test_controller_stack import (
     Phones,
     _hangup,
@@ -276,6 +276,7 @@ def test_a_blind_transfer_to_an_external_number_goes_out_through_the_trunk(
 ) -> None:
     port = sipp.free_udp_port()
     apply_yaml(stack, TRUNKED.format(port=port), tmp_path)
+    wait_routable(stack, "xt-internal")
     carrier = sipp.SippProcess("carrier", port, tmp_path / "carrier", ip="127.0.0.9")
     bob = phones._proc("dev-t1002")
     (tmp_path / "carrier").mkdir()
