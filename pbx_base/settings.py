@@ -88,8 +88,16 @@ class Settings(BaseSettings):
     db_retry_max_s: float = Field(
         default=10.0,
         gt=0,
-        description="longest wait, in seconds, between reconnects of the change pusher (database, AMI) "
+        description="longest wait, in seconds, between reconnects of the change pusher to the database "
         "and of the routing cache's LISTEN connection",
+    )
+    # Short, for the reason of ari_retry_max_s: a restarted node takes calls at once, but the dialplan
+    # contexts the pusher adds over AMI are gone until it reconnects (calls meet an empty context:
+    # 404), and a climbing backoff left that window open for up to 10 s after the node was up.
+    ami_retry_max_s: float = Field(
+        default=1.0,
+        gt=0,
+        description="longest wait, in seconds, between reconnects of the change pusher to a node's AMI",
     )
 
     # --- ARI and the Stasis controller ------------------------------------------------------------

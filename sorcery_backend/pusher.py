@@ -76,7 +76,8 @@ class PusherSettings:
     chunk: int = 500  # actions confirmed (and acknowledged in the DB) together
     window: int = 64  # actions in flight on one AMI session
     whole_cache_min: int = 200  # below this many objects of one cache, never ask the cache's size
-    backoff: Backoff = Backoff(initial=0.2, maximum=DEFAULTS.db_retry_max_s, jitter=0.0)
+    backoff: Backoff = Backoff(initial=0.2, maximum=DEFAULTS.db_retry_max_s, jitter=0.0)  # the database
+    ami_backoff: Backoff = Backoff(initial=0.2, maximum=DEFAULTS.ami_retry_max_s, jitter=0.0)  # a node's AMI
     idle_check_s: float = 30.0  # ping the node and re-check its contexts when nothing happened
     outbox_keep_s: float = DEFAULTS.outbox_keep_s  # delivered outbox rows are kept this long as history
     audit_keep_s: float = DEFAULTS.audit_keep_s  # pbx.audit rows are kept this long
@@ -86,6 +87,7 @@ class PusherSettings:
     def from_settings(cls, s: Settings) -> PusherSettings:
         return cls(
             backoff=dataclasses.replace(cls.backoff, maximum=s.db_retry_max_s),
+            ami_backoff=dataclasses.replace(cls.ami_backoff, maximum=s.ami_retry_max_s),
             outbox_keep_s=s.outbox_keep_s,
             audit_keep_s=s.audit_keep_s,
             call_records_keep_s=s.call_records_keep_s,
@@ -255,7 +257,7 @@ class NodeWorker:
             finally:
                 session.close()
                 self._contexts.clear()
-            await _sleep_or_stop(stop, self.settings.backoff.delay(attempt))
+            await _sleep_or_stop(stop, self.settings.ami_backoff.delay(attempt))
             attempt += 1
         return attempt
 

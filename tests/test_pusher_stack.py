@@ -13,7 +13,7 @@ from pathlib import Path
 
 import asyncpg
 import pytest
-from stack import apply_yaml, pbxctl, wait_for
+from stack import apply_yaml, pbxctl, wait_for, wait_routable
 
 from devstack import sipp
 from devstack.stack import Stack, run_sql
@@ -476,3 +476,21 @@ def test_a_restarted_node_loads_its_trunks_and_no_phone_and_phones_still_registe
     apply_yaml(stack, BOOT_TENANT % "", tmp_path)
     wait_delivered(stack)
     wait_for("the trunk gone from the boot set", lambda: "gw@boot.example" not in node.rx("database show pbx_boot"))
+
+
+def test_a_node_restarted_after_a_long_outage_gets_its_tenant_contexts_back_within_seconds(
+    stack: Stack, tmp_path: Path
+) -> None:
+    """A restart loses the contexts the pusher added over AMI; until it reconnects, a call from one
+    gets 404. Its AMI backoff is capped short, whatever climbed during the outage."""
+    apply_yaml(stack, tenant("back", 1, context="back-internal"), tmp_path)
+    wait_routable(stack, "back-internal")
+    node, failed = stack.asterisk, f"node {stack.settings.name}: AMI "
+    logged = len(stack.serve.log_text())
+    node.stop()
+    try:
+        # Seven refused reconnects: a backoff capped at 10 s would now wait 10 s before the next.
+        wait_for("seven refused AMI reconnects", lambda: stack.serve.log_text()[logged:].count(failed) >= 7, 30)
+    finally:
+        node.start()
+    wait_routable(stack, "back-internal", timeout=4)

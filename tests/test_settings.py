@@ -75,6 +75,7 @@ def test_defaults(env: pytest.MonkeyPatch) -> None:
     assert s.database_url is None and s.ari_url is None
     assert s.cache_dir == Path.home() / ".cache" / "pbx"
     assert s.ari_retry_max_s == 2.0 < Backoff.maximum
+    assert s.ami_retry_max_s == 1.0 < s.db_retry_max_s
     assert DEFAULTS.pool_size == s.pool_size
 
 
