@@ -19,7 +19,7 @@ import pytest
 import yaml
 
 from devstack.chroot import asterisk_version
-from devstack.services import wait_pushed
+from devstack.services import ServicesError, wait_pushed
 from devstack.stack import Stack, allow_lab_contexts
 from sorcery_backend.pusher import DIALPLAN_TARGET
 
@@ -66,11 +66,20 @@ def apply_yaml(st: Stack, text: str, tmp_path: object) -> str:
     return p.stdout
 
 
+def wait_delivered(st: Stack, timeout: float = 60.0) -> None:
+    """Until every committed change is delivered to the stack's node (with Sorcery caches, a change
+    takes effect then); else an AssertionError with the pusher's log."""
+    try:
+        wait_pushed(st.settings, timeout)
+    except ServicesError as exc:
+        raise AssertionError(f"{exc}; pusher log: {st.serve.log_tail(12)}") from None
+
+
 def wait_routable(st: Stack, context: str, timeout: float = 30.0) -> None:
     """Until a call from ``context`` reaches the controller: every change delivered and the context
     leading to Stasis. A re-apply that changes nothing pushes nothing, and a node restarted or
     reconnected since has the context again only once the pusher has re-added it."""
-    wait_pushed(st.settings, timeout)
+    wait_delivered(st, timeout)
     try:
         wait_for(
             f"dialplan context {context} leading to {DIALPLAN_TARGET}",

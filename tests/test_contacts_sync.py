@@ -19,9 +19,8 @@ import asyncpg
 import pytest
 import test_pusher_ami
 from prometheus_client import REGISTRY
-from stack import apply_yaml
+from stack import apply_yaml, wait_delivered
 from test_pusher_ami import FakeAmi
-from test_pusher_stack import wait_delivered
 
 from devstack import sipp
 from devstack.ports import free_port

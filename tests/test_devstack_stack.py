@@ -15,10 +15,9 @@ from pathlib import Path
 
 import asyncpg
 import pytest
-from stack import apply_yaml, no_controller
+from stack import apply_yaml, no_controller, wait_delivered
 
 from devstack import sipp
-from devstack.services import wait_pushed
 from devstack.stack import Stack, run_sql
 
 pytestmark = pytest.mark.stack
@@ -114,12 +113,12 @@ def test_template_edit_in_sql_is_seen_by_the_next_request_without_reload(phones:
 
     addr = phones.settings.sip_addr
     asyncio.run(set_password("changed-1001"))
-    wait_pushed(phones.settings)  # Sorcery caches: effective once the pusher expired the auth
+    wait_delivered(phones, 30)  # Sorcery caches: effective once the pusher expired the auth
     assert sipp.register(addr, "1001", "acme.example", "acme-1001").final == 401
     assert sipp.register(addr, "1001", "acme.example", "changed-1001").final == 200
     assert "changed-1001" not in phones.asterisk.rx("pjsip show endpoint 1001@acme.example")  # never printed
     asyncio.run(set_password("acme-1001"))
-    wait_pushed(phones.settings)
+    wait_delivered(phones, 30)
 
 
 def test_call_without_a_connected_app_fails_cleanly(phones: Stack) -> None:
@@ -244,7 +243,7 @@ def test_template_option_changed_in_sql_shows_in_pjsip_show_endpoint(stack: Stac
             await conn.close()
 
     asyncio.run(edit())
-    wait_pushed(stack.settings)
+    wait_delivered(stack, 30)
     shown = stack.asterisk.rx("pjsip show endpoint 1002@dial.example")
     assert '"Front desk" <4242>' in shown, shown
 

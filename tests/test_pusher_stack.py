@@ -13,7 +13,7 @@ from pathlib import Path
 
 import asyncpg
 import pytest
-from stack import apply_yaml, pbxctl, wait_for, wait_routable
+from stack import apply_yaml, pbxctl, wait_delivered, wait_for, wait_routable
 
 from devstack import sipp
 from devstack.stack import Stack, run_sql
@@ -63,14 +63,6 @@ def node_counters(stack: Stack) -> tuple[int, int, int]:
         stack.settings.name,
     )[0]
     return int(r[0]), int(r[1]), int(r[2])
-
-
-def wait_delivered(stack: Stack, timeout: float = 60.0) -> None:
-    wait_for(
-        f"every change delivered to node {stack.settings.name} ({stack.serve.log_tail()})",
-        lambda: node_counters(stack)[0] == 0,
-        timeout,
-    )
 
 
 def cached(stack: Stack, cache: str) -> int:
